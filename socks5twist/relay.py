@@ -1,0 +1,137 @@
+"""
+The stream relay: two connected transports joined both ways.
+
+Flow control is Twisted's producer/consumer: each transport is registered as
+the streaming producer of the other, so when one side's write buffer fills
+(a slow reader), reading from the other side pauses, and memory stays bounded
+by the transports' own buffers.
+
+Half-close: when one side sends EOF, the other side's write half is shut
+(after unregistering its producer: a paused producer would otherwise hold the
+FIN back forever) and the opposite direction keeps flowing.  When both sides
+have sent EOF, or either side is gone, both connections are closed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.logger import Logger
+
+
+class Side(enum.Enum):
+    """The two ends of a relay."""
+
+    CLIENT = "client"
+    REMOTE = "remote"
+
+
+class StreamRelay:
+    """
+    Relays bytes between C{client} and C{remote} transports.
+
+    The protocols on each side report to it: L{from_client} / L{from_remote}
+    for data, L{eof} for a half-close, L{lost} for a lost connection.
+
+    @ivar up: bytes relayed from the client to the remote side.
+    @ivar down: bytes relayed from the remote side to the client.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        client: ITransport,
+        remote: ITransport,
+        idle_timeout: float = 0.0,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._transports: dict[Side, Any] = {Side.CLIENT: client, Side.REMOTE: remote}
+        self._eof: set[Side] = set()
+        self._lost: set[Side] = set()
+        self._idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._idle_call: IDelayedCall | None = None
+        self._last_activity = 0.0
+        self.up = 0
+        self.down = 0
+
+    def start(self) -> None:
+        """Register each side as the other's producer, and start the idle clock."""
+        client = self._transports[Side.CLIENT]
+        remote = self._transports[Side.REMOTE]
+        client.registerProducer(remote, True)
+        remote.registerProducer(client, True)
+        if self._idle_timeout > 0:
+            self._last_activity = self._reactor.seconds()
+            self._idle_call = self._reactor.callLater(self._idle_timeout, self._check_idle)
+
+    def from_client(self, data: bytes) -> None:
+        self.up += len(data)
+        if self._idle_call is not None:
+            self._last_activity = self._reactor.seconds()
+        self._transports[Side.REMOTE].write(data)
+
+    def from_remote(self, data: bytes) -> None:
+        self.down += len(data)
+        if self._idle_call is not None:
+            self._last_activity = self._reactor.seconds()
+        self._transports[Side.CLIENT].write(data)
+
+    def eof(self, side: Side) -> None:
+        """C{side} will send nothing more: shut the other side's write half."""
+        if side in self._eof or self._lost:
+            return  # resumeProducing after EOF can report it twice
+        self._eof.add(side)
+        other = self._transports[_other(side)]
+        other.unregisterProducer()
+        lose_write = getattr(other, "loseWriteConnection", None)
+        if lose_write is None or len(self._eof) == 2:
+            self._close_all()
+        else:
+            lose_write()
+
+    def lost(self, side: Side) -> None:
+        """C{side}'s connection is gone: close the other once it has flushed."""
+        if side in self._lost:
+            return
+        self._lost.add(side)
+        self._close_all()
+
+    def close(self) -> None:
+        """Close both sides (flushing what is already buffered)."""
+        self._close_all()
+
+    def _close_all(self) -> None:
+        self._cancel_idle()
+        for side, transport in self._transports.items():
+            if side in self._lost:
+                continue
+            transport.unregisterProducer()
+            transport.loseConnection()
+
+    def _cancel_idle(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+
+    def _check_idle(self) -> None:
+        idle_for = self._reactor.seconds() - self._last_activity
+        if idle_for >= self._idle_timeout:
+            self._idle_call = None
+            if self._on_idle is not None:
+                self._on_idle()
+            self._close_all()
+        else:
+            self._idle_call = self._reactor.callLater(
+                self._idle_timeout - idle_for, self._check_idle
+            )
+
+
+def _other(side: Side) -> Side:
+    return Side.REMOTE if side is Side.CLIENT else Side.CLIENT
