@@ -78,8 +78,16 @@ def connect(
         return defer.fail()
     if timeout > 0:
         clock: IReactorTime = reactor  # type: ignore[assignment]
-        d.addTimeout(timeout, clock)
+        d.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
     return d
+
+
+def _timed_out(result: object, timeout: float) -> object:
+    # Endpoints fail a cancelled attempt with ConnectingCancelledError, which
+    # Deferred.addTimeout would pass on as it is; say what happened instead.
+    if isinstance(result, Failure):
+        raise error.TimeoutError(f"no connection within {timeout:g} seconds")
+    return result
 
 
 def reply_for_failure(failure: Failure) -> Reply:

@@ -89,7 +89,7 @@ class StreamRelay:
             return  # resumeProducing after EOF can report it twice
         self._eof.add(side)
         other = self._transports[_other(side)]
-        other.unregisterProducer()
+        _unregister(other)
         lose_write = getattr(other, "loseWriteConnection", None)
         if lose_write is None or len(self._eof) == 2:
             self._close_all()
@@ -112,7 +112,7 @@ class StreamRelay:
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue
-            transport.unregisterProducer()
+            _unregister(transport)
             transport.loseConnection()
 
     def _cancel_idle(self) -> None:
@@ -131,6 +131,12 @@ class StreamRelay:
             self._idle_call = self._reactor.callLater(
                 self._idle_timeout - idle_for, self._check_idle
             )
+
+
+def _unregister(transport: Any) -> None:
+    """Unregister a transport's producer, if it still has one."""
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
 
 
 def _other(side: Side) -> Side:

@@ -383,11 +383,9 @@ class SOCKS5ServerProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _connect_failed(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError) and self._pending is None:
-            return  # cancelled because the client left
         self._pending = None
         if self.state is not State.CONNECTING:
-            return
+            return  # cancelled because the client left
         reply = outbound.reply_for_failure(failure)
         self._fail(reply, f"connect failed: {_why(failure)}")
 
