@@ -28,7 +28,7 @@ class HalfCloseTransport(StringTransport):
 
 
 def memory_portal(**users: str) -> Portal:
-    checker = InMemoryUsernamePasswordDatabaseDontUse(**users)
+    checker = InMemoryUsernamePasswordDatabaseDontUse(**users)  # type: ignore[arg-type]
     return portal_for_checkers([checker])
 
 
@@ -52,7 +52,7 @@ class Session:
         """Complete the outbound connection attempt number C{index}; return its protocol."""
         _, _, factory, _, _ = self.reactor.tcpClients[index]
         remote_address = IPv4Address("TCP", "10.9.8.7", 80)
-        protocol = factory.buildProtocol(remote_address)
+        protocol: Any = factory.buildProtocol(remote_address)
         local: Any = (
             IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
         )
@@ -70,7 +70,7 @@ class Session:
 def make_session(portal: Portal | None = None, peer: Any = LOCAL_CLIENT, **kwargs: Any) -> Session:
     reactor = MemoryReactorClock()
     factory = SOCKS5ServerFactory(portal, reactor=reactor, **kwargs)
-    protocol = factory.buildProtocol(peer)
+    protocol: Any = factory.buildProtocol(peer)
     transport = HalfCloseTransport(hostAddress=PROXY_HOST, peerAddress=peer)
     protocol.makeConnection(transport)
     return Session(reactor, factory, protocol, transport)

@@ -44,7 +44,7 @@ PARSERS: list[Callable[[bytes], Any]] = [
 ]
 
 
-def assert_splits_parse_the_same(test: SynchronousTestCase, parse: Any, wire: bytes) -> None:
+def assert_splits_parse_the_same(test: SynchronousTestCase, parse: Any, wire: bytes) -> Any:
     """Every strict prefix needs more bytes; the whole parses; extra bytes are left."""
     for cut in range(len(wire)):
         test.assertIsNone(parse(wire[:cut]), f"prefix of {cut} bytes")
@@ -208,7 +208,7 @@ class WireBytesTests(SynchronousTestCase):
         self.assertNotIn("hunter2", repr(codec.AuthRequest(b"alice", b"hunter2")))
 
     def test_largest_messages(self) -> None:
-        self.assertEqual(len(codec.build_greeting(range(255))), codec.MAX_GREETING)
+        self.assertEqual(len(codec.build_greeting(list(range(255)))), codec.MAX_GREETING)
         self.assertEqual(
             len(codec.build_auth_request(b"u" * 255, b"p" * 255)), codec.MAX_AUTH_REQUEST
         )

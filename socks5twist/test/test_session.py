@@ -6,6 +6,7 @@ negotiation, authentication, CONNECT and its failures, timeouts and limits.
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -379,12 +380,12 @@ class TimeoutAndLimitTests(SynchronousTestCase):
 
     def test_max_clients(self) -> None:
         s = make_session(max_clients=2)
-        second = s.factory.buildProtocol(s.transport.getPeer())
+        second: Any = s.factory.buildProtocol(s.transport.getPeer())
         from .helpers import HalfCloseTransport
 
         second.makeConnection(HalfCloseTransport(peerAddress=s.transport.getPeer()))
         third_transport = HalfCloseTransport(peerAddress=s.transport.getPeer())
-        third = s.factory.buildProtocol(s.transport.getPeer())
+        third: Any = s.factory.buildProtocol(s.transport.getPeer())
         with capturedLogs() as logs:
             third.makeConnection(third_transport)
         self.assertTrue(third_transport.disconnected)
