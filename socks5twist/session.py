@@ -401,10 +401,9 @@ class SOCKS5ServerProtocol(Protocol):
             client=describe(self.client) if self.client else "?",
             state=self.state.value,
         )
+        # Negotiation replies are a few bytes that the socket buffer takes at
+        # once, so a clean close cannot be held up by a client that won't read.
         self._close("handshake timeout")
-        if self.transport is not None and self.state is State.CLOSED:
-            # A client that will not read must not keep the socket open.
-            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _cancel_handshake_timer(self) -> None:
         if self._handshake_timer is not None:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.application import service, strports
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
-from twisted.internet import endpoints
+from twisted.internet import endpoints, error
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -141,12 +141,52 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
     )
 
 
-def makeService(options: Options) -> service.MultiService:
+class ListenFailed(Exception):
+    """A C{--port} could not be listened on."""
+
+
+class SOCKS5Service(service.MultiService):
+    """
+    The listeners of one SOCKS5 server.
+
+    Listening happens in L{privilegedStartService} (so twistd can bind port
+    1080 before dropping privileges), and a port that cannot be listened on
+    stops the start with L{ListenFailed}, naming the port.  With
+    C{exit_on_listen_failure} (as C{twistd socks5} sets it) the process ends
+    with that one line instead of a traceback.
+    """
+
+    exit_on_listen_failure = False
+
+    def __init__(self, factory: SOCKS5ServerFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def privilegedStartService(self) -> None:
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except error.CannotListenError as e:
+                description = getattr(child, "_description", "?")
+                reason = e.socketError.strerror if e.socketError else str(e)
+                failure = ListenFailed(f"cannot listen on {description}: {reason}")
+                if self.exit_on_listen_failure:
+                    raise SystemExit(f"twistd socks5: error: {failure}") from None
+                raise failure from e
+        log.info(
+            "listening on {ports}",
+            ports=", ".join(getattr(child, "_description", "?") for child in self),
+        )
+
+
+def makeService(options: Options) -> SOCKS5Service:
     """A service listening on each C{--port} with one shared factory."""
     factory = make_factory(options)
-    top = service.MultiService()
+    top = SOCKS5Service(factory)
     for description in options["ports"]:
-        strports.service(description, factory).setServiceParent(top)
+        child = strports.service(description, factory)
+        child._description = description  # type: ignore[attr-defined]
+        child.setServiceParent(top)
     if factory.portal is None:
         log.info(
             "no --auth: serving without authentication to clients in {networks}",

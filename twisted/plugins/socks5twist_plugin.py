@@ -24,7 +24,8 @@ def _options() -> Any:
             try:
                 super().parseOptions(options)
             except usage.UsageError as e:
-                raise SystemExit(f"twistd socks5: error: {e}") from None
+                message = str(e).removeprefix("Parameter type enforcement failed: ")
+                raise SystemExit(f"twistd socks5: error: {message}") from None
 
     return TwistdOptions()
 
@@ -41,7 +42,9 @@ class _SOCKS5ServiceMaker:
     def makeService(self, options: Any) -> Any:
         from socks5twist.tap import makeService
 
-        return makeService(options)
+        service = makeService(options)
+        service.exit_on_listen_failure = True
+        return service
 
 
 socks5 = _SOCKS5ServiceMaker()

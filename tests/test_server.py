@@ -1,0 +1,371 @@
+"""
+The real server driven by hand-written clients: listeners (tcp6, unix,
+haproxy), half-close, flow control, timeouts, limits, descriptors, fuzzing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import resource
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from . import rawsocks
+from .conftest import SocksServer, free_port, wait_until
+
+
+def echo_round_trip(sock: socket.socket, payload: bytes) -> None:
+    """Send C{payload}, shut the write half, expect the echo and the digest."""
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    assert received == payload + b"SHA256:" + hashlib.sha256(payload).hexdigest().encode()
+
+
+def test_half_close_both_ways(socks_server: SocksServer, echo_server: tuple[str, int]) -> None:
+    """The client's EOF reaches the destination, whose reply still flows back."""
+    sock, code = rawsocks.connect(socks_server.address, *echo_server: tuple[str, int])
+    assert code == 0
+    echo_round_trip(sock, os.urandom(2_000_000))
+    sock.close()
+    wait_until(lambda: socks_server.session_lines(), 5, "the session line")
+
+
+def test_success_reply_names_the_outbound_socket(socks_server: SocksServer, echo_server: tuple[str, int]) -> None:
+    sock = rawsocks.open_socket(socks_server.address)
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]))
+    assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+    code, host, port, raw = rawsocks.read_reply(sock)
+    assert (code, host, len(raw)) == (0, "127.0.0.1", 10)
+    assert port != echo_server[1] and port > 0
+    sock.close()
+    wait_until(lambda: socks_server.session_lines(), 5, "the session line")
+    [line] = socks_server.session_lines()
+    assert f"-> 127.0.0.1:{echo_server[1]}" in line
+
+
+def test_ipv6_listener(start_server, echo_server: tuple[str, int]) -> None:
+    server = start_server(host="::1")
+    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    assert code == 0
+    echo_round_trip(sock, b"over ipv6")
+
+
+def test_unix_listener(start_server, tmp_path, echo_server: tuple[str, int]) -> None:
+    path = str(tmp_path / "socks.sock")
+    server = start_server("--port", f"unix:{path}", connect_to=(path,))
+    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    assert code == 0
+    echo_round_trip(sock, b"over a unix socket")
+    sock.close()
+    wait_until(lambda: server.session_lines(), 5, "the session line")
+    assert "unix:" in server.session_lines()[0]
+
+
+def haproxy_client(server: SocksServer, source: str) -> socket.socket:
+    sock = rawsocks.open_socket(server.address)
+    family = "TCP6" if ":" in source else "TCP4"
+    dest = "::1" if ":" in source else "127.0.0.1"
+    header = f"PROXY {family} {source} {dest} 40123 {server.address[1]}\r\n".encode()
+    sock.sendall(header + b"\x05\x01\x00")
+    return sock
+
+
+def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server: tuple[str, int]) -> None:
+    port = free_port()
+    server = start_server(
+        "--port", f"haproxy:tcp:{port}:interface=127.0.0.1", connect_to=("127.0.0.1", port)
+    )
+    # The balancer is on loopback, but the client it names is not: refused.
+    outsider = haproxy_client(server, "192.0.2.44")
+    assert rawsocks.recv_exact(outsider, 2) == b"\x05\xff"
+    assert outsider.recv(10) == b""
+    # A loopback client named by the header is served.
+    insider = haproxy_client(server, "127.0.0.9")
+    assert rawsocks.recv_exact(insider, 2) == b"\x05\x00"
+    insider.sendall(b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]))
+    assert rawsocks.read_reply(insider)[0] == 0
+    insider.sendall(b"ping")
+    assert rawsocks.recv_exact(insider, 4) == b"ping"
+    insider.close()
+    wait_until(lambda: len(server.session_lines()) == 2, 5, "two session lines")
+    log = server.log()
+    assert "refused client 192.0.2.44:40123" in log
+    assert "session 127.0.0.9:40123" in log
+
+
+def test_allow_client_widens_and_refuses_others(start_server, echo_server: tuple[str, int]) -> None:
+    server = start_server("--allow-client", "127.0.0.2/32", host="127.0.0.1")
+    sock = socket.create_connection(server.address, timeout=5)
+    sock.sendall(b"\x05\x01\x00")
+    assert rawsocks.recv_exact(sock, 2) == b"\x05\xff"
+    assert sock.recv(10) == b""
+    sock = socket.create_connection(server.address, timeout=5, source_address=("127.0.0.2", 0))
+    sock.sendall(b"\x05\x01\x00")
+    assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+    assert "not in the allowed client networks" in server.log()
+
+
+def test_start_up_says_who_is_served(socks_server: SocksServer) -> None:
+    assert "no --auth: serving without authentication to clients in 127.0.0.0/8, ::1/128" in (
+        socks_server.log()
+    )
+
+
+def firehose(total: int) -> tuple[tuple[str, int], threading.Thread, list[str]]:
+    """A server that sends C{total} pseudo-random bytes to its first client."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    digests: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()
+        digest = hashlib.sha256()
+        block = os.urandom(1 << 16)
+        sent = 0
+        while sent < total:
+            chunk = block[: min(len(block), total - sent)]
+            conn.sendall(chunk)
+            digest.update(chunk)
+            sent += len(chunk)
+        digests.append(digest.hexdigest())
+        conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname(), thread, digests
+
+
+def test_slow_reader_pauses_the_sender_and_memory_stays_bounded(socks_server) -> None:
+    total = 256 * 1024 * 1024
+    address, thread, digests = firehose(total)
+    sock, code = rawsocks.connect(socks_server.address, *address)
+    assert code == 0
+    before = socks_server.rss_kib()
+    time.sleep(2)  # the client reads nothing; the server must stop reading too
+    during = socks_server.rss_kib()
+    assert thread.is_alive(), "the whole stream went somewhere though nobody read it"
+    assert during - before < 16 * 1024, f"RSS grew {during - before} KiB while the reader slept"
+    digest = hashlib.sha256()
+    received = 0
+    sock.settimeout(30)
+    while chunk := sock.recv(1 << 20):
+        digest.update(chunk)
+        received += len(chunk)
+    thread.join(10)
+    assert received == total
+    assert digest.hexdigest() == digests[0]
+
+
+def test_handshake_timeout_closes_silent_and_dribbling_clients(start_server) -> None:
+    server = start_server("--handshake-timeout", "1")
+    silent = socket.create_connection(server.address, timeout=5)
+    started = time.monotonic()
+    assert silent.recv(10) == b""
+    assert time.monotonic() - started < 3
+    dribbler = socket.create_connection(server.address, timeout=5)
+    dribbler.sendall(b"\x05")
+    time.sleep(0.4)
+    dribbler.sendall(b"\x01")
+    time.sleep(0.4)
+    dribbler.sendall(b"\x00")
+    assert rawsocks.recv_exact(dribbler, 2) == b"\x05\x00"
+    dribbler.sendall(b"\x05")
+    assert dribbler.recv(10) == b""
+    assert time.monotonic() - started < 5
+    assert server.log().count("handshake timeout") >= 2
+
+
+def test_max_clients(start_server, echo_server: tuple[str, int]) -> None:
+    server = start_server("--max-clients", "3")
+    held = []
+    for _ in range(3):
+        sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+        assert code == 0
+        held.append(sock)
+    extra = socket.create_connection(server.address, timeout=5)
+    extra.sendall(b"\x05\x01\x00")
+    with pytest.raises((ConnectionResetError, AssertionError, ConnectionError)):
+        data = extra.recv(10)
+        assert data != b""
+        raise AssertionError(f"over the limit but got {data!r}")
+    assert "--max-clients" in server.log()
+    held[0].close()
+    wait_until(lambda: len(server.session_lines()) >= 1, 5, "a slot to free")
+    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    assert code == 0
+
+
+def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: tuple[str, int]) -> None:
+    server = start_server("--handshake-timeout", "2")
+    refused_port = free_port()
+    baseline = server.open_fds()
+    kinds = ["ok", "refused", "abandon", "malformed", "garbage", "halfway"]
+    for i in range(1000):
+        kind = kinds[i % len(kinds)]
+        sock = socket.create_connection(server.address, timeout=10)
+        if kind == "ok":
+            sock.sendall(b"\x05\x01\x00\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]) + b"x")
+            assert rawsocks.recv_exact(sock, 2 + 10 + 1)[-1:] == b"x"
+        elif kind == "refused":
+            sock.sendall(
+                b"\x05\x01\x00\x05\x01\x00" + rawsocks.address_bytes("127.0.0.1", refused_port)
+            )
+            assert rawsocks.recv_exact(sock, 12)[3] == 5
+        elif kind == "malformed":
+            sock.sendall(b"\x05\x01\x00\x05\x01\x00\x09")
+            assert rawsocks.recv_exact(sock, 12)[3] == 8
+        elif kind == "garbage":
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        elif kind == "halfway":
+            sock.sendall(b"\x05\x01\x00\x05\x01")
+        sock.close()
+    wait_until(lambda: len(server.session_lines()) >= 1000, 60, "all sessions to end")
+    wait_until(lambda: server.open_fds() <= baseline, 10, f"fds back to {baseline}")
+    assert server.open_fds() == baseline
+
+
+def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: tuple[str, int]) -> None:
+    server = start_server("--auth", "memory:u:p", "--handshake-timeout", "2")
+    rng = random.Random(1928)
+    valid = [
+        b"\x05\x01\x02",
+        b"\x01\x01u\x01p",
+        b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]),
+    ]
+    for i in range(1500):
+        wire = b"".join(valid)
+        style = i % 3
+        if style == 0:
+            wire = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        elif style == 1:
+            wire = wire[: rng.randrange(len(wire))]
+        else:
+            pos = rng.randrange(len(wire))
+            wire = wire[:pos] + bytes([rng.randrange(256)]) + wire[pos + 1 :]
+        sock = socket.create_connection(server.address, timeout=10)
+        sock.sendall(wire)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        sock.close()
+        # Whatever came back is a prefix of a legal exchange: a method
+        # selection, perhaps an auth status, perhaps a full reply.
+        if received:
+            assert received[:1] == b"\x05", (wire, received)
+            if len(received) > 4:
+                assert len(received) - 4 in (10, 22) or received[4:5] != b"", (wire, received)
+    # And it still serves.
+    sock, code = rawsocks.connect(server.address, *echo_server, credentials=(b"u", b"p"))
+    assert code == 0
+    echo_round_trip(sock, b"still alive")
+
+
+def test_out_of_descriptors_backs_off_and_recovers(start_server, echo_server: tuple[str, int]) -> None:
+    limit = 48
+
+    def lower_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    server = start_server("--handshake-timeout", "5", preexec_fn=lower_limit)
+    tunnels = []
+    for _ in range(limit):
+        try:
+            sock, code = rawsocks.connect(server.address, *echo_server, timeout=3)
+        except (ConnectionError, OSError, AssertionError):
+            continue
+        if code == 0:
+            tunnels.append(sock)
+        else:
+            sock.close()
+    assert 5 < len(tunnels) < limit, len(tunnels)
+    # Exhausted: new clients are turned away, and the server does not spin.
+    cpu_before = server.cpu_seconds()
+    for _ in range(5):
+        with socket.create_connection(server.address, timeout=3) as extra:
+            extra.sendall(b"\x05\x01\x00")
+            try:
+                extra.recv(10)
+            except (ConnectionResetError, TimeoutError):
+                pass
+    time.sleep(2)
+    assert server.cpu_seconds() - cpu_before < 1.0, "the accept loop spun"
+    # Sessions already open keep working.
+    for sock in tunnels:
+        sock.sendall(b"alive")
+        assert rawsocks.recv_exact(sock, 5) == b"alive"
+    for sock in tunnels:
+        sock.close()
+
+    # And once descriptors free up, new clients are served.
+    def served() -> bool:
+        try:
+            sock, code = rawsocks.connect(server.address, *echo_server, timeout=3)
+        except (ConnectionError, OSError, AssertionError):
+            return False
+        sock.close()
+        return code == 0
+
+    wait_until(served, 15, "service to resume")
+
+
+def test_bad_option_is_one_line_without_traceback() -> None:
+    from .conftest import TWISTD
+
+    for args in (
+        ["--idle-timeout", "soon"],
+        ["--port", "bogus:1"],
+        ["--allow-client", "300.1.1.1"],
+    ):
+        result = subprocess.run(
+            [*TWISTD, "-n", "--pidfile=", "socks5", *args], capture_output=True, timeout=30
+        )
+        assert result.returncode != 0
+        output = (result.stdout + result.stderr).decode().strip()
+        assert "Traceback" not in output
+        assert output.count("\n") == 0, output
+        assert output.startswith("twistd socks5: error:"), output
+
+
+def test_port_in_use_is_one_line_without_traceback(tmp_path) -> None:
+    from .conftest import TWISTD
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "log"
+        result = subprocess.run(
+            [
+                *TWISTD,
+                "-n",
+                "--pidfile=",
+                f"--logfile={log}",
+                "socks5",
+                "--port",
+                f"tcp:{port}:interface=127.0.0.1",
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+    assert result.returncode != 0
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use" in text
