@@ -19,6 +19,8 @@ import pytest
 from . import rawsocks
 from .conftest import SocksServer, free_port, wait_until
 
+Addr = tuple[str, int]
+
 
 def echo_round_trip(sock: socket.socket, payload: bytes) -> None:
     """Send C{payload}, shut the write half, expect the echo and the digest."""
@@ -30,18 +32,18 @@ def echo_round_trip(sock: socket.socket, payload: bytes) -> None:
     assert received == payload + b"SHA256:" + hashlib.sha256(payload).hexdigest().encode()
 
 
-def test_half_close_both_ways(socks_server: SocksServer, echo_server: tuple[str, int]) -> None:
+def test_half_close_both_ways(socks_server: SocksServer, echo_server: Addr) -> None:
     """The client's EOF reaches the destination, whose reply still flows back."""
-    sock, code = rawsocks.connect(socks_server.address, *echo_server: tuple[str, int])
+    sock, code = rawsocks.connect(socks_server.address, *echo_server)
     assert code == 0
     echo_round_trip(sock, os.urandom(2_000_000))
     sock.close()
     wait_until(lambda: socks_server.session_lines(), 5, "the session line")
 
 
-def test_success_reply_names_the_outbound_socket(socks_server: SocksServer, echo_server: tuple[str, int]) -> None:
+def test_success_reply_names_the_outbound_socket(socks_server: SocksServer, echo_server: Addr) -> None:
     sock = rawsocks.open_socket(socks_server.address)
-    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]))
+    sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server))
     assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
     code, host, port, raw = rawsocks.read_reply(sock)
     assert (code, host, len(raw)) == (0, "127.0.0.1", 10)
@@ -52,17 +54,17 @@ def test_success_reply_names_the_outbound_socket(socks_server: SocksServer, echo
     assert f"-> 127.0.0.1:{echo_server[1]}" in line
 
 
-def test_ipv6_listener(start_server, echo_server: tuple[str, int]) -> None:
+def test_ipv6_listener(start_server, echo_server: Addr) -> None:
     server = start_server(host="::1")
-    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    sock, code = rawsocks.connect(server.address, *echo_server)
     assert code == 0
     echo_round_trip(sock, b"over ipv6")
 
 
-def test_unix_listener(start_server, tmp_path, echo_server: tuple[str, int]) -> None:
+def test_unix_listener(start_server, tmp_path, echo_server: Addr) -> None:
     path = str(tmp_path / "socks.sock")
     server = start_server("--port", f"unix:{path}", connect_to=(path,))
-    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    sock, code = rawsocks.connect(server.address, *echo_server)
     assert code == 0
     echo_round_trip(sock, b"over a unix socket")
     sock.close()
@@ -79,7 +81,7 @@ def haproxy_client(server: SocksServer, source: str) -> socket.socket:
     return sock
 
 
-def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server: tuple[str, int]) -> None:
+def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server: Addr) -> None:
     port = free_port()
     server = start_server(
         "--port", f"haproxy:tcp:{port}:interface=127.0.0.1", connect_to=("127.0.0.1", port)
@@ -91,7 +93,7 @@ def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server:
     # A loopback client named by the header is served.
     insider = haproxy_client(server, "127.0.0.9")
     assert rawsocks.recv_exact(insider, 2) == b"\x05\x00"
-    insider.sendall(b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]))
+    insider.sendall(b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server))
     assert rawsocks.read_reply(insider)[0] == 0
     insider.sendall(b"ping")
     assert rawsocks.recv_exact(insider, 4) == b"ping"
@@ -102,7 +104,7 @@ def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server:
     assert "session 127.0.0.9:40123" in log
 
 
-def test_allow_client_widens_and_refuses_others(start_server, echo_server: tuple[str, int]) -> None:
+def test_allow_client_widens_and_refuses_others(start_server, echo_server: Addr) -> None:
     server = start_server("--allow-client", "127.0.0.2/32", host="127.0.0.1")
     sock = socket.create_connection(server.address, timeout=5)
     sock.sendall(b"\x05\x01\x00")
@@ -186,11 +188,11 @@ def test_handshake_timeout_closes_silent_and_dribbling_clients(start_server) -> 
     assert server.log().count("handshake timeout") >= 2
 
 
-def test_max_clients(start_server, echo_server: tuple[str, int]) -> None:
+def test_max_clients(start_server, echo_server: Addr) -> None:
     server = start_server("--max-clients", "3")
     held = []
     for _ in range(3):
-        sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+        sock, code = rawsocks.connect(server.address, *echo_server)
         assert code == 0
         held.append(sock)
     extra = socket.create_connection(server.address, timeout=5)
@@ -202,11 +204,11 @@ def test_max_clients(start_server, echo_server: tuple[str, int]) -> None:
     assert "--max-clients" in server.log()
     held[0].close()
     wait_until(lambda: len(server.session_lines()) >= 1, 5, "a slot to free")
-    sock, code = rawsocks.connect(server.address, *echo_server: tuple[str, int])
+    sock, code = rawsocks.connect(server.address, *echo_server)
     assert code == 0
 
 
-def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: tuple[str, int]) -> None:
+def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: Addr) -> None:
     server = start_server("--handshake-timeout", "2")
     refused_port = free_port()
     baseline = server.open_fds()
@@ -215,7 +217,8 @@ def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: t
         kind = kinds[i % len(kinds)]
         sock = socket.create_connection(server.address, timeout=10)
         if kind == "ok":
-            sock.sendall(b"\x05\x01\x00\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]) + b"x")
+            request = rawsocks.address_bytes(*echo_server)
+            sock.sendall(b"\x05\x01\x00\x05\x01\x00" + request + b"x")
             assert rawsocks.recv_exact(sock, 2 + 10 + 1)[-1:] == b"x"
         elif kind == "refused":
             sock.sendall(
@@ -235,13 +238,13 @@ def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: t
     assert server.open_fds() == baseline
 
 
-def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: tuple[str, int]) -> None:
+def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: Addr) -> None:
     server = start_server("--auth", "memory:u:p", "--handshake-timeout", "2")
     rng = random.Random(1928)
     valid = [
         b"\x05\x01\x02",
         b"\x01\x01u\x01p",
-        b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server: tuple[str, int]),
+        b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server),
     ]
     for i in range(1500):
         wire = b"".join(valid)
@@ -278,7 +281,7 @@ def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: t
     echo_round_trip(sock, b"still alive")
 
 
-def test_out_of_descriptors_backs_off_and_recovers(start_server, echo_server: tuple[str, int]) -> None:
+def test_out_of_descriptors_backs_off_and_recovers(start_server, echo_server: Addr) -> None:
     limit = 48
 
     def lower_limit() -> None:
