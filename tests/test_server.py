@@ -41,7 +41,9 @@ def test_half_close_both_ways(socks_server: SocksServer, echo_server: Addr) -> N
     wait_until(lambda: socks_server.session_lines(), 5, "the session line")
 
 
-def test_success_reply_names_the_outbound_socket(socks_server: SocksServer, echo_server: Addr) -> None:
+def test_success_reply_names_the_outbound_socket(
+    socks_server: SocksServer, echo_server: Addr
+) -> None:
     sock = rawsocks.open_socket(socks_server.address)
     sock.sendall(b"\x05\x01\x00" + b"\x05\x01\x00" + rawsocks.address_bytes(*echo_server))
     assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
