@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.cred.portal import Portal
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .codec import Command
@@ -18,7 +18,7 @@ from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy, IPNetwork, describe,
 from .session import SOCKS5ServerProtocol, _show
 
 
-class SOCKS5ServerFactory(Factory):
+class SOCKS5ServerFactory(ServerFactory):
     """
     Builds a L{SOCKS5ServerProtocol} per client connection.
 
