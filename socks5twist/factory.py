@@ -5,6 +5,7 @@ server endpoint.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +37,9 @@ class SOCKS5ServerFactory(ServerFactory):
         tunnel is closed; 0 (the default) never closes one.
     @param max_clients: the most concurrent client connections; the next one
         is closed at once.
+    @param bind_timeout: seconds a BIND waits for its peer to connect.
+    @param external_address: the IP address advertised in BIND replies
+        instead of the one the client reached (for a proxy behind NAT).
     @param allowed_clients: the client networks (L{ipaddress} networks or
         their text) that may use the server.  By default, loopback only
         without a portal, and any address with one.
@@ -55,6 +59,8 @@ class SOCKS5ServerFactory(ServerFactory):
         idle_timeout: float = 0.0,
         max_clients: int = 4096,
         allowed_clients: Iterable[IPNetwork | str] | None = None,
+        bind_timeout: float = 120.0,
+        external_address: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -64,6 +70,7 @@ class SOCKS5ServerFactory(ServerFactory):
             ("handshake_timeout", handshake_timeout),
             ("connect_timeout", connect_timeout),
             ("idle_timeout", idle_timeout),
+            ("bind_timeout", bind_timeout),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be 0 or more, not {value}")
@@ -75,6 +82,10 @@ class SOCKS5ServerFactory(ServerFactory):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
+        self.bind_timeout = bind_timeout
+        self.external_address = (
+            None if external_address is None else str(ipaddress.ip_address(external_address))
+        )
         if allowed_clients is None:
             self.client_policy = ALLOW_ANY if portal is not None else LOOPBACK_ONLY
         else:
@@ -96,13 +107,15 @@ class SOCKS5ServerFactory(ServerFactory):
         relay = session.relay
         self.log.info(
             "session {client} user={user} {command} {destination} -> {connected} "
-            "reply={reply} up={up} down={down} duration={duration:.3f}s ({outcome})",
+            "bound={bound} reply={reply} up={up} down={down} duration={duration:.3f}s "
+            "({outcome})",
             client=describe(session.client) if session.client else "?",
             user=session.user or "-",
             command=session.command.name if isinstance(session.command, Command) else "-",
             destination=_show(session.destination),
             connected=session.connected_to or "-",
-            reply=f"{session.reply:#04x}" if session.reply is not None else "-",
+            bound=session.bound or "-",
+            reply="/".join(f"{r:#04x}" for r in session.replies) or "-",
             up=relay.up if relay else 0,
             down=relay.down if relay else 0,
             duration=time.time() - session.started,

@@ -1,6 +1,7 @@
 """
-Outbound connections for CONNECT: choosing the endpoint, and turning a
-connection failure into the reply code RFC 1928 gives it.
+Reaching destinations: choosing the endpoint for CONNECT, resolving names
+(for BIND's expected peer), and turning a failure into the reply code RFC
+1928 gives it.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
 )
 from twisted.internet.interfaces import (
+    IAddress,
+    IHostResolution,
     IProtocol,
     IProtocolFactory,
     IReactorTCP,
     IReactorTime,
+    IResolutionReceiver,
     IStreamClientEndpoint,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .codec import Address, AddressType, Reply
 
@@ -88,6 +93,51 @@ def _timed_out(result: object, timeout: float) -> object:
     if isinstance(result, Failure):
         raise error.TimeoutError(f"no connection within {timeout:g} seconds")
     return result
+
+
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects the IP addresses a name resolves to."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+        self.done: defer.Deferred[list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = (
+            defer.Deferred()
+        )
+
+    def resolutionBegan(self, resolution: IHostResolution) -> None:
+        pass
+
+    def addressResolved(self, address: IAddress) -> None:
+        host = getattr(address, "host", None)
+        if host is not None:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+            if ip not in self.addresses:
+                self.addresses.append(ip)
+
+    def resolutionComplete(self) -> None:
+        if self.addresses:
+            self.done.callback(self.addresses)
+        else:
+            self.done.errback(error.DNSLookupError(self.name))
+
+
+def resolve(
+    reactor: Any, name: str, timeout: float
+) -> defer.Deferred[list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """
+    Every address C{name} resolves to (IPv4 and IPv6), through the reactor's
+    name resolver: the lookup runs off the reactor thread and blocks nothing.
+    """
+    receiver = _Addresses(name)
+    try:
+        reactor.nameResolver.resolveHostName(receiver, name, 0)
+    except Exception:
+        return defer.fail()
+    if timeout > 0:
+        receiver.done.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
+    return receiver.done
 
 
 def reply_for_failure(failure: Failure) -> Reply:

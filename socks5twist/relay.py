@@ -18,8 +18,16 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 
 class Side(enum.Enum):
@@ -141,3 +149,37 @@ def _unregister(transport: Any) -> None:
 
 def _other(side: Side) -> Side:
     return Side.REMOTE if side is Side.CLIENT else Side.CLIENT
+
+
+@implementer(IHalfCloseableProtocol)
+class RemoteProtocol(Protocol):
+    """
+    The far side of a tunnel (a CONNECT destination, a BIND peer): it reports
+    to the relay it is attached to.
+
+    @ivar on_connected: called with this protocol once it is connected, for
+        a caller that must learn of the connection from its own factory
+        (BIND); C{None} when the caller learns of it from an endpoint.
+    """
+
+    relay: StreamRelay | None = None
+    on_connected: Callable[[RemoteProtocol], None] | None = None
+
+    def connectionMade(self) -> None:
+        if self.on_connected is not None:
+            self.on_connected(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.from_remote(data)
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.eof(Side.REMOTE)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.relay is not None:
+            self.relay.lost(Side.REMOTE)

@@ -8,16 +8,21 @@ and L{SOCKS5ServerProtocol._move} is the only place that changes it.
     GREETING ──► AUTH ──► AUTHENTICATING ──┐
         │                                  ▼
         └────────────────────────────► REQUEST ──► CONNECTING ──► RELAYING
+                                           │                         ▲
+                                           └──────► BINDING ─────────┘
     (any state) ──► CLOSED
 
-While the session waits on something slow (the portal, the outbound
-connection) it pauses reading from the client, so the bytes a client pipelines
-are kept in order but never pile up beyond one read.
+While the session waits on the portal or an outbound connection it pauses
+reading from the client, so the bytes a client pipelines are kept in order
+but never pile up beyond one read.  While a BIND waits for its peer (which
+may take minutes) it keeps reading, so that a client hanging up is seen at
+once, and drops a client that sends more than L{MAX_PENDING} meanwhile.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -27,14 +32,16 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import codec, outbound
 from .auth import ISOCKSUser
+from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
-from .policy import describe
-from .relay import Side, StreamRelay
+from .policy import IPAddress, describe, ip_of
+from .relay import RemoteProtocol, Side, StreamRelay
 
 if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
@@ -47,7 +54,8 @@ class State(enum.Enum):
     AUTH = "auth"  # waiting for an RFC 1929 username/password
     AUTHENTICATING = "authenticating"  # the portal is deciding
     REQUEST = "request"  # waiting for the command
-    CONNECTING = "connecting"  # the outbound connection is being made
+    CONNECTING = "connecting"  # CONNECT: the outbound connection is being made
+    BINDING = "binding"  # BIND: waiting for the peer to connect
     RELAYING = "relaying"  # bytes flow both ways
     CLOSED = "closed"  # closing or gone; input is ignored
 
@@ -56,8 +64,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETING: frozenset({State.AUTH, State.REQUEST, State.CLOSED}),
     State.AUTH: frozenset({State.AUTHENTICATING, State.CLOSED}),
     State.AUTHENTICATING: frozenset({State.REQUEST, State.CLOSED}),
-    State.REQUEST: frozenset({State.CONNECTING, State.CLOSED}),
+    State.REQUEST: frozenset({State.CONNECTING, State.BINDING, State.CLOSED}),
     State.CONNECTING: frozenset({State.RELAYING, State.CLOSED}),
+    State.BINDING: frozenset({State.RELAYING, State.CLOSED}),
     State.RELAYING: frozenset({State.CLOSED}),
     State.CLOSED: frozenset(),
 }
@@ -70,40 +79,17 @@ PARSERS: dict[State, Any] = {
     State.REQUEST: codec.parse_request,
 }
 
-# Bytes a client may pipeline while the session waits (on the portal or the
-# outbound connection).  Reading is paused meanwhile, so this is only reached
-# by a transport that cannot pause; past it the client is dropped.
+# Bytes a client may send before its tunnel opens.  Reading is paused while
+# connecting, so this is reached only while a BIND waits, or by a transport
+# that cannot pause; past it the client is dropped.
 MAX_PENDING = 256 * 1024
+
+_OUTBOUND_FACTORY = Factory.forProtocol(RemoteProtocol)
+_OUTBOUND_FACTORY.noisy = False
 
 
 class IllegalTransition(Exception):
     """A bug: the session tried a move that L{TRANSITIONS} does not allow."""
-
-
-@implementer(IHalfCloseableProtocol)
-class _Outbound(Protocol):
-    """The destination side of a CONNECT: reports to the session's relay."""
-
-    relay: StreamRelay | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.relay is not None
-        self.relay.from_remote(data)
-
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.eof(Side.REMOTE)
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.relay is not None:
-            self.relay.lost(Side.REMOTE)
-
-
-_OUTBOUND_FACTORY = Factory.forProtocol(_Outbound)
-_OUTBOUND_FACTORY.noisy = False
 
 
 @implementer(IHalfCloseableProtocol)
@@ -117,6 +103,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     log = Logger()
     factory: SOCKS5ServerFactory
+    transport: Any
 
     def __init__(self) -> None:
         self.state = State.GREETING
@@ -124,19 +111,20 @@ class SOCKS5ServerProtocol(Protocol):
         self._client_eof = False
         self._handshake_timer: IDelayedCall | None = None
         self._pending: defer.Deferred[Any] | None = None
+        self._logout: Callable[[], None] | None = None
+        self._bind: BindWaiter | None = None
         self.relay: StreamRelay | None = None
-        self.remote: Protocol | None = None
+        self.counted = False
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
         self.user: str | None = None
         self.command: Command | None = None
         self.destination: Address | None = None
+        self.bound: str | None = None
         self.connected_to: str | None = None
-        self.reply: int | None = None
+        self.replies: list[int] = []
         self.outcome = ""
-        self.counted = False
-        self._logout: Callable[[], None] | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -152,22 +140,26 @@ class SOCKS5ServerProtocol(Protocol):
         self._move(State.CLOSED)
         self.outcome = self.outcome or outcome
         self._cancel_handshake_timer()
+        self._stop_bind()
         if self.relay is not None:
             self.relay.close()
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
+
+    def _reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> None:
+        self.replies.append(reply)
+        self.transport.write(codec.build_reply(reply, address))
 
     def _fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""
-        self.reply = reply
-        self.transport.write(codec.build_reply(reply))  # type: ignore[union-attr]
+        self._reply(reply)
         self._close(outcome)
 
     # -- connection events -----------------------------------------------------
 
     def connectionMade(self) -> None:
         self.started = time.time()
-        self.client = self.transport.getPeer()  # type: ignore[union-attr]
+        self.client = self.transport.getPeer()
         if not self.factory.session_started(self):
             self.outcome = "too many clients"
             self._move(State.CLOSED)
@@ -176,7 +168,7 @@ class SOCKS5ServerProtocol(Protocol):
                 client=describe(self.client),
                 count=self.factory.max_clients,
             )
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()
             return
         self.counted = True
         timeout = self.factory.handshake_timeout
@@ -207,6 +199,10 @@ class SOCKS5ServerProtocol(Protocol):
         if self.state in PARSERS:
             # Everything the client sent has been parsed and it wants more.
             self._close("client closed during negotiation")
+        elif self.state is State.BINDING:
+            # A FIN cannot be told from a hang-up; a client waiting for a
+            # peer has nothing to half-close for, so take it as leaving.
+            self._close("client left while waiting for the BIND peer")
 
     def writeConnectionLost(self) -> None:
         pass
@@ -215,6 +211,7 @@ class SOCKS5ServerProtocol(Protocol):
         previous = self.state
         self.state = State.CLOSED
         self._cancel_handshake_timer()
+        self._stop_bind()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
@@ -264,7 +261,7 @@ class SOCKS5ServerProtocol(Protocol):
         if self.state is State.REQUEST and e.reply is not None:
             self._fail(e.reply, f"malformed request: {e.why}")
         elif self.state is State.AUTH:
-            self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))  # type: ignore[union-attr]
+            self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))
             self._close(f"malformed authentication: {e.why}")
         else:
             self._close(f"malformed {self.state.value}: {e.why}")
@@ -272,29 +269,29 @@ class SOCKS5ServerProtocol(Protocol):
     def _greeting(self, greeting: codec.Greeting) -> None:
         # The client's address is read here, not in connectionMade: behind a
         # PROXY-protocol listener it is only known once the header is read.
-        self.client = self.transport.getPeer()  # type: ignore[union-attr]
+        self.client = self.transport.getPeer()
         if not self.factory.client_policy.allows(self.client):
             self.log.warn(
                 "refused client {client}: not in the allowed client networks",
                 client=describe(self.client),
             )
-            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))  # type: ignore[union-attr]
+            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close("client not allowed")
             return
         wanted = (
             Method.NO_AUTHENTICATION if self.factory.portal is None else Method.USERNAME_PASSWORD
         )
         if wanted not in greeting.methods:
-            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))  # type: ignore[union-attr]
+            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close(f"no acceptable method (offered {list(greeting.methods)})")
             return
-        self.transport.write(codec.build_method_selection(wanted))  # type: ignore[union-attr]
+        self.transport.write(codec.build_method_selection(wanted))
         self._move(State.AUTH if wanted is Method.USERNAME_PASSWORD else State.REQUEST)
 
     def _authenticate(self, request: codec.AuthRequest) -> None:
         assert self.factory.portal is not None
         self._move(State.AUTHENTICATING)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.pauseProducing()
         credentials = UsernamePassword(request.username, request.password)
         d = self.factory.portal.login(credentials, None, ISOCKSUser)
         self._pending = d
@@ -309,9 +306,9 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = None
         self.user = avatar.name
         self._logout = logout
-        self.transport.write(codec.build_auth_response(codec.AuthStatus.SUCCESS))  # type: ignore[union-attr]
+        self.transport.write(codec.build_auth_response(codec.AuthStatus.SUCCESS))
         self._move(State.REQUEST)
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.transport.resumeProducing()
         self._process()
 
     def _unauthenticated(self, failure: Failure) -> None:
@@ -323,7 +320,7 @@ class SOCKS5ServerProtocol(Protocol):
             client=describe(self.client) if self.client else "?",
             why=_why(failure),
         )
-        self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))  # type: ignore[union-attr]
+        self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))
         self._close("authentication failed")
 
     def _request(self, request: codec.Request) -> None:
@@ -332,6 +329,8 @@ class SOCKS5ServerProtocol(Protocol):
         self._cancel_handshake_timer()
         if request.command is Command.CONNECT:
             self._connect(request.address)
+        elif request.command is Command.BIND:
+            self._start_bind(request.address)
         else:
             self._fail(Reply.COMMAND_NOT_SUPPORTED, f"{request.command.name} is not supported")
 
@@ -339,7 +338,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _connect(self, address: Address) -> None:
         self._move(State.CONNECTING)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.transport.pauseProducing()
         d = outbound.connect(
             self.factory.reactor,
             address,
@@ -352,35 +351,18 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _connected(self, remote: Any) -> None:
         self._pending = None
-        assert remote.transport is not None
+        assert isinstance(remote, RemoteProtocol) and remote.transport is not None
         if self.state is not State.CONNECTING:
             remote.transport.loseConnection()
             return
-        self.remote = remote
         host = remote.transport.getHost()
         bound = Address.for_ip(host.host, host.port)  # type: ignore[attr-defined]
-        peer = remote.transport.getPeer()
-        self.connected_to = describe(peer)
-        self.reply = Reply.SUCCEEDED
-        self.transport.write(codec.build_reply(Reply.SUCCEEDED, bound))  # type: ignore[union-attr]
-        self.relay = StreamRelay(
-            self.factory.reactor,
-            self.transport,  # type: ignore[arg-type]
-            remote.transport,
-            idle_timeout=self.factory.idle_timeout,
-            on_idle=self._idle,
-        )
-        assert isinstance(remote, _Outbound)
-        remote.relay = self.relay
-        self._move(State.RELAYING)
-        self.relay.start()
-        pipelined, self._buffer = self._buffer, b""
-        if pipelined:
-            self.relay.from_client(pipelined)
-        if self._client_eof:
-            self.relay.eof(Side.CLIENT)
-        else:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.bound = _show(bound)
+        self.connected_to = describe(remote.transport.getPeer())
+        self._reply(Reply.SUCCEEDED, bound)
+        self._relay(remote)
+        if not self._client_eof:
+            self.transport.resumeProducing()
 
     def _connect_failed(self, failure: Failure) -> None:
         self._pending = None
@@ -388,6 +370,120 @@ class SOCKS5ServerProtocol(Protocol):
             return  # cancelled because the client left
         reply = outbound.reply_for_failure(failure)
         self._fail(reply, f"connect failed: {_why(failure)}")
+
+    # -- BIND ------------------------------------------------------------------
+
+    def _start_bind(self, address: Address) -> None:
+        """
+        BIND: find out whom to accept, listen, and send the first reply.
+
+        DST.ADDR names the peer: an IP accepts only that IP, a name any of the
+        addresses it resolves to, and 0.0.0.0 or :: (which some clients send)
+        any peer.  DST.PORT is not checked: clients commonly send 0, or a port
+        the peer will not connect from.
+        """
+        self._move(State.BINDING)
+        ip = outbound.literal_ip(address)
+        if ip is not None:
+            self._listen_for_peer(None if ip.is_unspecified else frozenset({ip}))
+            return
+        d = outbound.resolve(self.factory.reactor, address.host, self.factory.connect_timeout)
+        self._pending = d
+        d.addCallbacks(lambda ips: self._listen_for_peer(frozenset(ips)), self._bind_unresolved)
+        d.addErrback(self._unexpected, "bind")
+
+    def _bind_unresolved(self, failure: Failure) -> None:
+        self._pending = None
+        if self.state is State.BINDING:
+            self._fail(Reply.HOST_UNREACHABLE, f"BIND peer name: {_why(failure)}")
+
+    def _listen_for_peer(self, allowed: frozenset[IPAddress] | None) -> None:
+        self._pending = None
+        if self.state is not State.BINDING:
+            return
+        local = self._local_ip()
+        external = self.factory.external_address
+        if local is None and external is None:
+            self.log.warn(
+                "BIND from {client}: the control connection has no IP address "
+                "(a Unix socket?); set --external-address to allow BIND here",
+                client=describe(self.client) if self.client else "?",
+            )
+            self._fail(Reply.GENERAL_FAILURE, "BIND needs an IP address to listen on")
+            return
+        interface = str(local) if local is not None else _wildcard_for(external)
+        self._bind = BindWaiter(
+            self.factory.reactor,
+            interface,
+            allowed,
+            self.factory.bind_timeout,
+            self._bind_peer_connected,
+            self._bind_timed_out,
+        )
+        try:
+            host = self._bind.listen()
+        except Exception as e:
+            self._bind = None
+            self.log.warn("BIND could not listen on {interface}: {e}", interface=interface, e=e)
+            self._fail(Reply.GENERAL_FAILURE, f"BIND listen failed: {e}")
+            return
+        advertised = Address.for_ip(external or interface, host.port)  # type: ignore[attr-defined]
+        self.bound = _show(Address.for_ip(interface, host.port))  # type: ignore[attr-defined]
+        self._reply(Reply.SUCCEEDED, advertised)
+
+    def _bind_peer_connected(self, remote: RemoteProtocol) -> None:
+        assert remote.transport is not None
+        self._bind = None
+        if self.state is not State.BINDING:
+            remote.transport.loseConnection()
+            return
+        peer = remote.transport.getPeer()
+        self.connected_to = describe(peer)
+        self._reply(Reply.SUCCEEDED, Address.for_ip(peer.host, peer.port))  # type: ignore[attr-defined]
+        self._relay(remote)
+
+    def _bind_timed_out(self) -> None:
+        self._bind = None
+        if self.state is State.BINDING:
+            self._fail(
+                Reply.HOST_UNREACHABLE,
+                f"no BIND peer within {self.factory.bind_timeout:g} seconds",
+            )
+
+    def _stop_bind(self) -> None:
+        if self._bind is not None:
+            waiter, self._bind = self._bind, None
+            waiter.stop()
+
+    def _local_ip(self) -> IPAddress | None:
+        """
+        The IP of this proxy that the client reached, which is where BIND
+        listens: read from the socket itself, not from a PROXY header.
+        """
+        transport = self.transport
+        while isinstance(transport, ProtocolWrapper):
+            transport = transport.transport
+        return ip_of(transport.getHost())
+
+    # -- the tunnel --------------------------------------------------------------
+
+    def _relay(self, remote: RemoteProtocol) -> None:
+        """Join the client and C{remote}, passing on what the client sent early."""
+        self.relay = StreamRelay(
+            self.factory.reactor,
+            self.transport,
+            remote.transport,  # type: ignore[arg-type]
+            idle_timeout=self.factory.idle_timeout,
+            on_idle=self._idle,
+        )
+        remote.relay = self.relay
+        self._move(State.RELAYING)
+        self.relay.start()
+        early, self._buffer = self._buffer, b""
+        if early:
+            self.relay.from_client(early)
+        if self._client_eof:
+            self.relay.eof(Side.CLIENT)
 
     def _idle(self) -> None:
         self.outcome = "idle timeout"
@@ -415,6 +511,13 @@ class SOCKS5ServerProtocol(Protocol):
         """A bug in our own callbacks: log it and close, never leave a hang."""
         self.log.failure("unexpected error during {phase}", failure, phase=phase)
         self._close(f"internal error during {phase}")
+
+
+def _wildcard_for(address: str | None) -> str:
+    """The any-address of C{address}'s family."""
+    if address is not None and ipaddress.ip_address(address).version == 6:
+        return "::"
+    return "0.0.0.0"
 
 
 def _why(failure: Failure) -> str:

@@ -7,6 +7,7 @@ configuration can be added to any other Twisted application.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application import service, strports
@@ -32,6 +33,16 @@ def _seconds(name: str) -> Any:
         if not value >= 0 or value == float("inf"):
             raise ValueError(f"--{name} must be 0 or more seconds, not {text!r}")
         return value
+
+    return coerce
+
+
+def _ip(name: str) -> Any:
+    def coerce(text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text.strip()))
+        except ValueError:
+            raise ValueError(f"--{name} takes an IP address, not {text!r}") from None
 
     return coerce
 
@@ -95,6 +106,20 @@ class Options(usage.Options, AuthOptionMixin):
             "Most concurrent client connections.",
             _positive_int("max-clients"),
         ],
+        [
+            "bind-timeout",
+            None,
+            120.0,
+            "Seconds a BIND waits for its peer to connect.",
+            _seconds("bind-timeout"),
+        ],
+        [
+            "external-address",
+            None,
+            None,
+            "IP address advertised in BIND replies instead of the local one (behind NAT).",
+            _ip("external-address"),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -137,6 +162,8 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         connect_timeout=options["connect-timeout"],
         idle_timeout=options["idle-timeout"],
         max_clients=options["max-clients"],
+        bind_timeout=options["bind-timeout"],
+        external_address=options["external-address"],
         allowed_clients=options["allowed-clients"] or None,
     )
 

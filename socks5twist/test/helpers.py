@@ -34,7 +34,7 @@ def memory_portal(**users: str) -> Portal:
 
 @dataclass
 class Session:
-    reactor: MemoryReactorClock
+    reactor: Any  # a MemoryReactorClock, or a test's subclass of it
     factory: SOCKS5ServerFactory
     protocol: Any
     transport: HalfCloseTransport
@@ -67,8 +67,13 @@ class Session:
         factory.clientConnectionFailed(self.reactor.connectors[index], Failure(reason))
 
 
-def make_session(portal: Portal | None = None, peer: Any = LOCAL_CLIENT, **kwargs: Any) -> Session:
-    reactor = MemoryReactorClock()
+def make_session(
+    portal: Portal | None = None,
+    peer: Any = LOCAL_CLIENT,
+    reactor: MemoryReactorClock | None = None,
+    **kwargs: Any,
+) -> Session:
+    reactor = reactor or MemoryReactorClock()
     factory = SOCKS5ServerFactory(portal, reactor=reactor, **kwargs)
     protocol: Any = factory.buildProtocol(peer)
     transport = HalfCloseTransport(hostAddress=PROXY_HOST, peerAddress=peer)

@@ -239,8 +239,8 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(s.take(), FAILURE_REPLY % Reply.HOST_UNREACHABLE)
         self.assertTrue(s.reactor.connectors[0].stoppedConnecting)
 
-    def test_bind_and_udp_associate_are_not_supported_yet(self) -> None:
-        for command in (codec.Command.BIND, codec.Command.UDP_ASSOCIATE):
+    def test_udp_associate_is_not_supported_yet(self) -> None:
+        for command in (codec.Command.UDP_ASSOCIATE,):
             s = self.negotiated()
             s.send(codec.build_request(command, codec.Address.for_ip("0.0.0.0", 0)))
             self.assertEqual(s.take(), FAILURE_REPLY % Reply.COMMAND_NOT_SUPPORTED)
@@ -427,6 +427,7 @@ class LogTests(SynchronousTestCase):
         self.assertEqual(line["destination"], "example.com:80")
         self.assertEqual(line["connected"], "10.9.8.7:80")
         self.assertEqual(line["reply"], "0x00")
+        self.assertEqual(line["bound"], "198.51.100.7:43210")
         self.assertEqual((line["up"], line["down"]), (3, 5))
         self.assertGreaterEqual(line["duration"], 0)
         from twisted.logger import formatEvent
