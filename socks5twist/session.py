@@ -9,7 +9,8 @@ and L{SOCKS5ServerProtocol._move} is the only place that changes it.
         │                                  ▼
         └────────────────────────────► REQUEST ──► CONNECTING ──► RELAYING
                                            │                         ▲
-                                           └──────► BINDING ─────────┘
+                                           ├──────► BINDING ─────────┘
+                                           └──────► ASSOCIATED
     (any state) ──► CLOSED
 
 While the session waits on the portal or an outbound connection it pauses
@@ -42,6 +43,7 @@ from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
 from .relay import RemoteProtocol, Side, StreamRelay
+from .udp import UDPAssociation
 
 if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
@@ -56,6 +58,7 @@ class State(enum.Enum):
     REQUEST = "request"  # waiting for the command
     CONNECTING = "connecting"  # CONNECT: the outbound connection is being made
     BINDING = "binding"  # BIND: waiting for the peer to connect
+    ASSOCIATED = "associated"  # UDP ASSOCIATE: datagrams flow, TCP only holds it open
     RELAYING = "relaying"  # bytes flow both ways
     CLOSED = "closed"  # closing or gone; input is ignored
 
@@ -64,10 +67,11 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.GREETING: frozenset({State.AUTH, State.REQUEST, State.CLOSED}),
     State.AUTH: frozenset({State.AUTHENTICATING, State.CLOSED}),
     State.AUTHENTICATING: frozenset({State.REQUEST, State.CLOSED}),
-    State.REQUEST: frozenset({State.CONNECTING, State.BINDING, State.CLOSED}),
+    State.REQUEST: frozenset({State.CONNECTING, State.BINDING, State.ASSOCIATED, State.CLOSED}),
     State.CONNECTING: frozenset({State.RELAYING, State.CLOSED}),
     State.BINDING: frozenset({State.RELAYING, State.CLOSED}),
     State.RELAYING: frozenset({State.CLOSED}),
+    State.ASSOCIATED: frozenset({State.CLOSED}),
     State.CLOSED: frozenset(),
 }
 
@@ -113,6 +117,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending: defer.Deferred[Any] | None = None
         self._logout: Callable[[], None] | None = None
         self._bind: BindWaiter | None = None
+        self.udp: UDPAssociation | None = None
         self.relay: StreamRelay | None = None
         self.counted = False
         # For the session's log line.
@@ -141,6 +146,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.outcome = self.outcome or outcome
         self._cancel_handshake_timer()
         self._stop_bind()
+        self._stop_udp()
         if self.relay is not None:
             self.relay.close()
         else:
@@ -182,7 +188,8 @@ class SOCKS5ServerProtocol(Protocol):
             assert self.relay is not None
             self.relay.from_client(data)
             return
-        if self.state is State.CLOSED:
+        if self.state in (State.CLOSED, State.ASSOCIATED):
+            # The control connection of a UDP association carries nothing.
             return
         self._buffer += data
         if len(self._buffer) > MAX_PENDING:
@@ -203,6 +210,8 @@ class SOCKS5ServerProtocol(Protocol):
             # A FIN cannot be told from a hang-up; a client waiting for a
             # peer has nothing to half-close for, so take it as leaving.
             self._close("client left while waiting for the BIND peer")
+        elif self.state is State.ASSOCIATED:
+            self._close("closed")
 
     def writeConnectionLost(self) -> None:
         pass
@@ -212,15 +221,15 @@ class SOCKS5ServerProtocol(Protocol):
         self.state = State.CLOSED
         self._cancel_handshake_timer()
         self._stop_bind()
+        self._stop_udp()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.cancel()
         if self.relay is not None:
             self.relay.lost(Side.CLIENT)
         if previous is not State.CLOSED and not self.outcome:
-            self.outcome = (
-                "closed" if previous is State.RELAYING else f"client left in {previous.value}"
-            )
+            ended = previous in (State.RELAYING, State.ASSOCIATED)
+            self.outcome = "closed" if ended else f"client left in {previous.value}"
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
@@ -332,7 +341,7 @@ class SOCKS5ServerProtocol(Protocol):
         elif request.command is Command.BIND:
             self._start_bind(request.address)
         else:
-            self._fail(Reply.COMMAND_NOT_SUPPORTED, f"{request.command.name} is not supported")
+            self._associate(request.address)
 
     # -- CONNECT ---------------------------------------------------------------
 
@@ -464,6 +473,62 @@ class SOCKS5ServerProtocol(Protocol):
         while isinstance(transport, ProtocolWrapper):
             transport = transport.transport
         return ip_of(transport.getHost())
+
+    # -- UDP ASSOCIATE -----------------------------------------------------------
+
+    def _associate(self, expected: Address) -> None:
+        """
+        UDP ASSOCIATE: open the relay's client-facing port on the address the
+        client reached (or C{udp_interface}) and reply with it.  The
+        association lives as long as this control connection.
+        """
+        client_ip = ip_of(self.client) if self.client is not None else None
+        if client_ip is None:
+            self._fail(Reply.GENERAL_FAILURE, "UDP ASSOCIATE needs a client with an IP address")
+            return
+        if not self.factory.udp_association_started(client_ip):
+            self.log.warn(
+                "refused UDP ASSOCIATE from {client}: {n} associations open (--max-udp-per-client)",
+                client=describe(self.client) if self.client else "?",
+                n=self.factory.max_udp_per_client,
+            )
+            self._fail(Reply.NOT_ALLOWED, "too many UDP associations for this client")
+            return
+        self._udp_client_ip = client_ip
+        local_ip = self.factory.udp_interface or self._local_ip()
+        local = str(local_ip) if local_ip is not None else _wildcard_for(str(client_ip))
+        association = UDPAssociation(
+            self.factory.reactor,
+            client_ip,
+            expected,
+            local,
+            any_source=self.factory.udp_any_source,
+            idle_timeout=self.factory.idle_timeout,
+            on_idle=self._udp_idle,
+            resolve_timeout=self.factory.connect_timeout or 10.0,
+        )
+        try:
+            host = association.open()
+        except Exception as e:
+            self.factory.udp_association_ended(client_ip)
+            self.log.warn("UDP ASSOCIATE could not listen on {local}: {e}", local=local, e=e)
+            self._fail(Reply.GENERAL_FAILURE, f"UDP listen failed: {e}")
+            return
+        self.udp = association
+        self._move(State.ASSOCIATED)
+        port = host.port  # type: ignore[attr-defined]
+        self.bound = _show(Address.for_ip(local, port))
+        external = self.factory.external_address
+        self._reply(Reply.SUCCEEDED, Address.for_ip(external or local, port))
+
+    def _udp_idle(self) -> None:
+        self.outcome = "idle timeout"
+        self._close("idle timeout")
+
+    def _stop_udp(self) -> None:
+        if self.udp is not None and not self.udp.closed:
+            self.udp.close()
+            self.factory.udp_association_ended(self._udp_client_ip)
 
     # -- the tunnel --------------------------------------------------------------
 

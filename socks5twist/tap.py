@@ -117,8 +117,29 @@ class Options(usage.Options, AuthOptionMixin):
             "external-address",
             None,
             None,
-            "IP address advertised in BIND replies instead of the local one (behind NAT).",
+            "IP address advertised in BIND and UDP ASSOCIATE replies (behind NAT).",
             _ip("external-address"),
+        ],
+        [
+            "udp-interface",
+            None,
+            None,
+            "Local IP address for UDP ASSOCIATE relay ports; default: the one the client reached.",
+            _ip("udp-interface"),
+        ],
+        [
+            "max-udp-per-client",
+            None,
+            16,
+            "Most UDP associations one client IP may hold open.",
+            _positive_int("max-udp-per-client"),
+        ],
+    ]
+    optFlags = [
+        [
+            "udp-any-source",
+            None,
+            "Relay datagrams to UDP clients from any address, not only from those they sent to.",
         ],
     ]
 
@@ -164,6 +185,9 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         max_clients=options["max-clients"],
         bind_timeout=options["bind-timeout"],
         external_address=options["external-address"],
+        udp_interface=options["udp-interface"],
+        udp_any_source=bool(options["udp-any-source"]),
+        max_udp_per_client=options["max-udp-per-client"],
         allowed_clients=options["allowed-clients"] or None,
     )
 

@@ -239,13 +239,6 @@ class ConnectTests(SynchronousTestCase):
         self.assertEqual(s.take(), FAILURE_REPLY % Reply.HOST_UNREACHABLE)
         self.assertTrue(s.reactor.connectors[0].stoppedConnecting)
 
-    def test_udp_associate_is_not_supported_yet(self) -> None:
-        for command in (codec.Command.UDP_ASSOCIATE,):
-            s = self.negotiated()
-            s.send(codec.build_request(command, codec.Address.for_ip("0.0.0.0", 0)))
-            self.assertEqual(s.take(), FAILURE_REPLY % Reply.COMMAND_NOT_SUPPORTED)
-            self.assertTrue(s.transport.disconnecting)
-
     def test_unknown_command_and_address_type(self) -> None:
         s = self.negotiated()
         s.send(b"\x05\x09\x00\x01\x7f\x00\x00\x01\x00\x50")

@@ -1,0 +1,292 @@
+"""
+UDP ASSOCIATE (RFC 1928 section 7): a datagram relay that is safe by default.
+
+One L{UDPAssociation} per request.  It owns:
+
+- the client-facing socket, on the address the client reached the proxy on
+  (the port named in the reply), which takes datagrams only from the
+  client's IP, and, where the request named one, only from that exact
+  address or port;
+- one socket per address family towards destinations, opened when first
+  needed, which take datagrams only from addresses the client has sent to
+  (unless C{any_source} is set).
+
+Everything is dropped rather than answered: a malformed or fragmented
+datagram, one from the wrong source, one whose name does not resolve.  Each
+drop is counted by reason for the session's log line; none is logged one by
+one, so a flood cannot flood the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import codec, outbound
+from .codec import Address, MalformedMessage
+from .policy import IPAddress
+
+# Bounds on what one association remembers.
+MAX_DESTINATIONS = 4096  # addresses the client has sent to (replies allowed from)
+MAX_NAMES = 256  # resolved names kept
+MAX_WAITING = 64  # datagrams held while their names resolve
+MAX_DATAGRAM = 65535
+
+
+def _unmap(host: str) -> IPAddress:
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class _Side(DatagramProtocol):
+    noisy = False
+
+    def __init__(self, receive: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self._receive = receive
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self._receive(datagram, addr)
+
+
+class UDPAssociation:
+    """
+    The relay for one UDP ASSOCIATE.
+
+    @param client_ip: the control connection's client IP; datagrams from any
+        other IP are dropped.
+    @param expected: the request's DST.ADDR and DST.PORT: a non-zero address
+        or port narrows the accepted source further.
+    @param interface: the local address of the client-facing socket.
+    @param any_source: relay datagrams from any remote address, not only
+        from those the client has sent to.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        client_ip: IPAddress,
+        expected: Address,
+        interface: str,
+        any_source: bool = False,
+        idle_timeout: float = 0.0,
+        on_idle: Callable[[], None] | None = None,
+        resolve_timeout: float = 10.0,
+    ) -> None:
+        self._reactor = reactor
+        self.client_ip = client_ip
+        ip = outbound.literal_ip(expected)
+        self._expected_ip = ip if ip is not None and not ip.is_unspecified else None
+        self._expected_port = expected.port or None
+        self.interface = interface
+        self.any_source = any_source
+        self._idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._resolve_timeout = resolve_timeout
+        self.client_address: tuple[str, int] | None = None
+        self._client_port: IListeningPort | None = None
+        self._remote_ports: dict[int, IListeningPort] = {}
+        self._destinations: collections.OrderedDict[tuple[IPAddress, int], None] = (
+            collections.OrderedDict()
+        )
+        self._names: collections.OrderedDict[str, IPAddress] = collections.OrderedDict()
+        self._waiting: dict[str, list[tuple[int, bytes]]] = {}
+        self._waiting_count = 0
+        self._idle_call: IDelayedCall | None = None
+        self._last_activity = 0.0
+        self.closed = False
+        self.up_datagrams = self.up_bytes = 0
+        self.down_datagrams = self.down_bytes = 0
+        self.dropped: collections.Counter[str] = collections.Counter()
+
+    # -- lifetime ------------------------------------------------------------
+
+    def open(self) -> IAddress:
+        """Listen on the client-facing socket (raises L{CannotListenError})."""
+        self._client_port = self._reactor.listenUDP(
+            0, _Side(self.from_client), interface=self.interface, maxPacketSize=MAX_DATAGRAM
+        )
+        if self._idle_timeout > 0:
+            self._last_activity = self._reactor.seconds()
+            self._idle_call = self._reactor.callLater(self._idle_timeout, self._check_idle)
+        return self._client_port.getHost()
+
+    def close(self) -> None:
+        """Close every socket of the association at once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        ports = [self._client_port, *self._remote_ports.values()]
+        self._client_port = None
+        self._remote_ports.clear()
+        for port in ports:
+            if port is not None:
+                port.stopListening()
+
+    def _check_idle(self) -> None:
+        idle_for = self._reactor.seconds() - self._last_activity
+        if idle_for >= self._idle_timeout:
+            self._idle_call = None
+            if self._on_idle is not None:
+                self._on_idle()
+        else:
+            self._idle_call = self._reactor.callLater(
+                self._idle_timeout - idle_for, self._check_idle
+            )
+
+    def _touch(self) -> None:
+        if self._idle_call is not None:
+            self._last_activity = self._reactor.seconds()
+
+    # -- client to destination -------------------------------------------------
+
+    def from_client(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        if not self._is_client(addr):
+            self.dropped["wrong source"] += 1
+            return
+        try:
+            parsed = codec.parse_udp_datagram(datagram)
+        except MalformedMessage:
+            self.dropped["malformed"] += 1
+            return
+        if parsed.frag != 0:
+            self.dropped["fragmented"] += 1
+            return
+        self.client_address = (addr[0], addr[1])
+        self._touch()
+        ip = outbound.literal_ip(parsed.address)
+        if ip is not None:
+            self._send(ip, parsed.address.port, parsed.data)
+            return
+        name = parsed.address.host
+        known = self._names.get(name)
+        if known is not None:
+            self._names.move_to_end(name)
+            self._send(known, parsed.address.port, parsed.data)
+            return
+        self._resolve_then_send(name, parsed.address.port, parsed.data)
+
+    def _is_client(self, addr: tuple[str, int]) -> bool:
+        try:
+            ip = _unmap(addr[0])
+        except ValueError:
+            return False
+        if self.client_address is not None:
+            return (ip, addr[1]) == (_unmap(self.client_address[0]), self.client_address[1])
+        if ip != self.client_ip:
+            return False
+        if self._expected_ip is not None and ip != self._expected_ip:
+            return False
+        return self._expected_port is None or addr[1] == self._expected_port
+
+    def _resolve_then_send(self, name: str, port: int, data: bytes) -> None:
+        if self._waiting_count >= MAX_WAITING:
+            self.dropped["resolver backlog"] += 1
+            return
+        self._waiting_count += 1
+        queue = self._waiting.get(name)
+        if queue is not None:
+            queue.append((port, data))
+            return
+        self._waiting[name] = [(port, data)]
+        d = outbound.resolve(self._reactor, name, self._resolve_timeout)
+        d.addCallbacks(self._resolved, self._unresolved, (name,), {}, (name,))
+        d.addErrback(self._unexpected)
+
+    def _resolved(self, ips: list[IPAddress], name: str) -> None:
+        queue = self._waiting.pop(name, [])
+        self._waiting_count -= len(queue)
+        if self.closed:
+            return
+        ip = ips[0]
+        self._names[name] = ip
+        if len(self._names) > MAX_NAMES:
+            self._names.popitem(last=False)
+        for port, data in queue:
+            self._send(ip, port, data)
+
+    def _unresolved(self, failure: Failure, name: str) -> None:
+        queue = self._waiting.pop(name, [])
+        self._waiting_count -= len(queue)
+        self.dropped["unresolved"] += len(queue)
+
+    def _unexpected(self, failure: Failure) -> None:
+        self.log.failure("unexpected error in a UDP association", failure)
+
+    def _send(self, ip: IPAddress, port: int, data: bytes) -> None:
+        if port == 0:
+            self.dropped["port 0"] += 1
+            return
+        try:
+            remote = self._remote_port(ip.version)
+            remote.write(data, (str(ip), port))  # type: ignore[attr-defined]
+        except error.MessageLengthError:
+            self.dropped["too big"] += 1
+            return
+        except (OSError, error.CannotListenError):
+            self.dropped["send failed"] += 1
+            return
+        key = (ip, port)
+        self._destinations[key] = None
+        self._destinations.move_to_end(key)
+        if len(self._destinations) > MAX_DESTINATIONS:
+            self._destinations.popitem(last=False)
+        self.up_datagrams += 1
+        self.up_bytes += len(data)
+
+    def _remote_port(self, version: int) -> IListeningPort:
+        port = self._remote_ports.get(version)
+        if port is None:
+            interface = "0.0.0.0" if version == 4 else "::"
+            port = self._reactor.listenUDP(
+                0, _Side(self.from_remote), interface=interface, maxPacketSize=MAX_DATAGRAM
+            )
+            self._remote_ports[version] = port
+        return port
+
+    # -- destination to client ---------------------------------------------------
+
+    def from_remote(self, datagram: bytes, addr: tuple[str, int]) -> None:
+        if self.closed:
+            return
+        ip = _unmap(addr[0])
+        if not self.any_source and (ip, addr[1]) not in self._destinations:
+            self.dropped["unsolicited"] += 1
+            return
+        if self.client_address is None or self._client_port is None:
+            self.dropped["no client address"] += 1
+            return
+        self._touch()
+        header = Address.for_ip(str(ip), addr[1])
+        try:
+            self._client_port.write(  # type: ignore[attr-defined]
+                codec.build_udp_datagram(header, datagram), self.client_address
+            )
+        except error.MessageLengthError:
+            self.dropped["too big"] += 1
+            return
+        except OSError:
+            self.dropped["send failed"] += 1
+            return
+        self.down_datagrams += 1
+        self.down_bytes += len(datagram)
+
+    def describe_drops(self) -> str:
+        """C{reason:count,...}, for the log line."""
+        return ",".join(f"{reason}:{n}" for reason, n in sorted(self.dropped.items())) or "0"
