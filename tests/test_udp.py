@@ -1,0 +1,199 @@
+"""
+UDP ASSOCIATE against the real server: PySocks' UDP socket through a local
+echo server, spoofed sources, fragments, malformed headers, IPv6, and the
+relay's ports dying with the control connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import rawsocks
+from .conftest import SocksServer, require_module, wait_until
+
+
+@pytest.fixture(scope="module")
+def udp_echo() -> Iterator[dict[int, tuple[str, int]]]:
+    """UDP echo servers on 127.0.0.1 and ::1 that answer with the SHA-256 of what they got."""
+    servers: dict[int, tuple[str, int]] = {}
+    sockets = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        sock.settimeout(0.2)
+        sockets.append(sock)
+        servers[4 if family == socket.AF_INET else 6] = (host, sock.getsockname()[1])
+    stop = threading.Event()
+
+    def serve(sock: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            sock.sendto(b"echo:" + hashlib.sha256(data).digest(), addr)
+
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in sockets]
+    for t in threads:
+        t.start()
+    yield servers
+    stop.set()
+    for t in threads:
+        t.join(2)
+    for s in sockets:
+        s.close()
+
+
+def udp_header(host: str, port: int, frag: int = 0) -> bytes:
+    return b"\x00\x00" + bytes([frag]) + rawsocks.address_bytes(host, port)
+
+
+def associate(
+    server: SocksServer, family: int = socket.AF_INET
+) -> tuple[socket.socket, tuple[str, int]]:
+    control = rawsocks.open_socket(server.address)
+    control.sendall(b"\x05\x01\x00")
+    assert rawsocks.recv_exact(control, 2) == b"\x05\x00"
+    zero = "0.0.0.0" if family == socket.AF_INET else "::"
+    control.sendall(b"\x05\x03\x00" + rawsocks.address_bytes(zero, 0))
+    code, host, port, _ = rawsocks.read_reply(control)
+    assert code == 0
+    return control, (host, port)
+
+
+def udp_ports_of(pid: int) -> set[int]:
+    """Local ports of the UDP sockets that process C{pid} holds."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_pysocks_udp_round_trip(socks_server: SocksServer, udp_echo) -> None:
+    socks = require_module("socks")
+    sock = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.set_proxy(socks.SOCKS5, *socks_server.address)
+    sock.settimeout(5)
+    for size in (1, 1200, 60000):
+        payload = os.urandom(size)
+        sock.sendto(payload, udp_echo[4])
+        data, source = sock.recvfrom(65535)
+        assert data == b"echo:" + hashlib.sha256(payload).digest()
+        assert source == udp_echo[4]
+    sock.close()
+    wait_until(socks_server.session_lines, 5, "the session line")
+    [line] = socks_server.session_lines()
+    assert "UDP_ASSOCIATE" in line and "datagrams=3/3 dropped=0" in line
+
+
+def test_spoofed_fragmented_and_malformed_datagrams_are_dropped(
+    socks_server: SocksServer, udp_echo
+) -> None:
+    control, relay = associate(socks_server)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(3)
+    # From another loopback address: dropped (the client's IP is 127.0.0.1).
+    spoofer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    spoofer.bind(("127.0.0.2", 0))
+    spoofer.settimeout(0.5)
+    spoofer.sendto(udp_header(*udp_echo[4]) + b"spoofed", relay)
+    with pytest.raises(TimeoutError):
+        spoofer.recvfrom(100)
+    # The real client: the first datagram fixes its address.
+    client.sendto(udp_header(*udp_echo[4]) + b"hello", relay)
+    data, _ = client.recvfrom(65535)
+    assert data == udp_header(*udp_echo[4]) + b"echo:" + hashlib.sha256(b"hello").digest()
+    # Fragments, truncated headers and junk get nothing back.
+    client.sendto(udp_header(*udp_echo[4], frag=1) + b"fragment", relay)
+    client.sendto(b"\x00\x00\x00\x01\x7f", relay)
+    client.sendto(b"\x00\x00\x00\x07junk", relay)
+    client.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        client.recvfrom(100)
+    # And the association still works.
+    client.settimeout(3)
+    client.sendto(udp_header(*udp_echo[4]) + b"again", relay)
+    assert client.recvfrom(65535)[0].endswith(hashlib.sha256(b"again").digest())
+    control.close()
+    wait_until(socks_server.session_lines, 5, "the session line")
+    [line] = socks_server.session_lines()
+    assert "datagrams=2/2" in line
+    assert "dropped=fragmented:1,malformed:2,wrong source:1" in line
+
+
+def test_domain_name_destination(socks_server: SocksServer, udp_echo) -> None:
+    control, relay = associate(socks_server)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    port = udp_echo[4][1]
+    header = b"\x00\x00\x00\x03" + bytes([9]) + b"localhost" + struct.pack("!H", port)
+    client.sendto(header + b"by name", relay)
+    data, _ = client.recvfrom(65535)
+    # The reply names the address the datagram came from, never a name.
+    assert data[3] in (1, 4)
+    assert data.endswith(hashlib.sha256(b"by name").digest())
+    control.close()
+
+
+def test_ipv6_client_reaches_both_families(start_server, udp_echo) -> None:
+    server = start_server(host="::1")
+    control, relay = associate(server, socket.AF_INET6)
+    assert relay[0] == "::1"
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    for family in (6, 4):
+        client.sendto(udp_header(*udp_echo[family]) + b"v6 client", relay)
+        data, _ = client.recvfrom(65535)
+        assert (
+            data == udp_header(*udp_echo[family]) + b"echo:" + hashlib.sha256(b"v6 client").digest()
+        )
+    control.close()
+
+
+def test_relay_ports_die_with_the_control_connection(socks_server: SocksServer, udp_echo) -> None:
+    before = udp_ports_of(socks_server.pid)
+    controls = []
+    for _ in range(10):
+        control, relay = associate(socks_server)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.settimeout(5)
+        client.sendto(udp_header(*udp_echo[4]) + b"x", relay)
+        client.recvfrom(100)
+        controls.append((control, relay))
+    during = udp_ports_of(socks_server.pid)
+    assert {relay[1] for _, relay in controls} <= during
+    for control, _ in controls:
+        control.close()
+    wait_until(lambda: udp_ports_of(socks_server.pid) == before, 2, "the UDP ports to close")
+
+
+def test_associations_per_client_are_limited(start_server) -> None:
+    server = start_server("--max-udp-per-client", "2")
+    held = [associate(server)[0] for _ in range(2)]
+    control = rawsocks.open_socket(server.address)
+    control.sendall(b"\x05\x01\x00\x05\x03\x00" + rawsocks.address_bytes("0.0.0.0", 0))
+    assert rawsocks.recv_exact(control, 2) == b"\x05\x00"
+    assert rawsocks.read_reply(control)[0] == 2
+    held[0].close()
+    wait_until(lambda: len(server.session_lines()) >= 2, 5, "a slot to free")
+    associate(server)[0].close()
