@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 
-from .conftest import Blob, require_module, require_tool
+from .conftest import Blob, require_module, require_tool, wait_until
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -24,8 +24,9 @@ def test_curl_socks5_ipv4(socks_server, origin, blob: Blob) -> None:
     result = curl("--socks5", f"{host}:{port}", f"http://{origin[0]}:{origin[1]}/blob")
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).hexdigest() == blob.sha256
-    [line] = socks_server.session_lines()
-    assert f"CONNECT 127.0.0.1:{origin[1]} -> 127.0.0.1:{origin[1]} reply=0x00" in line
+    [line] = wait_until(socks_server.session_lines, 5, "the session line")
+    assert f"CONNECT 127.0.0.1:{origin[1]} -> 127.0.0.1:{origin[1]} bound=127.0.0.1:" in line
+    assert " reply=0x00 " in line
     down = int(line.split(" down=")[1].split()[0])
     assert len(blob.data) < down < len(blob.data) + 1024  # the blob and its headers
 
@@ -35,7 +36,7 @@ def test_curl_socks5_hostname_resolves_at_the_proxy(socks_server, origin, blob: 
     result = curl("--socks5-hostname", f"{host}:{port}", f"http://localhost:{origin[1]}/x")
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).hexdigest() == blob.sha256
-    [line] = socks_server.session_lines()
+    [line] = wait_until(socks_server.session_lines, 5, "the session line")
     assert f"CONNECT localhost:{origin[1]} -> 127.0.0.1:{origin[1]}" in line
 
 
@@ -60,7 +61,7 @@ def test_curl_over_ipv6(start_server, origin6, blob: Blob) -> None:
     result = curl("--socks5", f"[::1]:{server.address[1]}", f"http://[::1]:{origin6[1]}/")
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(result.stdout).hexdigest() == blob.sha256
-    [line] = server.session_lines()
+    [line] = wait_until(server.session_lines, 5, "the session line")
     assert "[::1]:" in line and f"-> [::1]:{origin6[1]}" in line
 
 

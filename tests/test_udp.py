@@ -88,7 +88,9 @@ def udp_ports_of(pid: int) -> set[int]:
     return ports
 
 
-def test_pysocks_udp_round_trip(socks_server: SocksServer, udp_echo) -> None:
+def test_pysocks_udp_round_trip(
+    socks_server: SocksServer, udp_echo: dict[int, tuple[str, int]]
+) -> None:
     socks = require_module("socks")
     sock = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.set_proxy(socks.SOCKS5, *socks_server.address)
@@ -106,7 +108,7 @@ def test_pysocks_udp_round_trip(socks_server: SocksServer, udp_echo) -> None:
 
 
 def test_spoofed_fragmented_and_malformed_datagrams_are_dropped(
-    socks_server: SocksServer, udp_echo
+    socks_server: SocksServer, udp_echo: dict[int, tuple[str, int]]
 ) -> None:
     control, relay = associate(socks_server)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -141,7 +143,9 @@ def test_spoofed_fragmented_and_malformed_datagrams_are_dropped(
     assert "dropped=fragmented:1,malformed:2,wrong source:1" in line
 
 
-def test_domain_name_destination(socks_server: SocksServer, udp_echo) -> None:
+def test_domain_name_destination(
+    socks_server: SocksServer, udp_echo: dict[int, tuple[str, int]]
+) -> None:
     control, relay = associate(socks_server)
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.settimeout(5)
@@ -155,7 +159,9 @@ def test_domain_name_destination(socks_server: SocksServer, udp_echo) -> None:
     control.close()
 
 
-def test_ipv6_client_reaches_both_families(start_server, udp_echo) -> None:
+def test_ipv6_client_reaches_both_families(
+    start_server, udp_echo: dict[int, tuple[str, int]]
+) -> None:
     server = start_server(host="::1")
     control, relay = associate(server, socket.AF_INET6)
     assert relay[0] == "::1"
@@ -170,7 +176,9 @@ def test_ipv6_client_reaches_both_families(start_server, udp_echo) -> None:
     control.close()
 
 
-def test_relay_ports_die_with_the_control_connection(socks_server: SocksServer, udp_echo) -> None:
+def test_relay_ports_die_with_the_control_connection(
+    socks_server: SocksServer, udp_echo: dict[int, tuple[str, int]]
+) -> None:
     before = udp_ports_of(socks_server.pid)
     controls = []
     for _ in range(10):
