@@ -121,3 +121,24 @@ def test_python_socks(socks_server, echo_server) -> None:
     sock.sendall(b"hello")
     assert sock.recv(5) == b"hello"
     sock.close()
+
+
+def test_curl_with_a_file_checker(start_server, origin, blob: Blob, tmp_path) -> None:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("carol:open sesame\n")
+    server = start_server("--auth", f"file:{passwords}")
+    host, port = server.address
+    url = f"http://127.0.0.1:{origin[1]}/"
+    good = curl("--proxy", f"socks5h://carol:open%20sesame@{host}:{port}", url)
+    assert good.returncode == 0, good.stderr
+    assert hashlib.sha256(good.stdout).hexdigest() == blob.sha256
+    bad = curl("--proxy", f"socks5h://carol:closed@{host}:{port}", url)
+    assert bad.returncode == 97
+
+
+def test_help_auth_lists_the_checkers() -> None:
+    from .conftest import TWISTD
+
+    result = subprocess.run([*TWISTD, "socks5", "--help-auth"], capture_output=True, timeout=30)
+    output = result.stdout.decode()
+    assert "memory" in output and "file" in output, output
