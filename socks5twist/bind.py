@@ -29,6 +29,7 @@ class BindWaiter(ServerFactory):
         (the client sent 0.0.0.0 or ::).
     @param on_peer: called with the peer's protocol once it is connected.
     @param on_timeout: called if no allowed peer connects within C{timeout}.
+    @param admit: a last say on an expected peer (the access rules).
     """
 
     noisy = False
@@ -42,6 +43,7 @@ class BindWaiter(ServerFactory):
         timeout: float,
         on_peer: Callable[[RemoteProtocol], None],
         on_timeout: Callable[[], None],
+        admit: Callable[[IAddress], bool] | None = None,
     ) -> None:
         self._reactor = reactor
         self.interface = interface
@@ -49,6 +51,7 @@ class BindWaiter(ServerFactory):
         self._timeout = timeout
         self._on_peer = on_peer
         self._on_timeout = on_timeout
+        self._admit = admit
         self.port: IListeningPort | None = None
         self._timer: IDelayedCall | None = None
         self.accepted = False
@@ -74,6 +77,9 @@ class BindWaiter(ServerFactory):
                 peer=describe(addr),
                 expected=", ".join(sorted(map(str, self.allowed))),
             )
+            return None
+        if self._admit is not None and not self._admit(addr):
+            self.rejected += 1
             return None
         self.accepted = True
         self.stop()

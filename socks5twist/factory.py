@@ -8,8 +8,9 @@ from __future__ import annotations
 import collections
 import ipaddress
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
 from twisted.internet.protocol import ServerFactory
@@ -23,9 +24,29 @@ from .policy import (
     IPAddress,
     IPNetwork,
     describe,
+    ip_of,
     parse_network,
 )
+from .rules import ALLOW_ALL, Decision, Rules
 from .session import SOCKS5ServerProtocol, _show
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+
+@dataclass
+class Stats:
+    """Plain counters of ended sessions (live ones are read from the sessions)."""
+
+    connections: int = 0
+    auth_failures: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    ended: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    limited: collections.Counter[str] = field(default_factory=collections.Counter)
+    udp_datagrams: collections.Counter[str] = field(default_factory=collections.Counter)
+    udp_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class SOCKS5ServerFactory(ServerFactory):
@@ -55,6 +76,16 @@ class SOCKS5ServerFactory(ServerFactory):
         address, not only from those it has sent to.
     @param max_udp_per_client: the most UDP associations one client IP may
         hold open at once.
+    @param rules: access rules (L{socks5twist.rules.Rules}); the default
+        allows everything.  Replace C{factory.rules} to change them: sessions
+        read them at each decision.
+    @param max_sessions_per_client: the most concurrent sessions per client
+        IP (C{None}: no limit); the next is closed before negotiating.
+    @param max_sessions_per_user: the most concurrent sessions per
+        authenticated user; the next request gets X'02'.
+    @param outgoing_addresses: at most one IPv4 and one IPv6 address that
+        outbound CONNECT sockets, BIND listeners and UDP relay sockets towards
+        destinations bind to.
     @param allowed_clients: the client networks (L{ipaddress} networks or
         their text) that may use the server.  By default, loopback only
         without a portal, and any address with one.
@@ -79,6 +110,10 @@ class SOCKS5ServerFactory(ServerFactory):
         udp_interface: str | None = None,
         udp_any_source: bool = False,
         max_udp_per_client: int = 16,
+        rules: Rules | None = None,
+        max_sessions_per_client: int | None = None,
+        max_sessions_per_user: int | None = None,
+        outgoing_addresses: Iterable[str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -94,8 +129,13 @@ class SOCKS5ServerFactory(ServerFactory):
                 raise ValueError(f"{name} must be 0 or more, not {value}")
         if max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, not {max_clients}")
-        if max_udp_per_client < 1:
-            raise ValueError(f"max_udp_per_client must be at least 1, not {max_udp_per_client}")
+        for name, limit in (
+            ("max_udp_per_client", max_udp_per_client),
+            ("max_sessions_per_client", max_sessions_per_client),
+            ("max_sessions_per_user", max_sessions_per_user),
+        ):
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be at least 1, not {limit}")
         self.portal = portal
         self.reactor = reactor
         self.handshake_timeout = handshake_timeout
@@ -110,6 +150,22 @@ class SOCKS5ServerFactory(ServerFactory):
         self.udp_any_source = udp_any_source
         self.max_udp_per_client = max_udp_per_client
         self.udp_associations: collections.Counter[IPAddress] = collections.Counter()
+        self.rules = rules or ALLOW_ALL
+        self.max_sessions_per_client = max_sessions_per_client
+        self.max_sessions_per_user = max_sessions_per_user
+        self.client_sessions: collections.Counter[IPAddress] = collections.Counter()
+        self.user_sessions: collections.Counter[str] = collections.Counter()
+        self.outgoing: dict[int, str] = {}
+        for text in outgoing_addresses:
+            ip = ipaddress.ip_address(text)
+            if ip.version in self.outgoing:
+                raise ValueError(f"one outgoing address per IP version: {text} is the second")
+            self.outgoing[ip.version] = str(ip)
+        self.denials: collections.Counter[str] = collections.Counter()
+        self.stats = Stats()
+        self.metrics: Metrics | None = None
+        # Called when the last session ends (a draining service listens).
+        self.on_idle: Callable[[], None] | None = None
         if allowed_clients is None:
             self.client_policy = ALLOW_ANY if portal is not None else LOOPBACK_ONLY
         else:
@@ -118,16 +174,76 @@ class SOCKS5ServerFactory(ServerFactory):
             )
         self.sessions: set[SOCKS5ServerProtocol] = set()
 
+    def enable_metrics(self) -> Metrics:
+        """Start keeping Prometheus metrics (see L{socks5twist.metrics})."""
+        from .metrics import Metrics
+
+        if self.metrics is None:
+            self.metrics = Metrics(self)
+        return self.metrics
+
     def session_started(self, session: SOCKS5ServerProtocol) -> bool:
         """Count a new session in; C{False} if that would pass C{max_clients}."""
+        self.stats.connections += 1
         if len(self.sessions) >= self.max_clients:
+            self.stats.limited["max-clients"] += 1
             return False
         self.sessions.add(session)
         return True
 
+    def client_session_started(self, session: SOCKS5ServerProtocol) -> bool:
+        """
+        Count a session in under its client IP (once the client is known);
+        C{False} if that would pass C{max_sessions_per_client}.
+        """
+        ip = ip_of(session.client) if session.client is not None else None
+        if ip is None:
+            return True
+        if (
+            self.max_sessions_per_client is not None
+            and self.client_sessions[ip] >= self.max_sessions_per_client
+        ):
+            self.stats.limited["max-sessions-per-client"] += 1
+            return False
+        self.client_sessions[ip] += 1
+        session.limit_keys.append(("client", ip))
+        return True
+
+    def user_session_started(self, session: SOCKS5ServerProtocol) -> bool:
+        """Count a session in under its user; C{False} past C{max_sessions_per_user}."""
+        if session.user is None:
+            return True
+        if (
+            self.max_sessions_per_user is not None
+            and self.user_sessions[session.user] >= self.max_sessions_per_user
+        ):
+            self.stats.limited["max-sessions-per-user"] += 1
+            return False
+        self.user_sessions[session.user] += 1
+        session.limit_keys.append(("user", session.user))
+        return True
+
+    def _idle_now(self) -> None:
+        if not self.sessions and self.on_idle is not None:
+            self.on_idle()
+
+    def rule_denied(self, decision: Decision) -> None:
+        """Count a denial under the rule that made it."""
+        self.denials[decision.label] += 1
+
+    def request_received(self, session: SOCKS5ServerProtocol) -> None:
+        """Count a request, and how long its negotiation took."""
+        self.stats.requests[session.command_label] += 1
+        if self.metrics is not None:
+            self.metrics.handshake.observe(time.time() - session.started)
+
+    def auth_failed(self) -> None:
+        self.stats.auth_failures += 1
+
     def udp_association_started(self, client: IPAddress) -> bool:
         """Count a UDP association of C{client} in; C{False} past the limit."""
         if self.udp_associations[client] >= self.max_udp_per_client:
+            self.stats.limited["max-udp-per-client"] += 1
             return False
         self.udp_associations[client] += 1
         return True
@@ -140,8 +256,23 @@ class SOCKS5ServerFactory(ServerFactory):
     def session_ended(self, session: SOCKS5ServerProtocol) -> None:
         """Count a session out and write its log line."""
         self.sessions.discard(session)
+        for kind, key in session.limit_keys:
+            counter: collections.Counter[Any] = (
+                self.client_sessions if kind == "client" else self.user_sessions
+            )
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+        session.limit_keys.clear()
+        if not self.sessions and self.on_idle is not None:
+            self.reactor.callLater(0, self._idle_now)
         relay, udp = session.relay, session.udp
+        stats = self.stats
+        stats.ended[(session.command_label, session.reply_label)] += 1
         if udp is not None:
+            stats.udp_datagrams["up"] += udp.up_datagrams
+            stats.udp_datagrams["down"] += udp.down_datagrams
+            stats.udp_dropped.update(udp.dropped)
             up, down = udp.up_bytes, udp.down_bytes
             extra = (
                 f" datagrams={udp.up_datagrams}/{udp.down_datagrams} dropped={udp.describe_drops()}"
@@ -149,6 +280,8 @@ class SOCKS5ServerFactory(ServerFactory):
         else:
             up, down = (relay.up, relay.down) if relay is not None else (0, 0)
             extra = ""
+        stats.bytes_up += up
+        stats.bytes_down += down
         self.log.info(
             "session {client} user={user} {command} {destination} -> {connected} "
             "bound={bound} reply={reply} up={up} down={down}{extra} "

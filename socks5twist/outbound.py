@@ -1,16 +1,20 @@
 """
-Reaching destinations: choosing the endpoint for CONNECT, resolving names
-(for BIND's expected peer), and turning a failure into the reply code RFC
-1928 gives it.
+Reaching destinations: resolving names, connecting to exactly the addresses
+that were resolved and checked, and turning a failure into the reply code
+RFC 1928 gives it.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer, error
+from twisted.internet._resolver import HostResolution
+from twisted.internet.address import IPv4Address as TwistedIPv4Address
+from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -18,11 +22,11 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IAddress,
+    IHostnameResolver,
     IHostResolution,
     IProtocol,
     IProtocolFactory,
-    IReactorTCP,
-    IReactorTime,
+    IReactorPluggableNameResolver,
     IResolutionReceiver,
     IStreamClientEndpoint,
 )
@@ -30,9 +34,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .codec import Address, AddressType, Reply
+from .policy import IPAddress
 
 
-def literal_ip(address: Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def literal_ip(address: Address) -> IPAddress | None:
     """
     The IP address a SOCKS address names without DNS, if any.
 
@@ -51,40 +56,109 @@ def literal_ip(address: Address) -> ipaddress.IPv4Address | ipaddress.IPv6Addres
     return ip
 
 
-def endpoint_for(reactor: Any, address: Address, timeout: float) -> IStreamClientEndpoint:
+@implementer(IHostnameResolver)
+class _CheckedAddresses:
     """
-    The client endpoint that reaches C{address}: plain TCP for an IP (given as
-    such or as a literal name), L{HostnameEndpoint} for a name, so that names
-    are resolved here, by the proxy, and connected with happy eyeballs.
+    A name resolver that knows only the addresses already resolved and
+    checked: L{HostnameEndpoint} connects (with happy eyeballs) to exactly
+    those, and no second lookup can answer differently.
     """
-    ip = literal_ip(address)
-    if ip is None:
-        name = address.host.encode("utf-8", "surrogateescape")
-        return HostnameEndpoint(reactor, name, address.port, timeout=timeout)
-    if ip.version == 4:
-        return TCP4ClientEndpoint(reactor, str(ip), address.port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, str(ip), address.port, timeout=timeout)
+
+    def __init__(self, addresses: Sequence[IPAddress]) -> None:
+        self._addresses = list(addresses)
+
+    def resolveHostName(
+        self,
+        resolutionReceiver: IResolutionReceiver,
+        hostName: str,
+        portNumber: int = 0,
+        addressTypes: Sequence[type[IAddress]] | None = None,
+        transportSemantics: str = "TCP",
+    ) -> IHostResolution:
+        resolution = HostResolution(hostName)
+        resolutionReceiver.resolutionBegan(resolution)
+        for ip in self._addresses:
+            kind = TwistedIPv4Address if ip.version == 4 else TwistedIPv6Address
+            if addressTypes is None or kind in addressTypes:
+                resolutionReceiver.addressResolved(kind("TCP", str(ip), portNumber))
+        resolutionReceiver.resolutionComplete()
+        return resolution
+
+
+@implementer(IReactorPluggableNameResolver)
+class _ReactorWithResolver:
+    """The reactor, with a different name resolver."""
+
+    def __init__(self, reactor: Any, resolver: IHostnameResolver) -> None:
+        self._reactor = reactor
+        self.nameResolver = resolver
+
+    def installNameResolver(self, resolver: IHostnameResolver) -> IHostnameResolver:
+        raise NotImplementedError()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 def connect(
-    reactor: IReactorTCP,
-    address: Address,
+    reactor: Any,
+    addresses: Sequence[IPAddress],
+    port: int,
     factory: IProtocolFactory,
     timeout: float,
+    name: str = "",
+    bind: Mapping[int, str] | None = None,
 ) -> defer.Deferred[IProtocol]:
     """
-    Connect to C{address}; the whole attempt, name resolution included, is
-    bounded by C{timeout} seconds.  The result can be cancelled.
+    Connect to C{port} on one of C{addresses}, already resolved and checked.
+
+    One address gets a plain TCP endpoint; several get L{HostnameEndpoint}'s
+    happy eyeballs over exactly those.  C{bind} gives the local address to
+    bind outbound sockets to, per IP version; families whose bind differs are
+    tried one after the other.  The whole attempt is bounded by C{timeout}
+    seconds, and the result can be cancelled.
     """
-    try:
-        endpoint = endpoint_for(reactor, address, timeout)
+    bind = bind or {}
+    families: dict[str | None, list[IPAddress]] = {}
+    for ip in addresses:
+        families.setdefault(bind.get(ip.version), []).append(ip)
+    attempts = list(families.items())
+
+    def attempt(index: int) -> defer.Deferred[IProtocol]:
+        local, group = attempts[index]
+        binding = (local, 0) if local is not None else None
+        endpoint: IStreamClientEndpoint
+        if len(group) == 1:
+            cls = TCP4ClientEndpoint if group[0].version == 4 else TCP6ClientEndpoint
+            endpoint = cls(reactor, str(group[0]), port, timeout=timeout, bindAddress=binding)
+        else:
+            endpoint = HostnameEndpoint(
+                _ReactorWithResolver(reactor, _CheckedAddresses(group)),
+                name or str(group[0]),
+                port,
+                timeout=timeout,
+                bindAddress=binding,
+            )
         d: defer.Deferred[IProtocol] = endpoint.connect(factory)
+        if index + 1 < len(attempts):
+            d.addErrback(_next_family, attempt, index + 1)
+        return d
+
+    try:
+        d = attempt(0)
     except Exception:
         return defer.fail()
     if timeout > 0:
-        clock: IReactorTime = reactor  # type: ignore[assignment]
-        d.addTimeout(timeout, clock, onTimeoutCancel=_timed_out)
+        d.addTimeout(timeout, reactor, onTimeoutCancel=_timed_out)
     return d
+
+
+def _next_family(
+    failure: Failure, attempt: Callable[[int], defer.Deferred[IProtocol]], index: int
+) -> object:
+    if failure.check(defer.CancelledError, error.ConnectingCancelledError):
+        return failure
+    return attempt(index)
 
 
 def _timed_out(result: object, timeout: float) -> object:
@@ -101,10 +175,8 @@ class _Addresses:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-        self.done: defer.Deferred[list[ipaddress.IPv4Address | ipaddress.IPv6Address]] = (
-            defer.Deferred()
-        )
+        self.addresses: list[IPAddress] = []
+        self.done: defer.Deferred[list[IPAddress]] = defer.Deferred()
 
     def resolutionBegan(self, resolution: IHostResolution) -> None:
         pass
@@ -123,9 +195,7 @@ class _Addresses:
             self.done.errback(error.DNSLookupError(self.name))
 
 
-def resolve(
-    reactor: Any, name: str, timeout: float
-) -> defer.Deferred[list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+def resolve(reactor: Any, name: str, timeout: float) -> defer.Deferred[list[IPAddress]]:
     """
     Every address C{name} resolves to (IPv4 and IPv6), through the reactor's
     name resolver: the lookup runs off the reactor thread and blocks nothing.

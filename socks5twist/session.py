@@ -43,6 +43,7 @@ from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
 from .relay import RemoteProtocol, Side, StreamRelay
+from .rules import Decision, Query
 from .udp import UDPAssociation
 
 if TYPE_CHECKING:
@@ -88,6 +89,8 @@ PARSERS: dict[State, Any] = {
 # that cannot pause; past it the client is dropped.
 MAX_PENDING = 256 * 1024
 
+COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
+
 _OUTBOUND_FACTORY = Factory.forProtocol(RemoteProtocol)
 _OUTBOUND_FACTORY.noisy = False
 
@@ -120,6 +123,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.udp: UDPAssociation | None = None
         self.relay: StreamRelay | None = None
         self.counted = False
+        self.limit_keys: list[tuple[str, Any]] = []
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
@@ -130,6 +134,16 @@ class SOCKS5ServerProtocol(Protocol):
         self.connected_to: str | None = None
         self.replies: list[int] = []
         self.outcome = ""
+
+    @property
+    def command_label(self) -> str:
+        """The command as metrics name it: connect, bind, udp, or negotiating."""
+        return COMMAND_NAMES[self.command] if self.command is not None else "negotiating"
+
+    @property
+    def reply_label(self) -> str:
+        """The last reply code as metrics name it (none: no reply was sent)."""
+        return f"{self.replies[-1]:#04x}" if self.replies else "none"
 
     # -- state ---------------------------------------------------------------
 
@@ -151,6 +165,20 @@ class SOCKS5ServerProtocol(Protocol):
             self.relay.close()
         else:
             self.transport.loseConnection()
+
+    def abort(self, outcome: str) -> None:
+        """Close the session at once, both sides, dropping what is unsent."""
+        self.outcome = self.outcome or outcome
+        transports = [self.transport]
+        if self.relay is not None:
+            transports.append(self.relay.remote_transport)
+        self._close(outcome)
+        for transport in transports:
+            abort = getattr(transport, "abortConnection", None)
+            if abort is not None:
+                abort()
+            else:
+                transport.loseConnection()
 
     def _reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> None:
         self.replies.append(reply)
@@ -287,10 +315,25 @@ class SOCKS5ServerProtocol(Protocol):
             self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close("client not allowed")
             return
-        wanted = (
-            Method.NO_AUTHENTICATION if self.factory.portal is None else Method.USERNAME_PASSWORD
-        )
-        if wanted not in greeting.methods:
+        if not self.factory.client_session_started(self):
+            self.log.warn(
+                "refused {client}: {n} sessions open from it (--max-sessions-per-client)",
+                client=describe(self.client),
+                n=self.factory.max_sessions_per_client,
+            )
+            self._close("too many sessions from this client")
+            return
+        has_checkers = self.factory.portal is not None
+        if self.factory.rules.password_required(ip_of(self.client), has_checkers):
+            acceptable = [Method.USERNAME_PASSWORD]
+        else:
+            # Without checkers, or for a client the rules let skip them; a
+            # client that offers only a password still gets to use one.
+            acceptable = [Method.NO_AUTHENTICATION]
+            if has_checkers:
+                acceptable.append(Method.USERNAME_PASSWORD)
+        wanted = next((m for m in acceptable if m in greeting.methods), None)
+        if wanted is None:
             self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close(f"no acceptable method (offered {list(greeting.methods)})")
             return
@@ -329,6 +372,7 @@ class SOCKS5ServerProtocol(Protocol):
             client=describe(self.client) if self.client else "?",
             why=_why(failure),
         )
+        self.factory.auth_failed()
         self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))
         self._close("authentication failed")
 
@@ -336,23 +380,121 @@ class SOCKS5ServerProtocol(Protocol):
         self.command = request.command
         self.destination = request.address
         self._cancel_handshake_timer()
-        if request.command is Command.CONNECT:
-            self._connect(request.address)
-        elif request.command is Command.BIND:
-            self._start_bind(request.address)
+        self.factory.request_received(self)
+        if not self.factory.user_session_started(self):
+            self.log.warn(
+                "refused {command} for user {user} from {client}: "
+                "{n} sessions open (--max-sessions-per-user)",
+                command=request.command.name,
+                user=self.user,
+                client=describe(self.client) if self.client else "?",
+                n=self.factory.max_sessions_per_user,
+            )
+            self._fail(Reply.NOT_ALLOWED, "too many sessions for this user")
+            return
+        # The rules, as far as they can decide before any name is resolved.
+        address = request.address
+        ip = outbound.literal_ip(address)
+        if request.command is Command.UDP_ASSOCIATE or (
+            request.command is Command.BIND and (ip is None or ip.is_unspecified)
+        ):
+            decision = self._decide(None, None, None)  # the destination comes later
+        elif ip is not None:
+            decision = self._decide(ip, address.port, None)
         else:
-            self._associate(request.address)
+            decision = self._decide(None, address.port, address.host)
+        if decision is not None and not decision.allowed:
+            self._deny(decision)
+            return
+        if request.command is Command.CONNECT:
+            self._connect(address)
+        elif request.command is Command.BIND:
+            self._start_bind(address)
+        else:
+            self._associate(address)
+
+    # -- rules -----------------------------------------------------------------
+
+    def _decide(self, ip: IPAddress | None, port: int | None, name: str | None) -> Decision | None:
+        """What the rules say about this session's command to a destination."""
+        assert self.command is not None
+        query = Query(
+            client=ip_of(self.client) if self.client is not None else None,
+            user=self.user,
+            command=COMMAND_NAMES[self.command],
+            port=port,
+            name=name,
+            address=ip,
+        )
+        return self.factory.rules.decide(query)
+
+    def _allowed_addresses(
+        self, ips: list[IPAddress], port: int | None, name: str | None
+    ) -> tuple[list[IPAddress], Decision | None]:
+        """The resolved addresses the rules allow, and the first denial."""
+        allowed, denial = [], None
+        for ip in ips:
+            decision = self._decide(ip, port, name)
+            assert decision is not None  # the address is known now
+            if decision.allowed:
+                allowed.append(ip)
+            elif denial is None:
+                denial = decision
+        return allowed, denial
+
+    def _deny(self, decision: Decision) -> None:
+        self.log.info(
+            "denied {command} {destination} for {client} user={user} by rule {rule}",
+            command=self.command.name if self.command else "-",
+            destination=_show(self.destination),
+            client=describe(self.client) if self.client else "?",
+            user=self.user or "-",
+            rule=decision.label,
+        )
+        self.factory.rule_denied(decision)
+        self._fail(Reply.NOT_ALLOWED, f"denied by rule {decision.label}")
 
     # -- CONNECT ---------------------------------------------------------------
 
     def _connect(self, address: Address) -> None:
+        """
+        CONNECT: a name is resolved here, every address it resolves to is
+        checked against the rules, and only the allowed ones are connected
+        to (no second lookup that could answer differently).
+        """
         self._move(State.CONNECTING)
         self.transport.pauseProducing()
+        ip = outbound.literal_ip(address)
+        if ip is not None:
+            self._connect_to([ip], "")
+            return
+        d = outbound.resolve(self.factory.reactor, address.host, self.factory.connect_timeout)
+        self._pending = d
+        d.addCallbacks(self._resolved, self._connect_failed)
+        d.addErrback(self._unexpected, "connect")
+
+    def _resolved(self, ips: list[IPAddress]) -> None:
+        self._pending = None
+        if self.state is not State.CONNECTING:
+            return
+        assert self.destination is not None
+        allowed, denial = self._allowed_addresses(ips, self.destination.port, self.destination.host)
+        if not allowed:
+            assert denial is not None
+            self._deny(denial)
+            return
+        self._connect_to(allowed, self.destination.host)
+
+    def _connect_to(self, ips: list[IPAddress], name: str) -> None:
+        assert self.destination is not None
         d = outbound.connect(
             self.factory.reactor,
-            address,
+            ips,
+            self.destination.port,
             _OUTBOUND_FACTORY,
             self.factory.connect_timeout,
+            name=name,
+            bind=self.factory.outgoing,
         )
         self._pending = d
         d.addCallbacks(self._connected, self._connect_failed)
@@ -398,8 +540,37 @@ class SOCKS5ServerProtocol(Protocol):
             return
         d = outbound.resolve(self.factory.reactor, address.host, self.factory.connect_timeout)
         self._pending = d
-        d.addCallbacks(lambda ips: self._listen_for_peer(frozenset(ips)), self._bind_unresolved)
+        d.addCallbacks(self._bind_resolved, self._bind_unresolved)
         d.addErrback(self._unexpected, "bind")
+
+    def _bind_resolved(self, ips: list[IPAddress]) -> None:
+        self._pending = None
+        if self.state is not State.BINDING:
+            return
+        assert self.destination is not None
+        allowed, denial = self._allowed_addresses(ips, self.destination.port, self.destination.host)
+        if not allowed:
+            assert denial is not None
+            self._deny(denial)
+            return
+        self._listen_for_peer(frozenset(allowed))
+
+    def _admit_peer(self, peer: IAddress) -> bool:
+        """Whether the rules let this BIND peer in."""
+        ip = ip_of(peer)
+        if ip is None:
+            return False
+        decision = self._decide(ip, getattr(peer, "port", 0), None)
+        assert decision is not None
+        if not decision.allowed:
+            self.log.info(
+                "BIND peer {peer} for {client} denied by rule {rule}",
+                peer=describe(peer),
+                client=describe(self.client) if self.client else "?",
+                rule=decision.label,
+            )
+            self.factory.rule_denied(decision)
+        return decision.allowed
 
     def _bind_unresolved(self, failure: Failure) -> None:
         self._pending = None
@@ -420,7 +591,10 @@ class SOCKS5ServerProtocol(Protocol):
             )
             self._fail(Reply.GENERAL_FAILURE, "BIND needs an IP address to listen on")
             return
-        interface = str(local) if local is not None else _wildcard_for(external)
+        if local is not None:
+            interface = self.factory.outgoing.get(local.version, str(local))
+        else:
+            interface = _wildcard_for(external)
         self._bind = BindWaiter(
             self.factory.reactor,
             interface,
@@ -428,6 +602,7 @@ class SOCKS5ServerProtocol(Protocol):
             self.factory.bind_timeout,
             self._bind_peer_connected,
             self._bind_timed_out,
+            admit=self._admit_peer,
         )
         try:
             host = self._bind.listen()
@@ -506,6 +681,8 @@ class SOCKS5ServerProtocol(Protocol):
             idle_timeout=self.factory.idle_timeout,
             on_idle=self._udp_idle,
             resolve_timeout=self.factory.connect_timeout or 10.0,
+            check=self._udp_allowed,
+            outgoing=self.factory.outgoing,
         )
         try:
             host = association.open()
@@ -520,6 +697,18 @@ class SOCKS5ServerProtocol(Protocol):
         self.bound = _show(Address.for_ip(local, port))
         external = self.factory.external_address
         self._reply(Reply.SUCCEEDED, Address.for_ip(external or local, port))
+
+    def _udp_allowed(self, ip: IPAddress | None, port: int, name: str | None) -> bool | None:
+        """
+        Whether the rules let a datagram go to C{ip} (or to C{name}, before
+        it is resolved: C{None} means "resolve and ask again").
+        """
+        decision = self._decide(ip, port, name)
+        if decision is None:
+            return None
+        if not decision.allowed:
+            self.factory.rule_denied(decision)
+        return decision.allowed
 
     def _udp_idle(self) -> None:
         self.outcome = "idle timeout"

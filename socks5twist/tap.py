@@ -10,16 +10,22 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.application import service, strports
+from twisted.application import strports
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
-from twisted.internet import endpoints, error
+from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
 from .policy import parse_network
+from .rules import RulesError
+from .rules import describe as describe_rules
+from .rules import load as load_rules
+from .service import ListenFailed, SOCKS5Service
+
+__all__ = ["ListenFailed", "Options", "SOCKS5Service", "makeService", "make_factory"]
 
 log = Logger()
 
@@ -107,6 +113,39 @@ class Options(usage.Options, AuthOptionMixin):
             _positive_int("max-clients"),
         ],
         [
+            "max-sessions-per-client",
+            None,
+            None,
+            "Most concurrent sessions per client IP; default: no limit.",
+            _positive_int("max-sessions-per-client"),
+        ],
+        [
+            "max-sessions-per-user",
+            None,
+            None,
+            "Most concurrent sessions per authenticated user; default: no limit.",
+            _positive_int("max-sessions-per-user"),
+        ],
+        [
+            "rules",
+            None,
+            None,
+            "TOML file of access rules (see the README); SIGHUP rereads it.",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this endpoint, e.g. tcp:9105.",
+        ],
+        [
+            "shutdown-grace",
+            None,
+            10.0,
+            "Seconds running sessions may go on after SIGTERM.",
+            _seconds("shutdown-grace"),
+        ],
+        [
             "bind-timeout",
             None,
             120.0,
@@ -147,6 +186,7 @@ class Options(usage.Options, AuthOptionMixin):
         super().__init__()
         self["ports"] = []
         self["allowed-clients"] = []
+        self["outgoing-addresses"] = []
 
     def opt_port(self, description: str) -> None:
         """Listen on this endpoint (repeatable): a bare number means tcp:N; also tcp6:, unix:, haproxy:, systemd: descriptions. Default: tcp:1080."""  # noqa: E501
@@ -168,9 +208,37 @@ class Options(usage.Options, AuthOptionMixin):
         except ValueError as e:
             raise usage.UsageError(f"--allow-client {network!r}: {e}") from None
 
+    def opt_outgoing_address(self, address: str) -> None:
+        """Bind outbound CONNECT sockets, BIND listeners and UDP relay sockets to this IP (one per IP version)."""  # noqa: E501
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            raise usage.UsageError(
+                f"--outgoing-address takes an IP address, not {address!r}"
+            ) from None
+        if any(ipaddress.ip_address(a).version == ip.version for a in self["outgoing-addresses"]):
+            raise usage.UsageError(
+                f"--outgoing-address: one per IP version ({address} is the second)"
+            )
+        self["outgoing-addresses"].append(str(ip))
+
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = ["tcp:1080"]
+        if self["metrics"]:
+            self["metrics"] = normalize_port(self["metrics"])
+            from twisted.internet import reactor
+
+            try:
+                endpoints.serverFromString(reactor, self["metrics"])
+            except Exception as e:
+                raise usage.UsageError(f"--metrics {self['metrics']!r}: {e}") from None
+        self["parsed-rules"] = None
+        if self["rules"]:
+            try:
+                self["parsed-rules"] = load_rules(self["rules"])
+            except RulesError as e:
+                raise usage.UsageError(str(e)) from None
 
 
 def make_factory(options: Options) -> SOCKS5ServerFactory:
@@ -188,52 +256,18 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         udp_interface=options["udp-interface"],
         udp_any_source=bool(options["udp-any-source"]),
         max_udp_per_client=options["max-udp-per-client"],
+        rules=options["parsed-rules"],
+        max_sessions_per_client=options["max-sessions-per-client"],
+        max_sessions_per_user=options["max-sessions-per-user"],
+        outgoing_addresses=options["outgoing-addresses"],
         allowed_clients=options["allowed-clients"] or None,
     )
-
-
-class ListenFailed(Exception):
-    """A C{--port} could not be listened on."""
-
-
-class SOCKS5Service(service.MultiService):
-    """
-    The listeners of one SOCKS5 server.
-
-    Listening happens in L{privilegedStartService} (so twistd can bind port
-    1080 before dropping privileges), and a port that cannot be listened on
-    stops the start with L{ListenFailed}, naming the port.  With
-    C{exit_on_listen_failure} (as C{twistd socks5} sets it) the process ends
-    with that one line instead of a traceback.
-    """
-
-    exit_on_listen_failure = False
-
-    def __init__(self, factory: SOCKS5ServerFactory) -> None:
-        super().__init__()
-        self.factory = factory
-
-    def privilegedStartService(self) -> None:
-        for child in self:
-            try:
-                child.privilegedStartService()
-            except error.CannotListenError as e:
-                description = getattr(child, "_description", "?")
-                reason = e.socketError.strerror if e.socketError else str(e)
-                failure = ListenFailed(f"cannot listen on {description}: {reason}")
-                if self.exit_on_listen_failure:
-                    raise SystemExit(f"twistd socks5: error: {failure}") from None
-                raise failure from e
-        log.info(
-            "listening on {ports}",
-            ports=", ".join(getattr(child, "_description", "?") for child in self),
-        )
 
 
 def makeService(options: Options) -> SOCKS5Service:
     """A service listening on each C{--port} with one shared factory."""
     factory = make_factory(options)
-    top = SOCKS5Service(factory)
+    top = SOCKS5Service(factory, options["rules"], options["shutdown-grace"])
     for description in options["ports"]:
         child = strports.service(description, factory)
         child._description = description  # type: ignore[attr-defined]
@@ -247,5 +281,17 @@ def makeService(options: Options) -> SOCKS5Service:
         log.info(
             "username/password required; serving clients in {networks}",
             networks=", ".join(str(n) for n in factory.client_policy.networks),
+        )
+    if options["metrics"]:
+        from .metrics import site
+
+        metrics_service = strports.service(options["metrics"], site(factory.enable_metrics()))
+        metrics_service._description = f"{options['metrics']} (metrics)"  # type: ignore[attr-defined]
+        metrics_service.setServiceParent(top)
+    if options["rules"]:
+        log.info(
+            "rules from {path}: {rules} (SIGHUP rereads it)",
+            path=options["rules"],
+            rules="; ".join(describe_rules(factory.rules)),
         )
     return top

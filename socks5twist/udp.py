@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import error
@@ -83,6 +83,8 @@ class UDPAssociation:
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
         resolve_timeout: float = 10.0,
+        check: Callable[[IPAddress | None, int, str | None], bool | None] | None = None,
+        outgoing: Mapping[int, str] | None = None,
     ) -> None:
         self._reactor = reactor
         self.client_ip = client_ip
@@ -94,6 +96,8 @@ class UDPAssociation:
         self._idle_timeout = idle_timeout
         self._on_idle = on_idle
         self._resolve_timeout = resolve_timeout
+        self._check = check
+        self._outgoing = outgoing or {}
         self.client_address: tuple[str, int] | None = None
         self._client_port: IListeningPort | None = None
         self._remote_ports: dict[int, IListeningPort] = {}
@@ -172,13 +176,16 @@ class UDPAssociation:
         self._touch()
         ip = outbound.literal_ip(parsed.address)
         if ip is not None:
-            self._send(ip, parsed.address.port, parsed.data)
+            self._send(ip, parsed.address.port, parsed.data, None)
             return
         name = parsed.address.host
+        if self._check is not None and self._check(None, parsed.address.port, name) is False:
+            self.dropped["denied"] += 1
+            return
         known = self._names.get(name)
         if known is not None:
             self._names.move_to_end(name)
-            self._send(known, parsed.address.port, parsed.data)
+            self._send(known, parsed.address.port, parsed.data, name)
             return
         self._resolve_then_send(name, parsed.address.port, parsed.data)
 
@@ -219,7 +226,7 @@ class UDPAssociation:
         if len(self._names) > MAX_NAMES:
             self._names.popitem(last=False)
         for port, data in queue:
-            self._send(ip, port, data)
+            self._send(ip, port, data, name)
 
     def _unresolved(self, failure: Failure, name: str) -> None:
         queue = self._waiting.pop(name, [])
@@ -229,10 +236,17 @@ class UDPAssociation:
     def _unexpected(self, failure: Failure) -> None:
         self.log.failure("unexpected error in a UDP association", failure)
 
-    def _send(self, ip: IPAddress, port: int, data: bytes) -> None:
+    def _send(self, ip: IPAddress, port: int, data: bytes, name: str | None) -> None:
         if port == 0:
             self.dropped["port 0"] += 1
             return
+        key = (ip, port)
+        if key not in self._destinations and self._check is not None:
+            # Checked once per destination; the rules are asked again only
+            # for a destination the association has not sent to yet.
+            if not self._check(ip, port, name):
+                self.dropped["denied"] += 1
+                return
         try:
             remote = self._remote_port(ip.version)
             remote.write(data, (str(ip), port))  # type: ignore[attr-defined]
@@ -242,7 +256,6 @@ class UDPAssociation:
         except (OSError, error.CannotListenError):
             self.dropped["send failed"] += 1
             return
-        key = (ip, port)
         self._destinations[key] = None
         self._destinations.move_to_end(key)
         if len(self._destinations) > MAX_DESTINATIONS:
@@ -253,7 +266,7 @@ class UDPAssociation:
     def _remote_port(self, version: int) -> IListeningPort:
         port = self._remote_ports.get(version)
         if port is None:
-            interface = "0.0.0.0" if version == 4 else "::"
+            interface = self._outgoing.get(version, "0.0.0.0" if version == 4 else "::")
             port = self._reactor.listenUDP(
                 0, _Side(self.from_remote), interface=interface, maxPacketSize=MAX_DATAGRAM
             )

@@ -44,6 +44,7 @@ class _SOCKS5ServiceMaker:
 
         service = makeService(options)
         service.exit_on_listen_failure = True
+        service.handle_signals = True
         return service
 
 

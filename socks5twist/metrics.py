@@ -1,0 +1,172 @@
+"""
+Prometheus metrics for a L{SOCKS5ServerFactory}, served at C{/metrics}.
+
+Nothing here runs per chunk of data: the factory and its sessions keep plain
+integer counters, and a collector reads them (and the live sessions' own
+counters) only when Prometheus scrapes.  Label values are closed sets
+(commands, reply codes, directions, drop reasons, rule labels from the
+operator's own file): never user names or destinations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from twisted.web import resource, server
+
+if TYPE_CHECKING:
+    from .factory import SOCKS5ServerFactory
+
+HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    """The registry of one factory: its collector and the handshake histogram."""
+
+    def __init__(self, factory: SOCKS5ServerFactory) -> None:
+        self.registry = CollectorRegistry()
+        self.handshake = Histogram(
+            "socks5_handshake_seconds",
+            "Time from connection to a complete request (greeting, authentication, request).",
+            buckets=HANDSHAKE_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_FactoryCollector(factory))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _FactoryCollector(Collector):
+    def __init__(self, factory: SOCKS5ServerFactory) -> None:
+        self.factory = factory
+
+    def collect(self) -> Iterator[Metric]:
+        f = self.factory
+        stats = f.stats
+        connections = CounterMetricFamily(
+            "socks5_connections", "Client connections accepted (before any limit)."
+        )
+        connections.add_metric([], stats.connections)
+        yield connections
+
+        started = CounterMetricFamily(
+            "socks5_sessions_started", "Requests received, by command.", labels=["command"]
+        )
+        for command, n in sorted(stats.requests.items()):
+            started.add_metric([command], n)
+        yield started
+
+        ended = CounterMetricFamily(
+            "socks5_sessions_ended",
+            "Sessions ended, by command (none: no request) and last reply code.",
+            labels=["command", "reply"],
+        )
+        for (command, reply), n in sorted(stats.ended.items()):
+            ended.add_metric([command, reply], n)
+        yield ended
+
+        active = GaugeMetricFamily(
+            "socks5_sessions_active",
+            "Sessions open now, by command (negotiating: no request yet).",
+            labels=["command"],
+        )
+        counts: dict[str, int] = {"negotiating": 0, "connect": 0, "bind": 0, "udp": 0}
+        live_up = live_down = 0
+        live_datagrams = {"up": 0, "down": 0}
+        live_drops: dict[str, int] = {}
+        for session in f.sessions:
+            counts[session.command_label] += 1
+            if session.relay is not None:
+                live_up += session.relay.up
+                live_down += session.relay.down
+            if session.udp is not None:
+                live_up += session.udp.up_bytes
+                live_down += session.udp.down_bytes
+                live_datagrams["up"] += session.udp.up_datagrams
+                live_datagrams["down"] += session.udp.down_datagrams
+                for reason, n in session.udp.dropped.items():
+                    live_drops[reason] = live_drops.get(reason, 0) + n
+        for command, n in counts.items():
+            active.add_metric([command], n)
+        yield active
+
+        relayed = CounterMetricFamily(
+            "socks5_bytes",
+            "Bytes relayed: up from clients, down to them (UDP: payload bytes).",
+            labels=["direction"],
+        )
+        relayed.add_metric(["up"], stats.bytes_up + live_up)
+        relayed.add_metric(["down"], stats.bytes_down + live_down)
+        yield relayed
+
+        auth = CounterMetricFamily(
+            "socks5_auth_failures", "Username/password authentications that failed."
+        )
+        auth.add_metric([], stats.auth_failures)
+        yield auth
+
+        denials = CounterMetricFamily(
+            "socks5_rule_denials",
+            "Requests, BIND peers and UDP destinations denied, by rule.",
+            labels=["rule"],
+        )
+        for label, n in sorted(f.denials.items()):
+            denials.add_metric([label], n)
+        yield denials
+
+        limited = CounterMetricFamily(
+            "socks5_limit_refusals",
+            "Connections or requests refused by a limit.",
+            labels=["limit"],
+        )
+        for limit, n in sorted(stats.limited.items()):
+            limited.add_metric([limit], n)
+        yield limited
+
+        datagrams = CounterMetricFamily(
+            "socks5_udp_datagrams",
+            "UDP datagrams relayed: up from clients, down to them.",
+            labels=["direction"],
+        )
+        for direction in ("up", "down"):
+            datagrams.add_metric(
+                [direction], stats.udp_datagrams[direction] + live_datagrams[direction]
+            )
+        yield datagrams
+
+        dropped = CounterMetricFamily(
+            "socks5_udp_dropped", "UDP datagrams dropped, by reason.", labels=["reason"]
+        )
+        reasons = set(stats.udp_dropped) | set(live_drops)
+        for reason in sorted(reasons):
+            dropped.add_metric([reason], stats.udp_dropped[reason] + live_drops.get(reason, 0))
+        yield dropped
+
+
+class MetricsResource(resource.Resource):
+    """C{/metrics}, in Prometheus' text format."""
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        return self.metrics.render()
+
+
+def site(metrics: Metrics) -> server.Site:
+    """A web site with the metrics at C{/metrics} and nothing else."""
+    root = resource.Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    web = server.Site(root)
+    web.noisy = False
+    web.displayTracebacks = False
+    return web

@@ -1,0 +1,401 @@
+"""
+Access rules: who may go where, from a TOML file.
+
+A rules file holds an ordered list of C{[[rule]]} tables and a C{default}
+action; the first rule that matches a request decides it.  Within a rule every
+field given must match (and any one entry of a list may): an empty rule
+matches everything.
+
+    default = "deny"
+
+    [[rule]]
+    name = "no cloud metadata, no loopback"
+    action = "deny"
+    destinations = ["169.254.169.254/32", "127.0.0.0/8", "::1/128"]
+
+    [[rule]]
+    action = "allow"
+    users = ["alice", "anonymous"]
+    commands = ["connect"]
+    names = ["example.org", "*.example.org"]
+    ports = [80, 443, "8000-8999"]
+
+C{[[auth]]} tables choose the authentication method by client network (the
+first match wins; without a match, checkers mean a password is required):
+
+    [[auth]]
+    clients = ["10.20.0.0/16"]
+    method = "none"
+
+This module is pure: parsing text into L{Rules} and deciding on a
+L{Request}.  Loading files and reloading them belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .policy import IPAddress, IPNetwork
+
+COMMANDS = ("connect", "bind", "udp")
+ANONYMOUS = "anonymous"
+
+
+class RulesError(Exception):
+    """A rules file that cannot be used; the message names the line and the problem."""
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Query:
+    """
+    What a rule is asked about.
+
+    C{address} is C{None} while a destination is known only by name (before
+    resolution): rules that look at addresses cannot decide such a query.
+    C{port} is C{None} when the destination is not known at all (a UDP
+    association, a BIND for any peer): then only rules that ignore the
+    destination can decide.
+    """
+
+    client: IPAddress | None
+    user: str | None
+    command: str
+    port: int | None
+    name: str | None = None
+    address: IPAddress | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int  # 1-based, as a reader counts the [[rule]] tables
+    action: Verdict
+    name: str | None = None
+    clients: tuple[IPNetwork, ...] | None = None
+    users: frozenset[str] | None = None
+    commands: frozenset[str] | None = None
+    destinations: tuple[IPNetwork, ...] | None = None
+    names: tuple[str, ...] | None = None
+    ports: tuple[tuple[int, int], ...] | None = None
+
+    @property
+    def label(self) -> str:
+        """How logs and metrics name the rule: its index, and its name if any."""
+        return f"#{self.index}" + (f" ({self.name})" if self.name else "")
+
+    def matches(self, query: Query) -> bool | None:
+        """C{True}/C{False}, or C{None} if it depends on an address not known yet."""
+        if self.clients is not None and (
+            query.client is None or not _in_any(query.client, self.clients)
+        ):
+            return False
+        if self.users is not None and (query.user or ANONYMOUS) not in self.users:
+            return False
+        if self.commands is not None and query.command not in self.commands:
+            return False
+        if query.port is None:
+            # The destination is not known yet.
+            if self.ports is None and self.names is None and self.destinations is None:
+                return True
+            return None
+        port = query.port
+        if self.ports is not None and not any(lo <= port <= hi for lo, hi in self.ports):
+            return False
+        if self.names is not None and (
+            query.name is None or not any(_name_matches(p, query.name) for p in self.names)
+        ):
+            return False
+        if self.destinations is not None:
+            if query.address is None:
+                return None
+            return _in_any(query.address, self.destinations)
+        return True
+
+
+@dataclass(frozen=True)
+class AuthRule:
+    clients: tuple[IPNetwork, ...]
+    require_password: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    rule: Rule | None  # None: the file's default
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @property
+    def label(self) -> str:
+        return self.rule.label if self.rule is not None else "default"
+
+
+@dataclass(frozen=True)
+class Rules:
+    default: Verdict
+    rules: tuple[Rule, ...] = ()
+    auth: tuple[AuthRule, ...] = field(default=())
+
+    def decide(self, query: Query) -> Decision | None:
+        """
+        The first matching rule's decision, or C{None} when a rule that needs
+        the destination's address comes first and the query has none (ask
+        again with each resolved address).
+        """
+        for rule in self.rules:
+            matched = rule.matches(query)
+            if matched is None:
+                return None
+            if matched:
+                return Decision(rule.action, rule)
+        return Decision(self.default, None)
+
+    def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:
+        """Whether a client must authenticate, by the first matching C{[[auth]]}."""
+        if not have_checkers:
+            return False
+        for auth in self.auth:
+            if client is not None and _in_any(client, auth.clients):
+                return auth.require_password
+        return True
+
+
+ALLOW_ALL = Rules(Verdict.ALLOW)
+
+
+def _in_any(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    return any(ip.version == n.version and ip in n for n in networks)
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    name = name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        suffix = pattern[1:]  # ".example.org"
+        return name.endswith(suffix)
+    return name == pattern
+
+
+# -- parsing ------------------------------------------------------------------
+
+_RULE_KEYS = {"name", "action", "clients", "users", "commands", "destinations", "names", "ports"}
+_AUTH_KEYS = {"clients", "method"}
+_NAME = re.compile(
+    r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
+)
+
+
+def parse(text: str, source: str = "rules") -> Rules:
+    """Parse a rules file; L{RulesError} names the line and the problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RulesError(f"{source}: {e}") from None
+    locator = _Locator(text, source)
+    unknown = set(data) - {"default", "rule", "auth"}
+    if unknown:
+        raise locator.error(None, None, sorted(unknown)[0], "unknown setting")
+    if "default" not in data:
+        raise RulesError(f'{source}: the file must state its default: default = "allow" or "deny"')
+    default = _verdict(data["default"], locator, None, "default")
+    rules = []
+    raw_rules = data.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise locator.error(None, None, "rule", "use [[rule]] tables")
+    for i, raw in enumerate(raw_rules, start=1):
+        rules.append(_rule(i, raw, locator))
+    auth = []
+    raw_auth = data.get("auth", [])
+    if not isinstance(raw_auth, list):
+        raise locator.error(None, None, "auth", "use [[auth]] tables")
+    for i, raw in enumerate(raw_auth, start=1):
+        auth.append(_auth_rule(i, raw, locator))
+    return Rules(default, tuple(rules), tuple(auth))
+
+
+def load(path: str) -> Rules:
+    """Read and parse a rules file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RulesError(f"{path}: {e}") from None
+    return parse(text, path)
+
+
+class _Locator:
+    """Finds the line of a key inside the Nth [[rule]] or [[auth]] table, for errors."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+
+    def line_of(self, table: str | None, index: int | None, key: str) -> int | None:
+        start, end = 0, len(self.lines)
+        if table is not None and index is not None:
+            headers = [n for n, line in enumerate(self.lines) if line.strip() == f"[[{table}]]"]
+            if index - 1 < len(headers):
+                start = headers[index - 1]
+                later = [
+                    n
+                    for n, line in enumerate(self.lines)
+                    if n > start and line.strip().startswith("[")
+                ]
+                end = later[0] if later else len(self.lines)
+        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+        for n in range(start, end):
+            if pattern.match(self.lines[n]):
+                return n + 1
+        return start + 1 if table is not None else None
+
+    def error(self, table: str | None, index: int | None, key: str, problem: str) -> RulesError:
+        line = self.line_of(table, index, key)
+        where = f"{self.source}, line {line}" if line else self.source
+        what = f"[[{table}]] #{index}: {key}" if table else key
+        return RulesError(f"{where}: {what}: {problem}")
+
+
+def _verdict(value: object, locator: _Locator, index: int | None, key: str) -> Verdict:
+    try:
+        return Verdict(value)
+    except ValueError:
+        raise locator.error(
+            "rule" if index else None, index, key, f'must be "allow" or "deny", not {value!r}'
+        ) from None
+
+
+def _strings(value: object, locator: _Locator, table: str, index: int, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or not value:
+        raise locator.error(table, index, key, "must be a non-empty list of strings")
+    return list(value)
+
+
+def _networks(
+    value: object, locator: _Locator, table: str, index: int, key: str
+) -> tuple[IPNetwork, ...]:
+    networks = []
+    for text in _strings(value, locator, table, index, key):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as e:
+            raise locator.error(table, index, key, f"{text!r}: {e}") from None
+    return tuple(networks)
+
+
+def _ports(value: object, locator: _Locator, index: int) -> tuple[tuple[int, int], ...]:
+    if isinstance(value, (int, str)):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise locator.error("rule", index, "ports", "must be a list of ports or ranges")
+    ranges = []
+    for item in value:
+        if isinstance(item, bool):
+            item = None
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and re.fullmatch(r"\d+\s*-\s*\d+", item):
+            lo, hi = (int(p) for p in item.split("-"))
+        elif isinstance(item, str) and item.isdigit():
+            lo = hi = int(item)
+        else:
+            raise locator.error(
+                "rule", index, "ports", f'{item!r} is not a port or a range like "8000-8999"'
+            )
+        if not (0 <= lo <= hi <= 65535):
+            raise locator.error("rule", index, "ports", f"{item!r} is outside 0-65535 or reversed")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def _rule(index: int, raw: object, locator: _Locator) -> Rule:
+    if not isinstance(raw, dict):
+        raise locator.error("rule", index, "rule", "must be a table")
+    unknown = set(raw) - _RULE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise locator.error(
+            "rule", index, key, f"unknown key (known: {', '.join(sorted(_RULE_KEYS))})"
+        )
+    if "action" not in raw:
+        raise locator.error("rule", index, "action", 'missing: action = "allow" or "deny"')
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise locator.error("rule", index, "name", "must be a string")
+    commands = None
+    if "commands" in raw:
+        commands = frozenset(
+            c.lower() for c in _strings(raw["commands"], locator, "rule", index, "commands")
+        )
+        bad = commands - set(COMMANDS)
+        if bad:
+            raise locator.error(
+                "rule", index, "commands", f"{sorted(bad)[0]!r} is not one of {', '.join(COMMANDS)}"
+            )
+    names = None
+    if "names" in raw:
+        names = tuple(
+            n.lower().rstrip(".") for n in _strings(raw["names"], locator, "rule", index, "names")
+        )
+        for n in names:
+            if not _NAME.match(n):
+                raise locator.error("rule", index, "names", f"{n!r} is not a host name or *.suffix")
+    return Rule(
+        index=index,
+        action=_verdict(raw["action"], locator, index, "action"),
+        name=name,
+        clients=_networks(raw["clients"], locator, "rule", index, "clients")
+        if "clients" in raw
+        else None,
+        users=frozenset(_strings(raw["users"], locator, "rule", index, "users"))
+        if "users" in raw
+        else None,
+        commands=commands,
+        destinations=(
+            _networks(raw["destinations"], locator, "rule", index, "destinations")
+            if "destinations" in raw
+            else None
+        ),
+        names=names,
+        ports=_ports(raw["ports"], locator, index) if "ports" in raw else None,
+    )
+
+
+def _auth_rule(index: int, raw: object, locator: _Locator) -> AuthRule:
+    if not isinstance(raw, dict):
+        raise locator.error("auth", index, "auth", "must be a table")
+    unknown = set(raw) - _AUTH_KEYS
+    if unknown:
+        raise locator.error(
+            "auth", index, sorted(unknown)[0], "unknown key (known: clients, method)"
+        )
+    if "clients" not in raw or "method" not in raw:
+        raise locator.error(
+            "auth", index, "clients", 'needs clients = [...] and method = "none" or "password"'
+        )
+    method = raw["method"]
+    if method not in ("none", "password"):
+        raise locator.error(
+            "auth", index, "method", f'must be "none" or "password", not {method!r}'
+        )
+    return AuthRule(
+        _networks(raw["clients"], locator, "auth", index, "clients"), method == "password"
+    )
+
+
+def describe(rules: Rules) -> Sequence[str]:
+    """One line per rule, for the start-up log."""
+    return [f"{r.label}: {r.action.value}" for r in rules.rules] + [
+        f"default: {rules.default.value}"
+    ]

@@ -1,0 +1,168 @@
+"""
+L{SOCKS5Service}: the lifecycle of one server.
+
+- Start: listen on every port in L{privilegedStartService} (so twistd can
+  bind port 1080 before dropping privileges); a port that cannot be listened
+  on stops the start with L{ListenFailed}, naming it.
+- SIGHUP: reread the rules file; a broken file leaves the old rules in force.
+- Stop (SIGTERM under twistd): stop accepting at once, let running sessions
+  go on for C{shutdown_grace} seconds, then close what is left; a second
+  SIGTERM closes them at once.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.logger import Logger
+
+from .factory import SOCKS5ServerFactory
+from .rules import RulesError, load
+
+log = Logger()
+
+
+class ListenFailed(Exception):
+    """A port could not be listened on."""
+
+
+class SOCKS5Service(service.MultiService):
+    """
+    The listeners of one SOCKS5 server and its factory's lifecycle.
+
+    @ivar exit_on_listen_failure: end the process with one line instead of
+        raising L{ListenFailed} (C{twistd socks5} sets it).
+    @ivar handle_signals: install the SIGHUP and second-SIGTERM handlers
+        (C{twistd socks5} sets it; a program embedding the service keeps its
+        own signal handling).
+    """
+
+    exit_on_listen_failure = False
+    handle_signals = False
+
+    def __init__(
+        self,
+        factory: SOCKS5ServerFactory,
+        rules_path: str | None = None,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.factory = factory
+        self.rules_path = rules_path
+        self.shutdown_grace = shutdown_grace
+        self._previous_hup: Any = None
+        self._draining: defer.Deferred[None] | None = None
+        self._force_timer: Any = None
+
+    # -- start -----------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except error.CannotListenError as e:
+                description = getattr(child, "_description", "?")
+                reason = e.socketError.strerror if e.socketError else str(e)
+                failure = ListenFailed(f"cannot listen on {description}: {reason}")
+                if self.exit_on_listen_failure:
+                    raise SystemExit(f"twistd socks5: error: {failure}") from None
+                raise failure from e
+        log.info(
+            "listening on {ports}",
+            ports=", ".join(getattr(child, "_description", "?") for child in self),
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        if self.handle_signals and self.rules_path is not None:
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    # -- reload ----------------------------------------------------------------
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.factory.reactor.callFromThread(self.reload_rules)
+
+    def reload_rules(self) -> bool:
+        """Reread the rules file; on error keep the old rules and log one line."""
+        assert self.rules_path is not None
+        try:
+            rules = load(self.rules_path)
+        except RulesError as e:
+            log.error("rules NOT reloaded, the previous rules stay in force: {error}", error=e)
+            return False
+        self.factory.rules = rules
+        log.info(
+            "reloaded {path}: {n} rules, default {default}",
+            path=self.rules_path,
+            n=len(rules.rules),
+            default=rules.default.value,
+        )
+        return True
+
+    # -- stop --------------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        stopped = defer.maybeDeferred(super().stopService)
+        stopped.addCallback(lambda _: self._drain())
+        return stopped
+
+    def _drain(self) -> defer.Deferred[None]:
+        """Wait up to C{shutdown_grace} seconds for the sessions, then close them."""
+        open_now = len(self.factory.sessions)
+        if open_now == 0:
+            return defer.succeed(None)
+        if self.shutdown_grace <= 0:
+            self._close_sessions()
+            return defer.succeed(None)
+        log.info(
+            "stopped accepting; waiting up to {grace:g}s for {n} sessions "
+            "(send SIGTERM again to close them now)",
+            grace=self.shutdown_grace,
+            n=open_now,
+        )
+        self._draining = defer.Deferred()
+        self.factory.on_idle = self._drained
+        reactor = self.factory.reactor
+        self._force_timer = reactor.callLater(self.shutdown_grace, self._close_sessions)
+        previous_term = None
+        if self.handle_signals:
+            previous_term = signal.signal(signal.SIGTERM, self._on_second_sigterm)
+
+        def done(result: None) -> None:
+            self.factory.on_idle = None
+            if previous_term is not None:
+                signal.signal(signal.SIGTERM, previous_term)
+            return result
+
+        return self._draining.addBoth(done)
+
+    def _on_second_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.factory.reactor.callFromThread(self._close_sessions)
+
+    def _drained(self) -> None:
+        if self._force_timer is not None and self._force_timer.active():
+            self._force_timer.cancel()
+        self._force_timer = None
+        if self._draining is not None:
+            draining, self._draining = self._draining, None
+            log.info("all sessions ended; stopping")
+            draining.callback(None)
+
+    def _close_sessions(self) -> None:
+        sessions = list(self.factory.sessions)
+        log.info("closing {n} sessions still open", n=len(sessions))
+        for session in sessions:
+            session.abort("server shutting down")
+        if self._force_timer is not None and self._force_timer.active():
+            self._force_timer.cancel()
+        self._force_timer = None
+        if self._draining is not None:
+            draining, self._draining = self._draining, None
+            draining.callback(None)
