@@ -1,0 +1,191 @@
+"""Rules: parsing with line-numbered errors, matching, CIDR and port-range edges."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from socks5twist import rules
+from socks5twist.rules import Query, RulesError, Verdict
+
+EXAMPLE = """
+default = "deny"
+
+[[rule]]
+name = "metadata"
+action = "deny"
+destinations = ["169.254.169.254/32", "127.0.0.0/8", "::1/128"]
+
+[[rule]]
+action = "allow"
+users = ["alice", "anonymous"]
+commands = ["connect"]
+names = ["example.org", "*.example.org"]
+ports = [80, 443, "8000-8999"]
+
+[[rule]]
+name = "office"
+action = "allow"
+clients = ["10.20.0.0/16"]
+
+[[auth]]
+clients = ["10.20.0.0/16"]
+method = "none"
+"""
+
+
+def q(**kwargs: object) -> Query:
+    defaults: dict[str, object] = {
+        "client": ipaddress.ip_address("192.0.2.1"),
+        "user": None,
+        "command": "connect",
+        "port": 443,
+    }
+    defaults.update(kwargs)
+    return Query(**defaults)  # type: ignore[arg-type]
+
+
+class ParseTests(SynchronousTestCase):
+    def test_example(self) -> None:
+        parsed = rules.parse(EXAMPLE)
+        self.assertEqual(parsed.default, Verdict.DENY)
+        self.assertEqual([r.label for r in parsed.rules], ["#1 (metadata)", "#2", "#3 (office)"])
+        self.assertEqual(parsed.rules[1].ports, ((80, 80), (443, 443), (8000, 8999)))
+
+    def assertError(self, text: str, *fragments: str) -> None:
+        with self.assertRaises(RulesError) as caught:
+            rules.parse(text, "r.toml")
+        message = str(caught.exception)
+        self.assertEqual(message.count("\n"), 0, message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def test_errors_name_the_line_and_the_problem(self) -> None:
+        self.assertError(
+            'default = "allow"\n[[rule]]\naction = "allow"\n\nclients = ["10.0.0.1/8"]\n',
+            "r.toml, line 5",
+            "clients",
+            "host bits",
+        )
+        self.assertError('default = "allow"\n[[rule]]\naction = "maybe"\n', "line 3", "action")
+        self.assertError(
+            'default = "allow"\n[[rule]]\naction = "allow"\nports = ["90-80"]\n', "line 4", "ports"
+        )
+        self.assertError(
+            'default = "allow"\n[[rule]]\naction = "allow"\nport = [80]\n', "line 4", "unknown key"
+        )
+        self.assertError(
+            'default = "allow"\n[[rule]]\ncommands = ["connect"]\n', "action", "missing"
+        )
+        self.assertError(
+            'default = "allow"\n[[rule]]\naction = "allow"\ncommands = ["ping"]\n',
+            "line 4",
+            "'ping'",
+        )
+        self.assertError(
+            'default = "allow"\n[[rule]]\naction = "allow"\nnames = ["bad name"]\n',
+            "line 4",
+            "names",
+        )
+        self.assertError('[[rule]]\naction = "allow"\n', "default")
+        self.assertError('default = "allow"\n[[rule]\naction = "allow"\n', "r.toml", "line 2")
+        self.assertError(
+            'default = "allow"\n[[auth]]\nclients = ["10.0.0.0/8"]\nmethod = "pw"\n',
+            "line 4",
+            "method",
+        )
+
+    def test_ports_reject_out_of_range(self) -> None:
+        for bad in ("[70000]", '["1-70000"]', "[true]", '["http"]'):
+            with self.assertRaises(RulesError):
+                rules.parse(f'default = "allow"\n[[rule]]\naction = "allow"\nports = {bad}\n')
+
+
+class MatchTests(SynchronousTestCase):
+    parsed = rules.parse(EXAMPLE)
+
+    def decide(self, **kwargs: object) -> str | None:
+        decision = self.parsed.decide(q(**kwargs))
+        return None if decision is None else f"{decision.verdict.value} {decision.label}"
+
+    def test_first_match_wins(self) -> None:
+        ip = ipaddress.ip_address
+        self.assertEqual(self.decide(address=ip("127.0.0.1"), port=80), "deny #1 (metadata)")
+        self.assertEqual(
+            self.decide(name="www.example.org", address=ip("93.184.215.14")), "allow #2"
+        )
+        self.assertEqual(self.decide(name="example.org.", address=ip("93.184.215.14")), "allow #2")
+        self.assertEqual(
+            self.decide(name="badexample.org", address=ip("93.184.215.14")), "deny default"
+        )
+        self.assertEqual(
+            self.decide(name="example.org", address=ip("93.184.215.14"), port=22), "deny default"
+        )
+        self.assertEqual(
+            self.decide(name="example.org", address=ip("1.2.3.4"), user="bob"), "deny default"
+        )
+        self.assertEqual(
+            self.decide(name="example.org", address=ip("1.2.3.4"), command="bind"), "deny default"
+        )
+        self.assertEqual(
+            self.decide(client=ip("10.20.3.4"), address=ip("1.2.3.4")), "allow #3 (office)"
+        )
+
+    def test_a_name_is_undecided_until_resolved_when_an_address_rule_comes_first(self) -> None:
+        self.assertIsNone(self.decide(name="example.org"))
+        self.assertEqual(
+            self.decide(name="example.org", address=ipaddress.ip_address("127.0.0.1")),
+            "deny #1 (metadata)",
+        )
+
+    def test_an_unknown_destination_is_undecided_only_by_destination_rules(self) -> None:
+        parsed = rules.parse('default = "allow"\n[[rule]]\naction = "deny"\ncommands = ["udp"]\n')
+        self.assertEqual(parsed.decide(q(command="udp", port=None)).verdict, Verdict.DENY)  # type: ignore[union-attr]
+        self.assertIsNone(self.parsed.decide(q(command="udp", port=None)))
+
+    def test_auth_rules(self) -> None:
+        ip = ipaddress.ip_address
+        self.assertFalse(self.parsed.password_required(ip("10.20.1.1"), True))
+        self.assertTrue(self.parsed.password_required(ip("10.21.1.1"), True))
+        self.assertFalse(self.parsed.password_required(ip("10.21.1.1"), False))
+
+    def test_ipv4_rules_never_match_ipv6(self) -> None:
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["0.0.0.0/0"]\n'
+        )
+        decision = parsed.decide(q(address=ipaddress.ip_address("::ffff:1.2.3.4")))
+        self.assertEqual(decision.verdict, Verdict.ALLOW)  # type: ignore[union-attr]
+
+
+class PropertyTests(SynchronousTestCase):
+    @given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1))
+    def test_cidr_membership_agrees_with_ipaddress(
+        self, base: int, prefix: int, probe: int
+    ) -> None:
+        network = ipaddress.IPv4Network((base, prefix), strict=False)
+        parsed = rules.parse(
+            f'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["{network}"]\n'
+        )
+        address = ipaddress.IPv4Address(probe)
+        decision = parsed.decide(q(address=address))
+        assert decision is not None
+        self.assertEqual(decision.verdict is Verdict.DENY, address in network)
+        # The network's own edges are inside it.
+        for edge in (network.network_address, network.broadcast_address):
+            self.assertEqual(parsed.decide(q(address=edge)).verdict, Verdict.DENY)  # type: ignore[union-attr]
+
+    @given(st.integers(0, 65535), st.integers(0, 65535), st.integers(0, 65535))
+    def test_port_ranges_are_inclusive(self, a: int, b: int, port: int) -> None:
+        lo, hi = min(a, b), max(a, b)
+        parsed = rules.parse(
+            f'default = "deny"\n[[rule]]\naction = "allow"\nports = ["{lo}-{hi}"]\n'
+        )
+        for p, inside in ((port, lo <= port <= hi), (lo, True), (hi, True)):
+            decision = parsed.decide(q(port=p, address=ipaddress.ip_address("192.0.2.9")))
+            self.assertEqual(decision.verdict is Verdict.ALLOW, inside)  # type: ignore[union-attr]
+        if lo > 0:
+            decision = parsed.decide(q(port=lo - 1, address=ipaddress.ip_address("192.0.2.9")))
+            self.assertEqual(decision.verdict, Verdict.DENY)  # type: ignore[union-attr]
