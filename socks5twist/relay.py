@@ -25,7 +25,6 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -35,6 +34,43 @@ class Side(enum.Enum):
 
     CLIENT = "client"
     REMOTE = "remote"
+
+
+class IdleClock:
+    """
+    Calls C{on_idle} once nothing has happened for C{timeout} seconds.
+
+    L{touch} records activity by storing the time, so the hot path never
+    reschedules a timer; the one timer looks at that time when it fires and
+    sleeps again for what is left.
+    """
+
+    def __init__(self, reactor: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._on_idle = on_idle
+        self._call: IDelayedCall | None = None
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._last = self._reactor.seconds()
+        self._call = self._reactor.callLater(self._timeout, self._check)
+
+    def touch(self) -> None:
+        self._last = self._reactor.seconds()
+
+    def stop(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _check(self) -> None:
+        idle_for = self._reactor.seconds() - self._last
+        if idle_for >= self._timeout:
+            self._call = None
+            self._on_idle()
+        else:
+            self._call = self._reactor.callLater(self._timeout - idle_for, self._check)
 
 
 class StreamRelay:
@@ -48,7 +84,7 @@ class StreamRelay:
     @ivar down: bytes relayed from the remote side to the client.
     """
 
-    log = Logger()
+    kind = "stream"
 
     def __init__(
         self,
@@ -58,14 +94,11 @@ class StreamRelay:
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
-        self._reactor = reactor
         self._transports: dict[Side, Any] = {Side.CLIENT: client, Side.REMOTE: remote}
         self._eof: set[Side] = set()
         self._lost: set[Side] = set()
-        self._idle_timeout = idle_timeout
         self._on_idle = on_idle
-        self._idle_call: IDelayedCall | None = None
-        self._last_activity = 0.0
+        self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
         self.up = 0
         self.down = 0
 
@@ -79,20 +112,19 @@ class StreamRelay:
         remote = self._transports[Side.REMOTE]
         client.registerProducer(remote, True)
         remote.registerProducer(client, True)
-        if self._idle_timeout > 0:
-            self._last_activity = self._reactor.seconds()
-            self._idle_call = self._reactor.callLater(self._idle_timeout, self._check_idle)
+        if self._idle is not None:
+            self._idle.start()
 
     def from_client(self, data: bytes) -> None:
         self.up += len(data)
-        if self._idle_call is not None:
-            self._last_activity = self._reactor.seconds()
+        if self._idle is not None:
+            self._idle.touch()
         self._transports[Side.REMOTE].write(data)
 
     def from_remote(self, data: bytes) -> None:
         self.down += len(data)
-        if self._idle_call is not None:
-            self._last_activity = self._reactor.seconds()
+        if self._idle is not None:
+            self._idle.touch()
         self._transports[Side.CLIENT].write(data)
 
     def eof(self, side: Side) -> None:
@@ -120,29 +152,18 @@ class StreamRelay:
         self._close_all()
 
     def _close_all(self) -> None:
-        self._cancel_idle()
+        if self._idle is not None:
+            self._idle.stop()
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue
             _unregister(transport)
             transport.loseConnection()
 
-    def _cancel_idle(self) -> None:
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
-
-    def _check_idle(self) -> None:
-        idle_for = self._reactor.seconds() - self._last_activity
-        if idle_for >= self._idle_timeout:
-            self._idle_call = None
-            if self._on_idle is not None:
-                self._on_idle()
-            self._close_all()
-        else:
-            self._idle_call = self._reactor.callLater(
-                self._idle_timeout - idle_for, self._check_idle
-            )
+    def _idled(self) -> None:
+        if self._on_idle is not None:
+            self._on_idle()
+        self._close_all()
 
 
 def _unregister(transport: Any) -> None:

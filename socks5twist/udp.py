@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from . import codec, outbound
 from .codec import Address, MalformedMessage
 from .policy import IPAddress
+from .relay import IdleClock
 
 # Bounds on what one association remembers.
 MAX_DESTINATIONS = 4096  # addresses the client has sent to (replies allowed from)
@@ -93,8 +94,6 @@ class UDPAssociation:
         self._expected_port = expected.port or None
         self.interface = interface
         self.any_source = any_source
-        self._idle_timeout = idle_timeout
-        self._on_idle = on_idle
         self._resolve_timeout = resolve_timeout
         self._check = check
         self._outgoing = outgoing or {}
@@ -107,8 +106,9 @@ class UDPAssociation:
         self._names: collections.OrderedDict[str, IPAddress] = collections.OrderedDict()
         self._waiting: dict[str, list[tuple[int, bytes]]] = {}
         self._waiting_count = 0
-        self._idle_call: IDelayedCall | None = None
-        self._last_activity = 0.0
+        self._idle = (
+            IdleClock(reactor, idle_timeout, on_idle) if idle_timeout > 0 and on_idle else None
+        )
         self.closed = False
         self.up_datagrams = self.up_bytes = 0
         self.down_datagrams = self.down_bytes = 0
@@ -121,9 +121,8 @@ class UDPAssociation:
         self._client_port = self._reactor.listenUDP(
             0, _Side(self.from_client), interface=self.interface, maxPacketSize=MAX_DATAGRAM
         )
-        if self._idle_timeout > 0:
-            self._last_activity = self._reactor.seconds()
-            self._idle_call = self._reactor.callLater(self._idle_timeout, self._check_idle)
+        if self._idle is not None:
+            self._idle.start()
         return self._client_port.getHost()
 
     def close(self) -> None:
@@ -131,9 +130,8 @@ class UDPAssociation:
         if self.closed:
             return
         self.closed = True
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        if self._idle is not None:
+            self._idle.stop()
         ports = [self._client_port, *self._remote_ports.values()]
         self._client_port = None
         self._remote_ports.clear()
@@ -141,20 +139,9 @@ class UDPAssociation:
             if port is not None:
                 port.stopListening()
 
-    def _check_idle(self) -> None:
-        idle_for = self._reactor.seconds() - self._last_activity
-        if idle_for >= self._idle_timeout:
-            self._idle_call = None
-            if self._on_idle is not None:
-                self._on_idle()
-        else:
-            self._idle_call = self._reactor.callLater(
-                self._idle_timeout - idle_for, self._check_idle
-            )
-
     def _touch(self) -> None:
-        if self._idle_call is not None:
-            self._last_activity = self._reactor.seconds()
+        if self._idle is not None:
+            self._idle.touch()
 
     # -- client to destination -------------------------------------------------
 
