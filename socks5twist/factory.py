@@ -29,6 +29,7 @@ from .policy import (
 )
 from .rules import ALLOW_ALL, Decision, Rules
 from .session import SOCKS5ServerProtocol, _show
+from .splice import available as splice_available
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -86,6 +87,9 @@ class SOCKS5ServerFactory(ServerFactory):
     @param outgoing_addresses: at most one IPv4 and one IPv6 address that
         outbound CONNECT sockets, BIND listeners and UDP relay sockets towards
         destinations bind to.
+    @param splice: relay open tunnels with C{splice(2)} where both ends
+        allow it (the default where the platform has it); C{False} always
+        uses the stream relay.
     @param allowed_clients: the client networks (L{ipaddress} networks or
         their text) that may use the server.  By default, loopback only
         without a portal, and any address with one.
@@ -114,6 +118,7 @@ class SOCKS5ServerFactory(ServerFactory):
         max_sessions_per_client: int | None = None,
         max_sessions_per_user: int | None = None,
         outgoing_addresses: Iterable[str] = (),
+        splice: bool | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -162,6 +167,7 @@ class SOCKS5ServerFactory(ServerFactory):
                 raise ValueError(f"one outgoing address per IP version: {text} is the second")
             self.outgoing[ip.version] = str(ip)
         self.denials: collections.Counter[str] = collections.Counter()
+        self.splice = splice_available() if splice is None else splice and splice_available()
         self.stats = Stats()
         self.metrics: Metrics | None = None
         # Called when the last session ends (a draining service listens).
@@ -285,7 +291,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.log.info(
             "session {client} user={user} {command} {destination} -> {connected} "
             "bound={bound} reply={reply} up={up} down={down}{extra} "
-            "duration={duration:.3f}s ({outcome})",
+            "duration={duration:.3f}s relay={relay} ({outcome})",
             client=describe(session.client) if session.client else "?",
             user=session.user or "-",
             command=session.command.name if isinstance(session.command, Command) else "-",
@@ -296,6 +302,7 @@ class SOCKS5ServerFactory(ServerFactory):
             up=up,
             down=down,
             extra=extra,
+            relay=relay.kind if relay is not None else "-",
             duration=time.time() - session.started,
             outcome=session.outcome,
         )

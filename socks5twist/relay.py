@@ -187,7 +187,7 @@ class RemoteProtocol(Protocol):
         (BIND); C{None} when the caller learns of it from an endpoint.
     """
 
-    relay: StreamRelay | None = None
+    relay: Any = None  # a StreamRelay or a SpliceRelay
     on_connected: Callable[[RemoteProtocol], None] | None = None
 
     def connectionMade(self) -> None:
@@ -199,6 +199,8 @@ class RemoteProtocol(Protocol):
             self.relay.from_remote(data)
 
     def readConnectionLost(self) -> None:
+        # Only the stream relay has Twisted read for it; the splice relay
+        # sees EOF itself.
         if self.relay is not None:
             self.relay.eof(Side.REMOTE)
 

@@ -37,13 +37,14 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import codec, outbound
+from . import codec, outbound, splice
 from .auth import ISOCKSUser
 from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
 from .relay import RemoteProtocol, Side, StreamRelay
 from .rules import Decision, Query
+from .splice import SpliceRelay
 from .udp import UDPAssociation
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._logout: Callable[[], None] | None = None
         self._bind: BindWaiter | None = None
         self.udp: UDPAssociation | None = None
-        self.relay: StreamRelay | None = None
+        self.relay: StreamRelay | SpliceRelay | None = None
         self.counted = False
         self.limit_keys: list[tuple[str, Any]] = []
         # For the session's log line.
@@ -213,7 +214,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.RELAYING:
-            assert self.relay is not None
+            assert isinstance(self.relay, StreamRelay)
             self.relay.from_client(data)
             return
         if self.state in (State.CLOSED, State.ASSOCIATED):
@@ -227,7 +228,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         if self.state is State.RELAYING:
-            assert self.relay is not None
+            assert isinstance(self.relay, StreamRelay)
             self.relay.eof(Side.CLIENT)
             return
         self._client_eof = True
@@ -510,10 +511,7 @@ class SOCKS5ServerProtocol(Protocol):
         bound = Address.for_ip(host.host, host.port)  # type: ignore[attr-defined]
         self.bound = _show(bound)
         self.connected_to = describe(remote.transport.getPeer())
-        self._reply(Reply.SUCCEEDED, bound)
-        self._relay(remote)
-        if not self._client_eof:
-            self.transport.resumeProducing()
+        self._open_tunnel(remote, bound)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._pending = None
@@ -623,8 +621,7 @@ class SOCKS5ServerProtocol(Protocol):
             return
         peer = remote.transport.getPeer()
         self.connected_to = describe(peer)
-        self._reply(Reply.SUCCEEDED, Address.for_ip(peer.host, peer.port))  # type: ignore[attr-defined]
-        self._relay(remote)
+        self._open_tunnel(remote, Address.for_ip(peer.host, peer.port))  # type: ignore[attr-defined]
 
     def _bind_timed_out(self) -> None:
         self._bind = None
@@ -721,23 +718,52 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- the tunnel --------------------------------------------------------------
 
-    def _relay(self, remote: RemoteProtocol) -> None:
-        """Join the client and C{remote}, passing on what the client sent early."""
-        self.relay = StreamRelay(
-            self.factory.reactor,
+    def _open_tunnel(self, remote: RemoteProtocol, bound: Address) -> None:
+        """
+        Send the success reply naming C{bound} and join the client and
+        C{remote}, passing on what the client sent early: with the splice
+        relay where both ends allow it, else with the stream relay.
+        """
+        self.replies.append(Reply.SUCCEEDED)
+        reply = codec.build_reply(Reply.SUCCEEDED, bound)
+        early, self._buffer = self._buffer, b""
+        factory = self.factory
+        relay: StreamRelay | SpliceRelay
+        if (
+            factory.splice
+            and splice.can_splice(self.transport)
+            and splice.can_splice(remote.transport)
+        ):
+            relay = SpliceRelay(
+                factory.reactor,
+                self.transport,
+                remote.transport,  # type: ignore[arg-type]
+                to_client=reply,
+                to_remote=early,
+                idle_timeout=factory.idle_timeout,
+                on_idle=self._idle,
+            )
+            self.relay = remote.relay = relay
+            self._move(State.RELAYING)
+            relay.start()
+            return
+        self.transport.write(reply)
+        relay = StreamRelay(
+            factory.reactor,
             self.transport,
             remote.transport,  # type: ignore[arg-type]
-            idle_timeout=self.factory.idle_timeout,
+            idle_timeout=factory.idle_timeout,
             on_idle=self._idle,
         )
-        remote.relay = self.relay
+        self.relay = remote.relay = relay
         self._move(State.RELAYING)
-        self.relay.start()
-        early, self._buffer = self._buffer, b""
+        relay.start()
         if early:
-            self.relay.from_client(early)
+            relay.from_client(early)
         if self._client_eof:
-            self.relay.eof(Side.CLIENT)
+            relay.eof(Side.CLIENT)
+        else:
+            self.transport.resumeProducing()
 
     def _idle(self) -> None:
         self.outcome = "idle timeout"

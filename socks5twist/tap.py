@@ -176,6 +176,11 @@ class Options(usage.Options, AuthOptionMixin):
     ]
     optFlags = [
         [
+            "no-splice",
+            None,
+            "Relay with Twisted's transports only, never splice(2).",
+        ],
+        [
             "udp-any-source",
             None,
             "Relay datagrams to UDP clients from any address, not only from those they sent to.",
@@ -260,6 +265,7 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         max_sessions_per_client=options["max-sessions-per-client"],
         max_sessions_per_user=options["max-sessions-per-user"],
         outgoing_addresses=options["outgoing-addresses"],
+        splice=not options["no-splice"],
         allowed_clients=options["allowed-clients"] or None,
     )
 

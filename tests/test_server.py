@@ -32,13 +32,42 @@ def echo_round_trip(sock: socket.socket, payload: bytes) -> None:
     assert received == payload + b"SHA256:" + hashlib.sha256(payload).hexdigest().encode()
 
 
-def test_half_close_both_ways(socks_server: SocksServer, echo_server: Addr) -> None:
+RELAYS = pytest.mark.parametrize("relay", ["splice", "stream"])
+
+
+def start_relay(start_server, relay: str, *args: str) -> SocksServer:
+    """A server that relays with C{relay}: splice(2), or Twisted's transports."""
+    return start_server(*args, *(["--no-splice"] if relay == "stream" else []))
+
+
+@RELAYS
+def test_half_close_both_ways(start_server, echo_server: Addr, relay: str) -> None:
     """The client's EOF reaches the destination, whose reply still flows back."""
-    sock, code = rawsocks.connect(socks_server.address, *echo_server)
+    server = start_relay(start_server, relay)
+    sock, code = rawsocks.connect(server.address, *echo_server)
     assert code == 0
     echo_round_trip(sock, os.urandom(2_000_000))
     sock.close()
-    wait_until(lambda: socks_server.session_lines(), 5, "the session line")
+    [line] = wait_until(server.session_lines, 5, "the session line")
+    assert f"up=2000000 down={2_000_000 + 71}" in line and f"relay={relay}" in line
+
+
+@RELAYS
+def test_pipelined_request_and_payload_then_eof(
+    start_server, echo_server: Addr, relay: str
+) -> None:
+    """Greeting, request, payload and EOF in one send (printf ... | nc): all of it relayed."""
+    server = start_relay(start_server, relay)
+    sock = rawsocks.open_socket(server.address)
+    payload = os.urandom(50_000)
+    sock.sendall(b"\x05\x01\x00\x05\x01\x00" + rawsocks.address_bytes(*echo_server) + payload)
+    sock.shutdown(socket.SHUT_WR)
+    assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+    assert rawsocks.read_reply(sock)[0] == 0
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    assert received == payload + b"SHA256:" + hashlib.sha256(payload).hexdigest().encode()
 
 
 def test_success_reply_names_the_outbound_socket(
@@ -104,6 +133,8 @@ def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server:
     log = server.log()
     assert "refused client 192.0.2.44:40123" in log
     assert "session 127.0.0.9:40123" in log
+    # The PROXY-protocol wrapper is not a plain socket: the stream relay serves it.
+    assert "relay=stream" in log
 
 
 def test_allow_client_widens_and_refuses_others(start_server, echo_server: Addr) -> None:
@@ -150,7 +181,9 @@ def firehose(total: int) -> tuple[tuple[str, int], threading.Thread, list[str]]:
     return listener.getsockname(), thread, digests
 
 
-def test_slow_reader_pauses_the_sender_and_memory_stays_bounded(socks_server) -> None:
+@RELAYS
+def test_slow_reader_pauses_the_sender_and_memory_stays_bounded(start_server, relay: str) -> None:
+    socks_server = start_relay(start_server, relay)
     total = 256 * 1024 * 1024
     address, thread, digests = firehose(total)
     sock, code = rawsocks.connect(socks_server.address, *address)
@@ -378,3 +411,41 @@ def test_port_in_use_is_one_line_without_traceback(tmp_path) -> None:
     text = log.read_text()
     assert "Traceback" not in text
     assert f"cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use" in text
+
+
+@RELAYS
+def test_slow_destination_pauses_the_client(start_server, relay: str) -> None:
+    """Upload to a destination that does not read: the proxy stops reading the client."""
+    server = start_relay(start_server, relay)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sock, code = rawsocks.connect(server.address, *listener.getsockname())
+    assert code == 0
+    destination, _ = listener.accept()
+    listener.close()
+    total = 256 * 1024 * 1024
+    block = os.urandom(1 << 16)
+    sent = hashlib.sha256()
+
+    def upload() -> None:
+        for i in range(total // len(block)):
+            chunk = block[i % 7 :] + block[: i % 7]
+            sock.sendall(chunk)
+            sent.update(chunk)
+        sock.shutdown(socket.SHUT_WR)
+
+    before = server.rss_kib()
+    uploader = threading.Thread(target=upload, daemon=True)
+    uploader.start()
+    time.sleep(2)  # the destination reads nothing
+    assert uploader.is_alive(), "the whole upload went somewhere though nobody read it"
+    assert server.rss_kib() - before < 16 * 1024
+    received = hashlib.sha256()
+    count = 0
+    destination.settimeout(30)
+    while chunk := destination.recv(1 << 20):
+        received.update(chunk)
+        count += len(chunk)
+    uploader.join(10)
+    assert count == total and received.hexdigest() == sent.hexdigest()

@@ -1,0 +1,358 @@
+"""
+The zero-copy relay (Linux): once a tunnel is open, bytes move from socket to
+pipe to socket with C{splice(2)} and never enter Python.
+
+Used only when both ends are plain TCP transports of Twisted's own (no TLS,
+no PROXY-protocol wrapper) and nothing is left in their write buffers; every
+other tunnel uses L{socks5twist.relay.StreamRelay}.
+
+Each direction is a L{_Pump}: a pipe between a source and a destination
+socket.  The reactor's readiness drives it: the source is read only while the
+pipe has room, and when the destination cannot take more, the source is not
+read until it can, so at most one pipe's worth of bytes (L{PIPE_SIZE}) waits
+per direction: the same flow control as the stream relay, without the
+copies.  EOF from a source shuts the destination's write half once the pipe
+is empty, and the other direction keeps flowing; when both directions are
+done, or on any error, both connections are closed through their Twisted
+transports, so their protocols see C{connectionLost} as usual.
+
+Pipes are made when a direction first has data, so an idle tunnel holds none.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .relay import IdleClock, Side
+
+PIPE_SIZE = 1 << 20
+COPY_SIZE = 1 << 16  # the buffer of a direction that could not get a pipe
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
+
+log = Logger()
+
+
+def available() -> bool:
+    """Whether this platform can splice."""
+    return hasattr(os, "splice")
+
+
+def can_splice(transport: Any) -> bool:
+    """
+    Whether a transport can be handed to the splice relay: one of Twisted's
+    own TCP connections, connected, with an empty write buffer, no TLS and
+    no registered producer.
+    """
+    return bool(
+        isinstance(transport, tcp.Connection)
+        and not getattr(transport, "TLS", False)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+        and transport.producer is None
+        and transport.socket.family in (socket.AF_INET, socket.AF_INET6)
+    )
+
+
+class _Pump:
+    """One direction: C{source} → pipe → C{sink}."""
+
+    def __init__(self, relay: SpliceRelay, source: _End, sink: _End, pending: bytes) -> None:
+        self.relay = relay
+        self.source = source
+        self.sink = sink
+        self.pending = pending  # bytes to send before anything spliced
+        self.pipe: tuple[int, int] | None = None
+        self.in_pipe = 0
+        self.eof = False
+        self.done = False
+        self.moved = 0
+        self.copying = False
+
+    def fill(self) -> None:
+        """The source is readable: move what fits into the pipe, then on."""
+        if self.pipe is None and not self.copying:
+            try:
+                self.pipe = _make_pipe()
+            except OSError as e:
+                # Out of descriptors (EMFILE): keep the tunnel working by
+                # copying through a bounded buffer instead.
+                log.info("no pipe for splice ({error}); copying instead", error=e)
+                self.copying = True
+        if self.copying:
+            self._copy()
+            return
+        room = PIPE_SIZE - self.in_pipe
+        if room <= 0:
+            self.source.stop_reading()
+            return
+        try:
+            n = os.splice(self.source.fd, self.pipe[1], room, flags=_FLAGS)
+        except BlockingIOError:
+            return
+        if n == 0:
+            self.eof = True
+            self.source.stop_reading()
+        else:
+            self.in_pipe += n
+        self.drain()
+
+    def _copy(self) -> None:
+        if self.pending:
+            self.source.stop_reading()
+            return
+        try:
+            data = self.source.sock.recv(COPY_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self.pending = data
+            self.moved += len(data)
+            self.relay.touch()
+        else:
+            self.eof = True
+            self.source.stop_reading()
+        self.drain()
+
+    def drain(self) -> None:
+        """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
+        if self.pending:
+            try:
+                sent = self.sink.sock.send(self.pending)
+            except BlockingIOError:
+                sent = 0
+            self.pending = self.pending[sent:]
+            if self.pending:
+                self._wait_for_sink()
+                return
+        while self.in_pipe:
+            assert self.pipe is not None
+            try:
+                n = os.splice(self.pipe[0], self.sink.fd, self.in_pipe, flags=_FLAGS)
+            except BlockingIOError:
+                self._wait_for_sink()
+                return
+            self.in_pipe -= n
+            self.moved += n
+            self.relay.touch()
+        self.sink.stop_writing(self)
+        if self.eof:
+            self._finish()
+        elif not self.done:
+            self.source.start_reading()
+
+    def _wait_for_sink(self) -> None:
+        # The sink is full: stop reading the source until it drains.
+        self.source.stop_reading()
+        self.sink.start_writing(self)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.close_pipe()
+        try:
+            self.sink.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.relay.direction_done()
+
+    def close_pipe(self) -> None:
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
+            self.pipe = None
+
+
+def _make_pipe() -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # the default size still works, with more system calls
+    return r, w
+
+
+@implementer(IReadWriteDescriptor)
+class _End:
+    """One socket of the tunnel, as the reactor sees it while splicing."""
+
+    def __init__(self, relay: SpliceRelay, transport: tcp.Connection) -> None:
+        self.relay = relay
+        self.transport = transport
+        self.sock: socket.socket = transport.socket
+        self.fd = self.sock.fileno()
+        self.outgoing: _Pump | None = None  # the pump that reads from this socket
+        self.incoming: _Pump | None = None  # the pump that writes to it
+        self.reading = False
+        self.writing = False
+
+    # IReadWriteDescriptor
+    def fileno(self) -> int:
+        return self.fd
+
+    def logPrefix(self) -> str:
+        return "SpliceRelay"
+
+    def doRead(self) -> None:
+        assert self.outgoing is not None
+        self.relay.guard(self.outgoing.fill)
+
+    def doWrite(self) -> None:
+        assert self.incoming is not None
+        self.relay.guard(self.incoming.drain)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.relay.abort()
+
+    # Interest in readiness
+    def start_reading(self) -> None:
+        if not self.reading and not self.relay.finished:
+            self.reading = True
+            self.relay.reactor.addReader(self)
+
+    def stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.relay.reactor.removeReader(self)
+
+    def start_writing(self, pump: _Pump) -> None:
+        if not self.writing and not self.relay.finished:
+            self.writing = True
+            self.relay.reactor.addWriter(self)
+
+    def stop_writing(self, pump: _Pump) -> None:
+        if self.writing:
+            self.writing = False
+            self.relay.reactor.removeWriter(self)
+
+
+class SpliceRelay:
+    """
+    Relays two of Twisted's TCP connections with C{splice(2)}.
+
+    Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
+    C{down}, L{close}, L{lost}.  C{to_client} and C{to_remote} are bytes to
+    send before anything relayed (the CONNECT reply, data the client sent
+    early).
+    """
+
+    kind = "splice"
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: tcp.Connection,
+        remote: tcp.Connection,
+        to_client: bytes = b"",
+        to_remote: bytes = b"",
+        idle_timeout: float = 0.0,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self._transports = {Side.CLIENT: client, Side.REMOTE: remote}
+        self._client = _End(self, client)
+        self._remote = _End(self, remote)
+        self._early = len(to_remote)  # counted as relayed, as the stream relay does
+        self._up = _Pump(self, self._client, self._remote, to_remote)
+        self._down = _Pump(self, self._remote, self._client, to_client)
+        self._client.outgoing = self._remote.incoming = self._up
+        self._remote.outgoing = self._client.incoming = self._down
+        self._on_idle = on_idle
+        self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
+        self.finished = False
+        self._lost: set[Side] = set()
+
+    @property
+    def up(self) -> int:
+        return self._up.moved + self._early
+
+    @property
+    def down(self) -> int:
+        return self._down.moved
+
+    @property
+    def remote_transport(self) -> Any:
+        return self._transports[Side.REMOTE]
+
+    def start(self) -> None:
+        """Take both sockets from their transports and start moving bytes."""
+        for end in (self._client, self._remote):
+            end.transport.stopReading()
+            end.transport.stopWriting()
+        if self._idle is not None:
+            self._idle.start()
+        self.guard(self._start)
+
+    def _start(self) -> None:
+        for pump in (self._up, self._down):
+            pump.drain()  # sends what is pending, then starts reading
+
+    def touch(self) -> None:
+        if self._idle is not None:
+            self._idle.touch()
+
+    def guard(self, step: Callable[[], None]) -> None:
+        """Run a pump step; any socket error ends the tunnel (both sides)."""
+        if self.finished:
+            return
+        try:
+            step()
+        except OSError as e:
+            if e.errno not in _AGAIN:
+                self.abort()
+
+    def direction_done(self) -> None:
+        if self._up.done and self._down.done:
+            self._finish(abort=False)
+
+    def close(self) -> None:
+        """Close both sides."""
+        self._finish(abort=False)
+
+    def abort(self) -> None:
+        self._finish(abort=True)
+
+    def lost(self, side: Side) -> None:
+        """A transport reported C{connectionLost}: make sure the other goes too."""
+        self._lost.add(side)
+        self._finish(abort=False)
+
+    def _idled(self) -> None:
+        if self._on_idle is not None:
+            self._on_idle()
+        self._finish(abort=False)
+
+    def _finish(self, abort: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self._idle is not None:
+            self._idle.stop()
+        for end in (self._client, self._remote):
+            end.stop_reading()
+            end.stop_writing(self._up)
+        for pump in (self._up, self._down):
+            pump.close_pipe()
+        # Hand the sockets back to their transports to close, so that the
+        # protocols see connectionLost and Twisted closes the descriptors.
+        for side, transport in self._transports.items():
+            if side in self._lost:
+                continue
+            if abort:
+                transport.abortConnection()
+            else:
+                transport.loseConnection()
