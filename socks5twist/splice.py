@@ -92,7 +92,7 @@ class _Pump:
                 # copying through a bounded buffer instead.
                 log.info("no pipe for splice ({error}); copying instead", error=e)
                 self.copying = True
-        if self.copying:
+        if self.copying or self.pipe is None:
             self._copy()
             return
         room = PIPE_SIZE - self.in_pipe
