@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from .factory import SOCKS5ServerFactory
 from .rules import RulesError, load
+from .workers import WorkerPool
 
 log = Logger()
 
@@ -55,8 +56,12 @@ class SOCKS5Service(service.MultiService):
         self.rules_path = rules_path
         self.shutdown_grace = shutdown_grace
         self._previous_hup: Any = None
+        self._previous_term: Any = None
         self._draining: defer.Deferred[None] | None = None
         self._force_timer: Any = None
+        self.workers: WorkerPool | None = None
+        self.worker_count = 1
+        self.worker_argv: list[str] = []
 
     # -- start -----------------------------------------------------------------
 
@@ -75,10 +80,41 @@ class SOCKS5Service(service.MultiService):
             "listening on {ports}",
             ports=", ".join(getattr(child, "_description", "?") for child in self),
         )
+        if self.worker_count > 1:
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        listeners = []
+        for child in self:
+            waiting = getattr(child, "_waitingForPort", None)
+            description = getattr(child, "_description", None)
+            if (
+                waiting is None
+                or description is None
+                or not description.startswith(("tcp", "unix", "haproxy:"))
+            ):
+                continue  # the metrics endpoint, or a kind that cannot be shared
+            ports: list[Any] = []
+
+            def keep(port: Any, ports: list[Any] = ports) -> Any:
+                ports.append(port)
+                return port
+
+            waiting.addCallback(keep)
+            if ports and hasattr(ports[0], "fileno"):
+                listeners.append((ports[0].fileno(), description))
+        self.workers = WorkerPool(
+            self.factory.reactor,
+            self.worker_count - 1,
+            self.worker_argv,
+            listeners,
+            stop_timeout=self.shutdown_grace + 10,
+        )
+        self.workers.start()
 
     def startService(self) -> None:
         super().startService()
-        if self.handle_signals and self.rules_path is not None:
+        if self.handle_signals and (self.rules_path is not None or self.workers is not None):
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- reload ----------------------------------------------------------------
@@ -87,8 +123,11 @@ class SOCKS5Service(service.MultiService):
         self.factory.reactor.callFromThread(self.reload_rules)
 
     def reload_rules(self) -> bool:
-        """Reread the rules file; on error keep the old rules and log one line."""
-        assert self.rules_path is not None
+        """Reread the rules file (here and in every worker); on error keep the old rules."""
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)
+        if self.rules_path is None:
+            return False
         try:
             rules = load(self.rules_path)
         except RulesError as e:
@@ -109,9 +148,20 @@ class SOCKS5Service(service.MultiService):
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
+        if self.handle_signals:
+            self._previous_term = signal.signal(signal.SIGTERM, self._on_second_sigterm)
         stopped = defer.maybeDeferred(super().stopService)
         stopped.addCallback(lambda _: self._drain())
-        return stopped
+        waits = [stopped]
+        if self.workers is not None:
+            waits.append(self.workers.stop())
+
+        def done(result: object) -> None:
+            if self._previous_term is not None:
+                signal.signal(signal.SIGTERM, self._previous_term)
+                self._previous_term = None
+
+        return defer.gatherResults(waits).addBoth(done)
 
     def _drain(self) -> defer.Deferred[None]:
         """Wait up to C{shutdown_grace} seconds for the sessions, then close them."""
@@ -131,20 +181,21 @@ class SOCKS5Service(service.MultiService):
         self.factory.on_idle = self._drained
         reactor = self.factory.reactor
         self._force_timer = reactor.callLater(self.shutdown_grace, self._close_sessions)
-        previous_term = None
-        if self.handle_signals:
-            previous_term = signal.signal(signal.SIGTERM, self._on_second_sigterm)
 
         def done(result: None) -> None:
             self.factory.on_idle = None
-            if previous_term is not None:
-                signal.signal(signal.SIGTERM, previous_term)
             return result
 
         return self._draining.addBoth(done)
 
     def _on_second_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        self.factory.reactor.callFromThread(self._close_sessions)
+        self.factory.reactor.callFromThread(self._stop_now)
+
+    def _stop_now(self) -> None:
+        if self.workers is not None:
+            self.workers.signal(signal.SIGTERM)
+        if self._draining is not None:
+            self._close_sessions()
 
     def _drained(self) -> None:
         if self._force_timer is not None and self._force_timer.active():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.application import strports
+from twisted.application import service, strports
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.internet import endpoints
@@ -133,6 +133,13 @@ class Options(usage.Options, AuthOptionMixin):
             "TOML file of access rules (see the README); SIGHUP rereads it.",
         ],
         [
+            "workers",
+            None,
+            1,
+            "Processes serving the same ports (this one and N - 1 more).",
+            _positive_int("workers"),
+        ],
+        [
             "metrics",
             None,
             None,
@@ -192,6 +199,22 @@ class Options(usage.Options, AuthOptionMixin):
         self["ports"] = []
         self["allowed-clients"] = []
         self["outgoing-addresses"] = []
+        self["worker-listeners"] = []
+        self.argv: list[str] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        # Kept so that --workers can start copies of this process.
+        import sys
+
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def opt_worker_listener(self, value: str) -> None:
+        """(Internal, used by --workers: FD:DESCRIPTION of an inherited listening socket.)"""
+        fd, _, description = value.partition(":")
+        if not fd.isdigit() or not description:
+            raise usage.UsageError(f"--worker-listener {value!r}: expected FD:DESCRIPTION")
+        self["worker-listeners"].append((int(fd), description))
 
     def opt_port(self, description: str) -> None:
         """Listen on this endpoint (repeatable): a bare number means tcp:N; also tcp6:, unix:, haproxy:, systemd: descriptions. Default: tcp:1080."""  # noqa: E501
@@ -238,6 +261,11 @@ class Options(usage.Options, AuthOptionMixin):
                 endpoints.serverFromString(reactor, self["metrics"])
             except Exception as e:
                 raise usage.UsageError(f"--metrics {self['metrics']!r}: {e}") from None
+        if self["workers"] > 1 and self["metrics"]:
+            raise usage.UsageError(
+                "--metrics cannot be used with --workers: each process counts only its own"
+                " sessions (run one server per metrics endpoint instead)"
+            )
         self["parsed-rules"] = None
         if self["rules"]:
             try:
@@ -270,14 +298,57 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
     )
 
 
+class AdoptedPortService(service.Service):
+    """Serves a listening socket inherited from the process that started this one."""
+
+    def __init__(self, fd: int, description: str, factory: Any) -> None:
+        self.fd = fd
+        self.description = description
+        self.factory = factory
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        import os
+        import socket
+
+        from twisted.internet import reactor
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        factory = self.factory
+        if self.description.startswith("haproxy:"):
+            factory = HAProxyWrappingFactory(factory)
+        probe = socket.socket(fileno=os.dup(self.fd))
+        family = probe.family
+        probe.close()
+        self.port = reactor.adoptStreamPort(self.fd, family, factory)  # type: ignore[attr-defined]
+        os.close(self.fd)  # the port holds its own duplicate
+        super().privilegedStartService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
 def makeService(options: Options) -> SOCKS5Service:
     """A service listening on each C{--port} with one shared factory."""
     factory = make_factory(options)
     top = SOCKS5Service(factory, options["rules"], options["shutdown-grace"])
-    for description in options["ports"]:
-        child = strports.service(description, factory)
-        child._description = description  # type: ignore[attr-defined]
-        child.setServiceParent(top)
+    if options["worker-listeners"]:
+        # A worker started by --workers: serve the sockets it inherited.
+        for fd, description in options["worker-listeners"]:
+            adopted = AdoptedPortService(fd, description, factory)
+            adopted._description = f"{description} (inherited)"  # type: ignore[attr-defined]
+            adopted.setServiceParent(top)
+    else:
+        for description in options["ports"]:
+            child = strports.service(description, factory)
+            child._description = description  # type: ignore[attr-defined]
+            child.setServiceParent(top)
+        top.worker_count = options["workers"]
+        top.worker_argv = options.argv
     if factory.portal is None:
         log.info(
             "no --auth: serving without authentication to clients in {networks}",

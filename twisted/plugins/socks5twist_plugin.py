@@ -42,10 +42,24 @@ class _SOCKS5ServiceMaker:
     def makeService(self, options: Any) -> Any:
         from socks5twist.tap import makeService
 
+        _raise_descriptor_limit()
         service = makeService(options)
         service.exit_on_listen_failure = True
         service.handle_signals = True
         return service
+
+
+def _raise_descriptor_limit() -> None:
+    # Each tunnel holds two sockets (and two pipes while it splices): lift the
+    # soft limit on open files to the hard one, as servers commonly do.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 socks5 = _SOCKS5ServiceMaker()

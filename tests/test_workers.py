@@ -1,0 +1,91 @@
+"""--workers: several processes serving the same port, supervised by the first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import rawsocks
+from .conftest import SocksServer, wait_until
+
+Addr = tuple[str, int]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                inodes.add(fields[9])
+    return inodes
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
+
+
+def test_workers_share_the_port_reload_restart_and_stop(
+    start_server, echo_server: Addr, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('default = "allow"\n')
+    server: SocksServer = start_server("--workers", "3", "--rules", str(rules))
+    workers = wait_until(
+        lambda: children_of(server.pid) if len(children_of(server.pid)) == 2 else [],
+        15,
+        "two worker processes",
+    )
+    listener = listening_inodes(server.address[1])
+    assert len(listener) == 1
+    for pid in [server.pid, *workers]:
+        wait_until(
+            lambda pid=pid: listener <= socket_inodes(pid), 10, f"{pid} to hold the listener"
+        )
+    wait_until(lambda: server.log().count("] listening on ") >= 3, 15, "every process to listen")
+    for _ in range(20):
+        sock, code = rawsocks.connect(server.address, *echo_server)
+        assert code == 0
+        sock.sendall(b"hi")
+        assert rawsocks.recv_exact(sock, 2) == b"hi"
+        sock.close()
+    # SIGHUP reaches every process.
+    os.kill(server.pid, signal.SIGHUP)
+    wait_until(lambda: server.log().count("reloaded") >= 3, 10, "three reloads")
+    # A worker that dies is replaced.
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: "ended unexpectedly" in server.log(), 10, "the supervisor to notice")
+    replaced = wait_until(
+        lambda: [p for p in children_of(server.pid) if p not in workers], 10, "a new worker"
+    )
+    # SIGTERM stops them all.
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(20)
+    deadline = time.monotonic() + 10
+    for pid in [*workers[1:], *replaced]:
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), f"worker {pid} outlived the server"
