@@ -54,17 +54,17 @@ def test_workers_share_the_port_reload_restart_and_stop(
     rules = tmp_path / "rules.toml"
     rules.write_text('default = "allow"\n')
     server: SocksServer = start_server("--workers", "3", "--rules", str(rules))
-    workers = wait_until(
-        lambda: children_of(server.pid) if len(children_of(server.pid)) == 2 else [],
-        15,
-        "two worker processes",
-    )
+
+    def two_workers() -> list[int]:
+        found = children_of(server.pid)
+        return found if len(found) == 2 else []
+
+    workers = wait_until(two_workers, 15, "two worker processes")
+    wait_until(lambda: server.log().count("] listening on ") >= 3, 15, "every process to listen")
     listener = listening_inodes(server.address[1])
     assert len(listener) == 1
     for pid in [server.pid, *workers]:
-        wait_until(
-            lambda pid=pid: listener <= socket_inodes(pid), 10, f"{pid} to hold the listener"
-        )
+        assert listener <= socket_inodes(pid), f"{pid} does not hold the listener"
     wait_until(lambda: server.log().count("] listening on ") >= 3, 15, "every process to listen")
     for _ in range(20):
         sock, code = rawsocks.connect(server.address, *echo_server)
