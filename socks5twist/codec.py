@@ -24,6 +24,7 @@ The rules this module keeps:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -116,11 +117,8 @@ class Address:
     @classmethod
     def for_ip(cls, host: str, port: int) -> Address:
         """The ATYP 1 or 4 address for an IP literal (mapped IPv4 unwrapped)."""
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        kind = AddressType.IPV4 if ip.version == 4 else AddressType.IPV6
-        return cls(kind, ip.compressed, port)
+        kind, text = _ip_form(host)
+        return cls(kind, text, port)
 
     def pack(self) -> bytes:
         """ATYP, DST.ADDR and DST.PORT as they go on the wire."""
@@ -136,6 +134,14 @@ class Address:
                 raise ValueError("domain name must be 1 to 255 bytes")
             raw = bytes([len(name)]) + name
         return bytes([self.type]) + raw + struct.pack("!H", self.port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_form(host: str) -> tuple[AddressType, str]:
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
 
 
 UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)

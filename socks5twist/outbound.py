@@ -15,11 +15,7 @@ from twisted.internet import defer, error
 from twisted.internet._resolver import HostResolution
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IHostnameResolver,
@@ -30,11 +26,12 @@ from twisted.internet.interfaces import (
     IResolutionReceiver,
     IStreamClientEndpoint,
 )
+from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .codec import Address, AddressType, Reply
-from .policy import IPAddress
+from .policy import IPAddress, parse_ip
 
 
 def literal_ip(address: Address) -> IPAddress | None:
@@ -45,15 +42,51 @@ def literal_ip(address: Address) -> IPAddress | None:
     connected to as addresses, never looked up.
     """
     host = address.host
-    if address.type is AddressType.DOMAIN and host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    if address.type is AddressType.DOMAIN:
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if "%" in host:
+            return None  # a scope ID is no part of a destination
     try:
-        ip = ipaddress.ip_address(host)
+        return parse_ip(host)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+
+
+class _OneConnection(ClientFactory):
+    """
+    Connects one protocol and fires C{deferred} with it once connected.  The
+    protocol (a L{socks5twist.relay.RemoteProtocol}) reports its connection
+    through its C{on_connected} hook.
+    """
+
+    noisy = False
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self.factory = factory
+        self.connector: Any = None
+        self.deferred: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.connector = connector
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        protocol = self.factory.buildProtocol(addr)  # type: ignore[arg-type]
+        protocol.on_connected = self._connected  # type: ignore[union-attr]
+        return protocol
+
+    def _connected(self, protocol: Any) -> None:
+        protocol.on_connected = None
+        if not self.deferred.called:
+            self.deferred.callback(protocol)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.deferred.called:
+            self.deferred.errback(reason)
+
+    def _cancel(self, deferred: defer.Deferred[IProtocol]) -> None:
+        if self.connector is not None:
+            self.connector.stopConnecting()
 
 
 @implementer(IHostnameResolver)
@@ -129,8 +162,11 @@ def connect(
         binding = (local, 0) if local is not None else None
         endpoint: IStreamClientEndpoint
         if len(group) == 1:
-            cls = TCP4ClientEndpoint if group[0].version == 4 else TCP6ClientEndpoint
-            endpoint = cls(reactor, str(group[0]), port, timeout=timeout, bindAddress=binding)
+            # One address: the reactor directly, without an endpoint's
+            # wrappers, which cost more than the rest of a short session.
+            one = _OneConnection(factory)
+            reactor.connectTCP(str(group[0]), port, one, timeout=timeout or 30, bindAddress=binding)
+            return one.deferred
         else:
             endpoint = HostnameEndpoint(
                 _ReactorWithResolver(reactor, _CheckedAddresses(group)),

@@ -7,6 +7,7 @@ only.  Unix-socket clients are local by construction and count as loopback.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -32,16 +33,23 @@ def parse_network(text: str) -> IPNetwork:
     return ipaddress.ip_network(text.strip(), strict=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_ip(host: str) -> IPAddress:
+    """
+    An IP address from text, with an IPv4-mapped IPv6 address unwrapped and
+    any scope ID dropped; raises C{ValueError}.  Cached: a proxy sees the same
+    few addresses again and again, and parsing is not cheap.
+    """
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def ip_of(address: IAddress) -> IPAddress | None:
-    """
-    The IP of a Twisted address, with IPv4-mapped IPv6 addresses unwrapped and
-    any scope ID dropped; C{None} for non-IP addresses (Unix sockets).
-    """
+    """The IP of a Twisted address (see L{parse_ip}); C{None} for Unix sockets."""
     if isinstance(address, (IPv4Address, IPv6Address)):
-        ip = ipaddress.ip_address(address.host.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        return ip
+        return parse_ip(address.host)
     return None
 
 
@@ -64,9 +72,10 @@ class ClientPolicy:
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         self.networks: Sequence[IPNetwork] = tuple(networks)
 
-    def allows(self, address: IAddress) -> bool:
-        """Whether a client at C{address} may use the proxy."""
-        ip = ip_of(address)
+    def allows(self, address: IAddress, ip: IPAddress | None = None) -> bool:
+        """Whether a client at C{address} (whose IP may be given) may use the proxy."""
+        if ip is None:
+            ip = ip_of(address)
         if ip is None:
             # Unix sockets (and anything without an IP) are local.
             return isinstance(address, UNIXAddress)

@@ -191,6 +191,12 @@ class RemoteProtocol(Protocol):
     on_connected: Callable[[RemoteProtocol], None] | None = None
 
     def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)  # see session._no_delay
+            except OSError:
+                pass
         if self.on_connected is not None:
             self.on_connected(self)
 

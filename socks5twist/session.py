@@ -128,6 +128,8 @@ class SOCKS5ServerProtocol(Protocol):
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
+        self.client_ip: IPAddress | None = None
+        self.client_text = "?"
         self.user: str | None = None
         self.command: Command | None = None
         self.destination: Address | None = None
@@ -145,6 +147,14 @@ class SOCKS5ServerProtocol(Protocol):
     def reply_label(self) -> str:
         """The last reply code as metrics name it (none: no reply was sent)."""
         return f"{self.replies[-1]:#04x}" if self.replies else "none"
+
+    def _set_client(self, address: IAddress) -> None:
+        """Note the client's address, and what is derived from it once."""
+        if address == self.client:
+            return
+        self.client = address
+        self.client_ip = ip_of(address)
+        self.client_text = describe(address)
 
     # -- state ---------------------------------------------------------------
 
@@ -194,13 +204,14 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.started = time.time()
-        self.client = self.transport.getPeer()
+        _no_delay(self.transport)
+        self._set_client(self.transport.getPeer())
         if not self.factory.session_started(self):
             self.outcome = "too many clients"
             self._move(State.CLOSED)
             self.log.warn(
                 "refused {client}: {count} sessions open, the limit (--max-clients)",
-                client=describe(self.client),
+                client=self.client_text,
                 count=self.factory.max_clients,
             )
             self.transport.abortConnection()
@@ -293,7 +304,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.log.info(
             "malformed {phase} from {client}: {why}",
             phase=self.state.value,
-            client=describe(self.client) if self.client else "?",
+            client=self.client_text,
             why=e.why,
         )
         if self.state is State.REQUEST and e.reply is not None:
@@ -305,13 +316,13 @@ class SOCKS5ServerProtocol(Protocol):
             self._close(f"malformed {self.state.value}: {e.why}")
 
     def _greeting(self, greeting: codec.Greeting) -> None:
-        # The client's address is read here, not in connectionMade: behind a
-        # PROXY-protocol listener it is only known once the header is read.
-        self.client = self.transport.getPeer()
-        if not self.factory.client_policy.allows(self.client):
+        # The client's address is read again here: behind a PROXY-protocol
+        # listener it is only known once the header is read.
+        self._set_client(self.transport.getPeer())
+        if not self.factory.client_policy.allows(self.transport.getPeer(), self.client_ip):
             self.log.warn(
                 "refused client {client}: not in the allowed client networks",
-                client=describe(self.client),
+                client=self.client_text,
             )
             self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close("client not allowed")
@@ -319,13 +330,13 @@ class SOCKS5ServerProtocol(Protocol):
         if not self.factory.client_session_started(self):
             self.log.warn(
                 "refused {client}: {n} sessions open from it (--max-sessions-per-client)",
-                client=describe(self.client),
+                client=self.client_text,
                 n=self.factory.max_sessions_per_client,
             )
             self._close("too many sessions from this client")
             return
         has_checkers = self.factory.portal is not None
-        if self.factory.rules.password_required(ip_of(self.client), has_checkers):
+        if self.factory.rules.password_required(self.client_ip, has_checkers):
             acceptable = [Method.USERNAME_PASSWORD]
         else:
             # Without checkers, or for a client the rules let skip them; a
@@ -370,7 +381,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = None
         self.log.info(
             "authentication failed for {client}: {why}",
-            client=describe(self.client) if self.client else "?",
+            client=self.client_text,
             why=_why(failure),
         )
         self.factory.auth_failed()
@@ -388,7 +399,7 @@ class SOCKS5ServerProtocol(Protocol):
                 "{n} sessions open (--max-sessions-per-user)",
                 command=request.command.name,
                 user=self.user,
-                client=describe(self.client) if self.client else "?",
+                client=self.client_text,
                 n=self.factory.max_sessions_per_user,
             )
             self._fail(Reply.NOT_ALLOWED, "too many sessions for this user")
@@ -420,7 +431,7 @@ class SOCKS5ServerProtocol(Protocol):
         """What the rules say about this session's command to a destination."""
         assert self.command is not None
         query = Query(
-            client=ip_of(self.client) if self.client is not None else None,
+            client=self.client_ip,
             user=self.user,
             command=COMMAND_NAMES[self.command],
             port=port,
@@ -448,7 +459,7 @@ class SOCKS5ServerProtocol(Protocol):
             "denied {command} {destination} for {client} user={user} by rule {rule}",
             command=self.command.name if self.command else "-",
             destination=_show(self.destination),
-            client=describe(self.client) if self.client else "?",
+            client=self.client_text,
             user=self.user or "-",
             rule=decision.label,
         )
@@ -564,7 +575,7 @@ class SOCKS5ServerProtocol(Protocol):
             self.log.info(
                 "BIND peer {peer} for {client} denied by rule {rule}",
                 peer=describe(peer),
-                client=describe(self.client) if self.client else "?",
+                client=self.client_text,
                 rule=decision.label,
             )
             self.factory.rule_denied(decision)
@@ -585,7 +596,7 @@ class SOCKS5ServerProtocol(Protocol):
             self.log.warn(
                 "BIND from {client}: the control connection has no IP address "
                 "(a Unix socket?); set --external-address to allow BIND here",
-                client=describe(self.client) if self.client else "?",
+                client=self.client_text,
             )
             self._fail(Reply.GENERAL_FAILURE, "BIND needs an IP address to listen on")
             return
@@ -654,14 +665,14 @@ class SOCKS5ServerProtocol(Protocol):
         client reached (or C{udp_interface}) and reply with it.  The
         association lives as long as this control connection.
         """
-        client_ip = ip_of(self.client) if self.client is not None else None
+        client_ip = self.client_ip
         if client_ip is None:
             self._fail(Reply.GENERAL_FAILURE, "UDP ASSOCIATE needs a client with an IP address")
             return
         if not self.factory.udp_association_started(client_ip):
             self.log.warn(
                 "refused UDP ASSOCIATE from {client}: {n} associations open (--max-udp-per-client)",
-                client=describe(self.client) if self.client else "?",
+                client=self.client_text,
                 n=self.factory.max_udp_per_client,
             )
             self._fail(Reply.NOT_ALLOWED, "too many UDP associations for this client")
@@ -774,7 +785,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._handshake_timer = None
         self.log.info(
             "handshake timeout for {client} in {state}",
-            client=describe(self.client) if self.client else "?",
+            client=self.client_text,
             state=self.state.value,
         )
         # Negotiation replies are a few bytes that the socket buffer takes at
@@ -791,6 +802,19 @@ class SOCKS5ServerProtocol(Protocol):
         """A bug in our own callbacks: log it and close, never leave a hang."""
         self.log.failure("unexpected error during {phase}", failure, phase=phase)
         self._close(f"internal error during {phase}")
+
+
+def _no_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm: a proxy's small writes (replies, interactive
+    traffic) must not wait for the peer's delayed ACK.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
 
 
 def _wildcard_for(address: str | None) -> str:

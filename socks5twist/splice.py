@@ -16,7 +16,9 @@ is empty, and the other direction keeps flowing; when both directions are
 done, or on any error, both connections are closed through their Twisted
 transports, so their protocols see C{connectionLost} as usual.
 
-Pipes are made when a direction first has data, so an idle tunnel holds none.
+A direction starts by copying through a buffer of L{COPY_SIZE} bytes and
+makes its pipe only when a read fills that buffer: short exchanges never pay
+for pipes, idle tunnels hold none, and bulk transfers splice.
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ class _Pump:
         self.eof = False
         self.done = False
         self.moved = 0
-        self.copying = False
+        # Each direction starts by copying through a small buffer (cheap for
+        # the short exchanges most sessions are) and moves to a pipe when a
+        # read fills the whole buffer.
+        self.copying = True
+        self.no_pipe = False
 
     def fill(self) -> None:
         """The source is readable: move what fits into the pipe, then on."""
@@ -91,7 +97,7 @@ class _Pump:
                 # Out of descriptors (EMFILE): keep the tunnel working by
                 # copying through a bounded buffer instead.
                 log.info("no pipe for splice ({error}); copying instead", error=e)
-                self.copying = True
+                self.copying = self.no_pipe = True
         if self.copying or self.pipe is None:
             self._copy()
             return
@@ -122,6 +128,9 @@ class _Pump:
             self.pending = data
             self.moved += len(data)
             self.relay.touch()
+            if len(data) == COPY_SIZE and self.pipe is None and not self.no_pipe:
+                # A full buffer: bulk data.  Splice from now on.
+                self.copying = False
         else:
             self.eof = True
             self.source.stop_reading()

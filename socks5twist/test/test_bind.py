@@ -197,7 +197,7 @@ class BindTests(SynchronousTestCase):
         with capturedLogs() as logs:
             arrive(s, IPv4Address("TCP", "192.0.2.10", 20))
             s.protocol.connectionLost(error.ConnectionDone())
-        [line] = [e for e in logs if e.get("log_format", "").startswith("session")]
+        [line] = [e for e in logs if "session_line" in e]
         self.assertEqual(line["command"], "BIND")
         self.assertEqual(line["bound"], "127.0.0.1:40000")
         self.assertEqual(line["connected"], "192.0.2.10:20")

@@ -411,7 +411,7 @@ class LogTests(SynchronousTestCase):
             s.send(b"abc")
             remote.dataReceived(b"defgh")
             s.protocol.connectionLost(error.ConnectionDone())
-        lines = [e for e in logs if e.get("log_format", "").startswith("session")]
+        lines = [e for e in logs if "session_line" in e]
         self.assertEqual(len(lines), 1)
         line = lines[0]
         self.assertEqual(line["client"], "127.0.0.1:40000")

@@ -239,7 +239,7 @@ class AssociateTests(SynchronousTestCase):
         relay.receive(b"bad", CLIENT)
         with capturedLogs() as logs:
             s.protocol.connectionLost(error.ConnectionDone())
-        [line] = [e for e in logs if e.get("log_format", "").startswith("session")]
+        [line] = [e for e in logs if "session_line" in e]
         self.assertEqual(line["command"], "UDP_ASSOCIATE")
         self.assertEqual((line["up"], line["down"]), (5, 7))
         self.assertEqual(line["extra"], " datagrams=1/1 dropped=malformed:1")
