@@ -51,7 +51,7 @@ def test_bind_two_replies_and_data_both_ways(socks_server: SocksServer) -> None:
     peer = socket.create_connection((host, port), timeout=5, source_address=("127.0.0.2", 0))
     code, peer_host, peer_port, raw = rawsocks.read_reply(control)
     assert (code, peer_host, peer_port, len(raw)) == (0, "127.0.0.2", peer.getsockname()[1], 10)
-    assert refused(host, port), "the listener outlived its one connection"
+    wait_until(lambda: refused(host, port), 2, "the listener to close after its one connection")
 
     up, down = os.urandom(1_500_000), os.urandom(2_500_000)
     received: dict[str, bytes] = {}
