@@ -45,6 +45,8 @@ class IdleClock:
     sleeps again for what is left.
     """
 
+    __slots__ = ("_call", "_last", "_on_idle", "_reactor", "_timeout")
+
     def __init__(self, reactor: IReactorTime, timeout: float, on_idle: Callable[[], None]) -> None:
         self._reactor = reactor
         self._timeout = timeout
@@ -85,6 +87,7 @@ class StreamRelay:
     """
 
     kind = "stream"
+    __slots__ = ("_eof", "_idle", "_lost", "_on_idle", "_transports", "down", "up")
 
     def __init__(
         self,

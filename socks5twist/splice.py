@@ -30,7 +30,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
 from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +71,11 @@ def can_splice(transport: Any) -> bool:
 
 class _Pump:
     """One direction: C{source} → pipe → C{sink}."""
+
+    __slots__ = (
+        "copying", "done", "eof", "in_pipe", "moved", "no_pipe", "pending", "pipe",
+        "relay", "sink", "source",
+    )  # fmt: skip
 
     def __init__(self, relay: SpliceRelay, source: _End, sink: _End, pending: bytes) -> None:
         self.relay = relay
@@ -199,6 +204,8 @@ def _make_pipe() -> tuple[int, int]:
 class _End:
     """One socket of the tunnel, as the reactor sees it while splicing."""
 
+    __slots__ = ("fd", "incoming", "outgoing", "reading", "relay", "sock", "transport", "writing")
+
     def __init__(self, relay: SpliceRelay, transport: tcp.Connection) -> None:
         self.relay = relay
         self.transport = transport
@@ -260,6 +267,11 @@ class SpliceRelay:
     """
 
     kind = "splice"
+    # An idle tunnel is mostly these objects: no per-instance dictionaries.
+    __slots__ = (
+        "_client", "_down", "_early", "_idle", "_lost", "_on_idle", "_remote",
+        "_transports", "_up", "finished", "reactor",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -358,10 +370,13 @@ class SpliceRelay:
             pump.close_pipe()
         # Hand the sockets back to their transports to close, so that the
         # protocols see connectionLost and Twisted closes the descriptors.
+        # Nothing was ever written through these transports while splicing,
+        # so there is nothing of theirs to flush: a clean end closes them at
+        # once instead of waiting a reactor turn for a writable event.
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue
             if abort:
                 transport.abortConnection()
-            else:
-                transport.loseConnection()
+            elif transport.connected and not transport.disconnected:
+                transport.connectionLost(Failure(error.ConnectionDone()))

@@ -1,0 +1,394 @@
+"""
+The socks5twist benchmark: socks5twist beside its peers, in one run.
+
+    python bench/run.py [--rounds 3] [--quick] [--json FILE]
+
+Measures, for a direct connection (the limit) and for each SOCKS5 server:
+throughput (1 and 8 streams, upload and download, 512 MiB per test), latency
+(1-byte and 1 KiB ping-pong, p50 and p99), complete sessions per second
+(greeting + CONNECT + one echo + close, at concurrency 1 and 32), and memory
+per idle tunnel (RSS growth of the server's processes with 1000 open
+tunnels).  The load generator is a C program (bench/loadgen.c, built here
+with the system's C compiler) that verifies every byte it receives.
+
+Every server is started fresh for each round, the servers' order rotates from
+round to round, and the table shows the median over rounds and ratios to the
+direct connection and to each peer.  Everything runs on 127.0.0.1, every
+process started here is stopped here by its PID, and every step is bounded in
+bytes and time.  Peers that are not installed are left out, with a note:
+Debian's microsocks and dante-server, PyPI's pproxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of a process and all its descendants (Dante and --workers fork)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+            for task in os.listdir(f"/proc/{p}/task"):
+                children = Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+class Peer:
+    """A server to measure: how to start it on a port."""
+
+    def __init__(
+        self, name: str, command: Callable[[int, Path], list[str]] | None, idle: bool = True
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.idle = idle
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, workdir: Path) -> None:
+        if self.command is None:
+            return
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            self.command(self.port, workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_listening(self.port, self.proc)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def proxy_args(self) -> list[str]:
+        return [] if self.command is None else ["--proxy", f"127.0.0.1:{self.port}"]
+
+
+def twistd(*extra: str) -> Callable[[int, Path], list[str]]:
+    def command(port: int, workdir: Path) -> list[str]:
+        return [
+            sys.executable, "-c",
+            "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
+            "-n", "--pidfile=", f"--logfile={workdir / f'socks5twist-{port}.log'}",
+            "socks5", "--port", f"tcp:{port}:interface=127.0.0.1", *extra,
+        ]  # fmt: skip
+
+    return command
+
+
+def dante(port: int, workdir: Path) -> list[str]:
+    conf = workdir / f"danted-{port}.conf"
+    conf.write_text(
+        f"logoutput: /dev/null\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\n"
+        "clientmethod: none\nsocksmethod: none\nuser.privileged: root\n"
+        "user.unprivileged: nobody\n"
+        "client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n"
+        "socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }\n"
+    )
+    return [shutil.which("danted") or "danted", "-f", str(conf)]
+
+
+def peers(loadgen: str) -> tuple[list[Peer], list[str]]:
+    found = [
+        Peer("direct", None, idle=False),
+        Peer("socks5twist", twistd()),
+        Peer("socks5twist --workers 2", twistd("--workers", "2")),
+        Peer("socks5twist --no-splice", twistd("--no-splice")),
+        Peer(
+            "threads", lambda port, _: [sys.executable, str(HERE / "threaded_socks.py"), str(port)]
+        ),
+    ]
+    missing = []
+    pproxy = shutil.which("pproxy") or str(Path(sys.executable).with_name("pproxy"))
+    if Path(pproxy).exists():
+        found.append(Peer("pproxy", lambda port, _: [pproxy, "-l", f"socks5://127.0.0.1:{port}"]))
+    else:
+        missing.append("pproxy (pip install pproxy)")
+    if shutil.which("microsocks"):
+        found.append(
+            Peer("microsocks", lambda port, _: ["microsocks", "-i", "127.0.0.1", "-p", str(port)])
+        )
+    else:
+        missing.append("microsocks (apt-get install microsocks)")
+    if shutil.which("danted") and os.geteuid() == 0:
+        found.append(Peer("dante", dante))
+    else:
+        missing.append("dante (apt-get install dante-server; runs as root here)")
+    return found, missing
+
+
+def run_loadgen(loadgen: str, *args: str, timeout: float = 120) -> dict[str, float]:
+    result = subprocess.run([loadgen, *args], capture_output=True, timeout=timeout)
+    line = result.stdout.decode().strip().splitlines()[-1] if result.stdout.strip() else "{}"
+    data = json.loads(line)
+    if result.returncode != 0 or data.get("errors"):
+        raise RuntimeError(
+            f"loadgen {' '.join(args)} failed: {result.stderr.decode()[-300:]} {line}"
+        )
+    return data
+
+
+def measure(peer: Peer, loadgen: str, target: str, quick: bool, workdir: Path) -> dict[str, float]:
+    """Every figure for one peer, on a fresh server."""
+    out: dict[str, float] = {}
+    peer.start(workdir)
+    try:
+        common = [*peer.proxy_args, "--target", target]
+        total = (64 if quick else 512) * MiB
+        for streams in (1, 8):
+            for direction in ("up", "down"):
+                r = run_loadgen(
+                    loadgen,
+                    "throughput",
+                    *common,
+                    "--streams",
+                    str(streams),
+                    "--bytes",
+                    str(total // streams),
+                    "--dir",
+                    direction,
+                )
+                out[f"throughput {streams}x {direction} (MB/s)"] = r["mb_per_s"]
+        for size in (1, 1024):
+            r = run_loadgen(
+                loadgen,
+                "latency",
+                *common,
+                "--size",
+                str(size),
+                "--count",
+                "2000" if quick else "5000",
+            )
+            label = "1 B" if size == 1 else "1 KiB"
+            out[f"latency {label} p50 (us)"] = r["p50_us"]
+            out[f"latency {label} p99 (us)"] = r["p99_us"]
+        for concurrency in (1, 32):
+            r = run_loadgen(
+                loadgen,
+                "sessions",
+                *common,
+                "--concurrency",
+                str(concurrency),
+                "--seconds",
+                "1" if quick else "2",
+            )
+            out[f"sessions/s, concurrency {concurrency}"] = r["sessions_per_s"]
+    finally:
+        peer.stop()
+    if peer.idle:
+        # On a server of its own: one that has just moved gigabytes holds
+        # freed memory it would reuse, and would seem to need nothing.
+        peer.start(workdir)
+        try:
+            common = [*peer.proxy_args, "--target", target]
+            out["memory per idle tunnel (KiB)"] = idle_memory(
+                peer, loadgen, common, 200 if quick else 1000
+            )
+        finally:
+            peer.stop()
+    return out
+
+
+def idle_memory(peer: Peer, loadgen: str, common: list[str], count: int) -> float:
+    assert peer.proc is not None
+    time.sleep(0.5)
+    # A few tunnels first, so that start-up allocations are not counted.
+    warm = subprocess.Popen(
+        [loadgen, "idle", *common, "--count", "20"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert warm.stdout is not None and warm.stdin is not None
+    warm.stdout.readline()
+    warm.stdin.close()
+    warm.wait(30)
+    time.sleep(0.5)
+    before = tree_rss_kib(peer.proc.pid)
+    holder = subprocess.Popen(
+        [loadgen, "idle", *common, "--count", str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        line = holder.stdout.readline().decode()
+        opened = json.loads(line)["opened"]
+        if opened != count:
+            raise RuntimeError(f"only {opened} of {count} idle tunnels opened")
+        time.sleep(1.0)
+        after = tree_rss_kib(peer.proc.pid)
+        holder.stdin.close()
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(10)
+    return (after - before) / count
+
+
+def build_loadgen(workdir: Path) -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        sys.exit("bench: a C compiler is needed for the load generator (apt-get install gcc)")
+    out = workdir / "loadgen"
+    subprocess.run([cc, "-O2", "-pthread", "-o", str(out), str(HERE / "loadgen.c")], check=True)
+    return str(out)
+
+
+def table(results: dict[str, list[dict[str, float]]]) -> str:
+    names = list(results)
+    metrics: list[str] = []
+    for n in names:
+        for r in results[n]:
+            for m in r:
+                if m not in metrics:
+                    metrics.append(m)
+    med = {
+        n: {
+            m: statistics.median([r[m] for r in rs if m in r])
+            for m in metrics
+            if any(m in r for r in rs)
+        }
+        for n, rs in results.items()
+    }
+    lines = ["| figure | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for m in metrics:
+        cells = [f"{med[n][m]:.1f}" if m in med[n] else "—" for n in names]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines.append("")
+    ours = "socks5twist"
+    lines.append(
+        f"Ratios of {ours} (medians; throughput and sessions: higher is better; "
+        "latency added over direct and memory: lower is better)"
+    )
+    lines.append("")
+    peers_ = [n for n in names if n not in (ours, "direct")]
+    lines.append("| figure | vs direct | " + " | ".join(f"vs {p}" for p in peers_) + " |")
+    lines.append("|---" * (len(peers_) + 2) + "|")
+    for m in metrics:
+        if m not in med[ours]:
+            continue
+        mine = med[ours][m]
+        cells = []
+        for other in ["direct", *peers_]:
+            theirs = med[other].get(m)
+            if theirs is None:
+                cells.append("—")
+            elif m.startswith("latency"):
+                base = med["direct"][m]
+                added_mine, added_theirs = mine - base, theirs - base
+                if other == "direct":
+                    cells.append(f"+{added_mine:.0f} us")
+                else:
+                    cells.append(f"{added_mine / added_theirs:.2f}x" if added_theirs > 0 else "—")
+            else:
+                cells.append(f"{mine / theirs:.2f}x" if theirs else "—")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--only", action="append", help="measure only these peers (and direct)")
+    parser.add_argument("--json", help="also write the raw figures here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="socks5twist-bench-") as tmp:
+        workdir = Path(tmp)
+        loadgen = build_loadgen(workdir)
+        server_port = free_port()
+        server = subprocess.Popen(
+            [loadgen, "serve", str(server_port)], stdout=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            target = f"127.0.0.1:{server_port}"
+            candidates, missing = peers(loadgen)
+            if args.only:
+                candidates = [p for p in candidates if p.name in ("direct", *args.only)]
+            for note in missing:
+                print(f"bench: left out {note}", file=sys.stderr)
+            results: dict[str, list[dict[str, float]]] = {p.name: [] for p in candidates}
+            for round_no in range(args.rounds):
+                shift = round_no % len(candidates)
+                order = candidates[shift:] + candidates[:shift]
+                for peer in order:
+                    started = time.monotonic()
+                    try:
+                        results[peer.name].append(
+                            measure(peer, loadgen, target, args.quick, workdir)
+                        )
+                    except Exception as e:
+                        print(f"bench: round {round_no + 1}, {peer.name}: {e}", file=sys.stderr)
+                    print(
+                        f"bench: round {round_no + 1}/{args.rounds} {peer.name}: "
+                        f"{time.monotonic() - started:.0f}s",
+                        file=sys.stderr,
+                    )
+            results = {n: r for n, r in results.items() if r}
+            print(table(results))
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(10)
+
+
+if __name__ == "__main__":
+    main()
