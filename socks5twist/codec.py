@@ -257,15 +257,21 @@ def parse_greeting(data: bytes) -> tuple[Greeting, int] | None:
     return Greeting(tuple(data[2:end])), end
 
 
-def parse_method_selection(data: bytes) -> tuple[MethodSelection, int] | None:
-    """Parse the server's VER METHOD (for clients and tests)."""
+def _version_and_byte(data: bytes, version: int, what: str) -> int | None:
+    """The second byte of a two-byte message after checking its version byte."""
     if not data:
         return None
-    if data[0] != SOCKS_VERSION:
-        raise MalformedMessage(f"not SOCKS5 (version byte {data[0]:#04x})")
+    if data[0] != version:
+        raise MalformedMessage(f"bad {what} version {data[0]:#04x}")
     if len(data) < 2:
         return None
-    return MethodSelection(data[1]), 2
+    return data[1]
+
+
+def parse_method_selection(data: bytes) -> tuple[MethodSelection, int] | None:
+    """Parse the server's VER METHOD (for clients and tests)."""
+    method = _version_and_byte(data, SOCKS_VERSION, "method selection")
+    return None if method is None else (MethodSelection(method), 2)
 
 
 def parse_auth_request(data: bytes) -> tuple[AuthRequest, int] | None:
@@ -288,13 +294,8 @@ def parse_auth_request(data: bytes) -> tuple[AuthRequest, int] | None:
 
 def parse_auth_response(data: bytes) -> tuple[AuthResponse, int] | None:
     """Parse RFC 1929 VER STATUS (for clients and tests)."""
-    if not data:
-        return None
-    if data[0] != AUTH_VERSION:
-        raise MalformedMessage(f"bad username/password version {data[0]:#04x}")
-    if len(data) < 2:
-        return None
-    return AuthResponse(data[1]), 2
+    status = _version_and_byte(data, AUTH_VERSION, "username/password status")
+    return None if status is None else (AuthResponse(status), 2)
 
 
 def parse_request(data: bytes) -> tuple[Request, int] | None:

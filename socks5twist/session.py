@@ -480,22 +480,39 @@ class SOCKS5ServerProtocol(Protocol):
         if ip is not None:
             self._connect_to([ip], "")
             return
-        d = outbound.resolve(self.factory.reactor, address.host, self.factory.connect_timeout)
-        self._pending = d
-        d.addCallbacks(self._resolved, self._connect_failed)
-        d.addErrback(self._unexpected, "connect")
+        self._resolve_allowed(
+            lambda ips: self._connect_to(ips, address.host), self._connect_failed, "connect"
+        )
 
-    def _resolved(self, ips: list[IPAddress]) -> None:
-        self._pending = None
-        if self.state is not State.CONNECTING:
-            return
+    def _resolve_allowed(
+        self,
+        then: Callable[[list[IPAddress]], None],
+        failed: Callable[[Failure], None],
+        phase: str,
+    ) -> None:
+        """
+        Resolve the destination's name, keep the addresses the rules allow,
+        and go on with those (C{then}), or deny the request if none is left.
+        The state must not change meanwhile, or the result is dropped.
+        """
         assert self.destination is not None
-        allowed, denial = self._allowed_addresses(ips, self.destination.port, self.destination.host)
-        if not allowed:
-            assert denial is not None
-            self._deny(denial)
-            return
-        self._connect_to(allowed, self.destination.host)
+        name, port, state = self.destination.host, self.destination.port, self.state
+
+        def resolved(ips: list[IPAddress]) -> None:
+            self._pending = None
+            if self.state is not state:
+                return
+            allowed, denial = self._allowed_addresses(ips, port, name)
+            if not allowed:
+                assert denial is not None
+                self._deny(denial)
+                return
+            then(allowed)
+
+        d = outbound.resolve(self.factory.reactor, name, self.factory.connect_timeout)
+        self._pending = d
+        d.addCallbacks(resolved, failed)
+        d.addErrback(self._unexpected, phase)
 
     def _connect_to(self, ips: list[IPAddress], name: str) -> None:
         assert self.destination is not None
@@ -547,22 +564,9 @@ class SOCKS5ServerProtocol(Protocol):
         if ip is not None:
             self._listen_for_peer(None if ip.is_unspecified else frozenset({ip}))
             return
-        d = outbound.resolve(self.factory.reactor, address.host, self.factory.connect_timeout)
-        self._pending = d
-        d.addCallbacks(self._bind_resolved, self._bind_unresolved)
-        d.addErrback(self._unexpected, "bind")
-
-    def _bind_resolved(self, ips: list[IPAddress]) -> None:
-        self._pending = None
-        if self.state is not State.BINDING:
-            return
-        assert self.destination is not None
-        allowed, denial = self._allowed_addresses(ips, self.destination.port, self.destination.host)
-        if not allowed:
-            assert denial is not None
-            self._deny(denial)
-            return
-        self._listen_for_peer(frozenset(allowed))
+        self._resolve_allowed(
+            lambda ips: self._listen_for_peer(frozenset(ips)), self._bind_unresolved, "bind"
+        )
 
     def _admit_peer(self, peer: IAddress) -> bool:
         """Whether the rules let this BIND peer in."""
