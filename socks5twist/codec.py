@@ -100,7 +100,7 @@ class MalformedMessage(Exception):
         self.reply = reply
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Address:
     """
     A SOCKS address: an IPv4 or IPv6 address, or a domain name, and a port.
@@ -185,21 +185,21 @@ def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
     return Address(kind, host, port), end + 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Greeting:
     """The client's version identifier/method selection message."""
 
     methods: tuple[int, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MethodSelection:
     """The server's METHOD selection message."""
 
     method: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthRequest:
     """RFC 1929 username/password request; both fields are raw bytes."""
 
@@ -211,14 +211,14 @@ class AuthRequest:
         return f"AuthRequest(username={self.username!r}, password=<{len(self.password)} bytes>)"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthResponse:
     """RFC 1929 status message."""
 
     status: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """A SOCKS request: a command and its destination."""
 
@@ -226,7 +226,7 @@ class Request:
     address: Address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplyMessage:
     """A SOCKS reply: a code and the bound address."""
 
@@ -234,7 +234,7 @@ class ReplyMessage:
     address: Address
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UDPDatagram:
     """A UDP datagram with its RFC 1928 section 7 header."""
 

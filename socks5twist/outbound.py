@@ -63,7 +63,7 @@ class _OneConnection(ClientFactory):
     noisy = False
 
     def __init__(self, factory: IProtocolFactory) -> None:
-        self.factory = factory
+        self.factory: IProtocolFactory | None = factory
         self.connector: Any = None
         self.deferred: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
 
@@ -71,6 +71,7 @@ class _OneConnection(ClientFactory):
         self.connector = connector
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
+        assert self.factory is not None
         protocol = self.factory.buildProtocol(addr)  # type: ignore[arg-type]
         protocol.on_connected = self._connected  # type: ignore[union-attr]
         return protocol
@@ -79,6 +80,9 @@ class _OneConnection(ClientFactory):
         protocol.on_connected = None
         if not self.deferred.called:
             self.deferred.callback(protocol)
+        # The connector keeps this factory for the connection's lifetime:
+        # keep nothing else alive with it.
+        self.factory = self.connector = None
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.deferred.called:

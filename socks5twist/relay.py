@@ -190,8 +190,11 @@ class RemoteProtocol(Protocol):
         (BIND); C{None} when the caller learns of it from an endpoint.
     """
 
-    relay: Any = None  # a StreamRelay or a SpliceRelay
-    on_connected: Callable[[RemoteProtocol], None] | None = None
+    __slots__ = ("on_connected", "relay")
+
+    def __init__(self) -> None:
+        self.relay: Any = None  # a StreamRelay or a SpliceRelay
+        self.on_connected: Callable[[RemoteProtocol], None] | None = None
 
     def connectionMade(self) -> None:
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)

@@ -55,7 +55,7 @@ class Verdict(enum.Enum):
     DENY = "deny"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Query:
     """
     What a rule is asked about.
@@ -75,7 +75,7 @@ class Query:
     address: IPAddress | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     index: int  # 1-based, as a reader counts the [[rule]] tables
     action: Verdict
@@ -121,13 +121,13 @@ class Rule:
         return True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuthRule:
     clients: tuple[IPNetwork, ...]
     require_password: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
     rule: Rule | None  # None: the file's default
@@ -141,7 +141,7 @@ class Decision:
         return self.rule.label if self.rule is not None else "default"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rules:
     default: Verdict
     rules: tuple[Rule, ...] = ()

@@ -112,6 +112,15 @@ class SOCKS5ServerProtocol(Protocol):
     log = Logger()
     factory: SOCKS5ServerFactory
     transport: Any
+    # An idle tunnel is mostly its session: slots instead of a dictionary of
+    # two dozen entries.  (Twisted's Protocol still gives each instance a
+    # small __dict__ for the attributes it sets itself.)
+    __slots__ = (
+        "_bind", "_buffer", "_client_eof", "_handshake_timer", "_logout", "_pending",
+        "_udp_client_ip", "bound", "client", "client_ip", "client_text", "command",
+        "connected_to", "counted", "destination", "limit_keys", "outcome", "relay",
+        "replies", "started", "state", "udp", "user",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.state = State.GREETING
@@ -121,6 +130,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending: defer.Deferred[Any] | None = None
         self._logout: Callable[[], None] | None = None
         self._bind: BindWaiter | None = None
+        self._udp_client_ip: IPAddress | None = None
         self.udp: UDPAssociation | None = None
         self.relay: StreamRelay | SpliceRelay | None = None
         self.counted = False
@@ -729,6 +739,7 @@ class SOCKS5ServerProtocol(Protocol):
     def _stop_udp(self) -> None:
         if self.udp is not None and not self.udp.closed:
             self.udp.close()
+            assert self._udp_client_ip is not None  # set with self.udp
             self.factory.udp_association_ended(self._udp_client_ip)
 
     # -- the tunnel --------------------------------------------------------------
