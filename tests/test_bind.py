@@ -33,10 +33,13 @@ def bind_request(server: SocksServer, peer: str) -> tuple[socket.socket, str, in
 
 
 def refused(host: str, port: int) -> bool:
+    """Whether nothing listens on C{host}:C{port} any more."""
     try:
         socket.create_connection((host, port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False  # caught in the backlog of a listener that is closing: ask again
     return False
 
 
