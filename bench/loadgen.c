@@ -223,7 +223,12 @@ static void *session_worker(void *arg) {
     (void)arg;
     while (!stop_flag) {
         int fd = open_tunnel();
-        if (fd < 0) { __sync_fetch_and_add(&errors, 1); continue; }
+        if (fd < 0) {
+            /* A refusing server must not turn this into a busy loop. */
+            if (__sync_add_and_fetch(&errors, 1) > 100) stop_flag = 1;
+            usleep(1000);
+            continue;
+        }
         unsigned char msg[2] = {'E', 'x'}, back = 0;
         if (write_full(fd, msg, 2) < 0 || read_full(fd, &back, 1) < 0 || back != 'x')
             __sync_fetch_and_add(&errors, 1);
