@@ -169,6 +169,19 @@ class StreamRelay:
         self._close_all()
 
 
+def no_delay(transport: Any) -> None:
+    """
+    Turn off Nagle's algorithm on a TCP transport: a proxy's small writes
+    (replies, interactive traffic) must not wait for the peer's delayed ACK.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
+
+
 def _unregister(transport: Any) -> None:
     """Unregister a transport's producer, if it still has one."""
     if getattr(transport, "producer", None) is not None:
@@ -197,12 +210,7 @@ class RemoteProtocol(Protocol):
         self.on_connected: Callable[[RemoteProtocol], None] | None = None
 
     def connectionMade(self) -> None:
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)  # see session._no_delay
-            except OSError:
-                pass
+        no_delay(self.transport)
         if self.on_connected is not None:
             self.on_connected(self)
 

@@ -42,7 +42,7 @@ from .auth import ISOCKSUser
 from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
-from .relay import RemoteProtocol, Side, StreamRelay
+from .relay import RemoteProtocol, Side, StreamRelay, no_delay
 from .rules import Decision, Query
 from .splice import SpliceRelay
 from .udp import UDPAssociation
@@ -214,7 +214,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.started = time.time()
-        _no_delay(self.transport)
+        no_delay(self.transport)
         self._set_client(self.transport.getPeer())
         if not self.factory.session_started(self):
             self.outcome = "too many clients"
@@ -817,19 +817,6 @@ class SOCKS5ServerProtocol(Protocol):
         """A bug in our own callbacks: log it and close, never leave a hang."""
         self.log.failure("unexpected error during {phase}", failure, phase=phase)
         self._close(f"internal error during {phase}")
-
-
-def _no_delay(transport: Any) -> None:
-    """
-    Turn off Nagle's algorithm: a proxy's small writes (replies, interactive
-    traffic) must not wait for the peer's delayed ACK.
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass
 
 
 def _wildcard_for(address: str | None) -> str:

@@ -73,6 +73,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
         time.sleep(0.02)
 
 
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process C{pid} holds (to find them in /proc/net)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
 class SocksServer:
     """A C{twistd -n socks5} process that this test started, and only that one."""
 

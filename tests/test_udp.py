@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from . import rawsocks
-from .conftest import SocksServer, require_module, wait_until
+from .conftest import SocksServer, require_module, socket_inodes, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,7 @@ def associate(
 
 def udp_ports_of(pid: int) -> set[int]:
     """Local ports of the UDP sockets that process C{pid} holds."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     ports = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         for line in Path(table).read_text().splitlines()[1:]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import rawsocks
-from .conftest import SocksServer, wait_until
+from .conftest import SocksServer, socket_inodes, wait_until
 
 Addr = tuple[str, int]
 
@@ -25,18 +25,6 @@ def listening_inodes(port: int) -> set[str]:
             fields = line.split()
             if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
                 inodes.add(fields[9])
-    return inodes
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
     return inodes
 
 
