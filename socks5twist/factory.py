@@ -210,7 +210,7 @@ class SOCKS5ServerFactory(ServerFactory):
             self.stats.limited["max-sessions-per-client"] += 1
             return False
         self.client_sessions[ip] += 1
-        session.limit_keys.append(("client", ip))
+        session.limit_keys += (("client", ip),)
         return True
 
     def user_session_started(self, session: SOCKS5ServerProtocol) -> bool:
@@ -224,7 +224,7 @@ class SOCKS5ServerFactory(ServerFactory):
             self.stats.limited["max-sessions-per-user"] += 1
             return False
         self.user_sessions[session.user] += 1
-        session.limit_keys.append(("user", session.user))
+        session.limit_keys += (("user", session.user),)
         return True
 
     def _idle_now(self) -> None:
@@ -267,7 +267,7 @@ class SOCKS5ServerFactory(ServerFactory):
             counter[key] -= 1
             if counter[key] <= 0:
                 del counter[key]
-        session.limit_keys.clear()
+        session.limit_keys = ()
         if not self.sessions and self.on_idle is not None:
             self.reactor.callLater(0, self._idle_now)
         relay, udp = session.relay, session.udp

@@ -65,7 +65,7 @@ class _OneConnection(ClientFactory):
     def __init__(self, factory: IProtocolFactory) -> None:
         self.factory: IProtocolFactory | None = factory
         self.connector: Any = None
-        self.deferred: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
+        self.deferred: defer.Deferred[IProtocol] | None = defer.Deferred(self._cancel)
 
     def startedConnecting(self, connector: Any) -> None:
         self.connector = connector
@@ -78,14 +78,15 @@ class _OneConnection(ClientFactory):
 
     def _connected(self, protocol: Any) -> None:
         protocol.on_connected = None
-        if not self.deferred.called:
-            self.deferred.callback(protocol)
         # The connector keeps this factory for the connection's lifetime:
         # keep nothing else alive with it.
+        deferred, self.deferred = self.deferred, None
         self.factory = self.connector = None
+        if deferred is not None and not deferred.called:
+            deferred.callback(protocol)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        if not self.deferred.called:
+        if self.deferred is not None and not self.deferred.called:
             self.deferred.errback(reason)
 
     def _cancel(self, deferred: defer.Deferred[IProtocol]) -> None:
@@ -169,8 +170,10 @@ def connect(
             # One address: the reactor directly, without an endpoint's
             # wrappers, which cost more than the rest of a short session.
             one = _OneConnection(factory)
+            connecting = one.deferred
+            assert connecting is not None
             reactor.connectTCP(str(group[0]), port, one, timeout=timeout or 30, bindAddress=binding)
-            return one.deferred
+            return connecting
         else:
             endpoint = HostnameEndpoint(
                 _ReactorWithResolver(reactor, _CheckedAddresses(group)),

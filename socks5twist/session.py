@@ -134,7 +134,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.udp: UDPAssociation | None = None
         self.relay: StreamRelay | SpliceRelay | None = None
         self.counted = False
-        self.limit_keys: list[tuple[str, Any]] = []
+        self.limit_keys: tuple[tuple[str, Any], ...] = ()  # what the limits counted
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
