@@ -129,17 +129,25 @@ class _Pump:
             data = self.source.sock.recv(COPY_SIZE)
         except BlockingIOError:
             return
-        if data:
-            self.pending = data
-            self.moved += len(data)
-            self.relay.touch()
-            if len(data) == COPY_SIZE and self.pipe is None and not self.no_pipe:
-                # A full buffer: bulk data.  Splice from now on.
-                self.copying = False
-        else:
+        if not data:
             self.eof = True
             self.source.stop_reading()
-        self.drain()
+            self.drain()
+            return
+        self.moved += len(data)
+        self.relay.touch()
+        if len(data) == COPY_SIZE and self.pipe is None and not self.no_pipe:
+            # A full buffer: bulk data.  Splice from now on.
+            self.copying = False
+        # The common case, kept short (it is the latency of every small
+        # exchange): straight on to the sink, still reading the source.
+        try:
+            sent = self.sink.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            self.pending = data[sent:]
+            self._wait_for_sink()
 
     def drain(self) -> None:
         """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
@@ -224,8 +232,13 @@ class _End:
         return "SpliceRelay"
 
     def doRead(self) -> None:
-        assert self.outgoing is not None
-        self.relay.guard(self.outgoing.fill)
+        if self.relay.finished:
+            return
+        try:
+            self.outgoing.fill()  # type: ignore[union-attr]
+        except OSError as e:
+            if e.errno not in _AGAIN:
+                self.relay.abort()
 
     def doWrite(self) -> None:
         assert self.incoming is not None
