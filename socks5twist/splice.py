@@ -104,7 +104,7 @@ class _Pump:
                 log.info("no pipe for splice ({error}); copying instead", error=e)
                 self.copying = self.no_pipe = True
         if self.copying or self.pipe is None:
-            self._copy()
+            self.copy()
             return
         room = PIPE_SIZE - self.in_pipe
         if room <= 0:
@@ -121,7 +121,8 @@ class _Pump:
             self.in_pipe += n
         self.drain()
 
-    def _copy(self) -> None:
+    def copy(self) -> None:
+        """The source is readable and this direction copies: recv, then send."""
         if self.pending:
             self.source.stop_reading()
             return
@@ -135,7 +136,8 @@ class _Pump:
             self.drain()
             return
         self.moved += len(data)
-        self.relay.touch()
+        if self.relay.idle is not None:
+            self.relay.idle.touch()
         if len(data) == COPY_SIZE and self.pipe is None and not self.no_pipe:
             # A full buffer: bulk data.  Splice from now on.
             self.copying = False
@@ -169,7 +171,8 @@ class _Pump:
                 return
             self.in_pipe -= n
             self.moved += n
-            self.relay.touch()
+            if self.relay.idle is not None:
+                self.relay.idle.touch()
         self.sink.stop_writing(self)
         if self.eof:
             self._finish()
@@ -234,8 +237,13 @@ class _End:
     def doRead(self) -> None:
         if self.relay.finished:
             return
+        pump = self.outgoing
+        assert pump is not None
         try:
-            self.outgoing.fill()  # type: ignore[union-attr]
+            if pump.copying:
+                pump.copy()
+            else:
+                pump.fill()
         except OSError as e:
             if e.errno not in _AGAIN:
                 self.relay.abort()
@@ -282,8 +290,8 @@ class SpliceRelay:
     kind = "splice"
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
-        "_client", "_down", "_early", "_idle", "_lost", "_on_idle", "_remote",
-        "_transports", "_up", "finished", "reactor",
+        "_client", "_down", "_early", "_lost", "_on_idle", "_remote",
+        "_transports", "_up", "finished", "idle", "reactor",
     )  # fmt: skip
 
     def __init__(
@@ -306,7 +314,7 @@ class SpliceRelay:
         self._client.outgoing = self._remote.incoming = self._up
         self._remote.outgoing = self._client.incoming = self._down
         self._on_idle = on_idle
-        self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
+        self.idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
         self.finished = False
         self._lost: set[Side] = set()
 
@@ -327,17 +335,13 @@ class SpliceRelay:
         for end in (self._client, self._remote):
             end.transport.stopReading()
             end.transport.stopWriting()
-        if self._idle is not None:
-            self._idle.start()
+        if self.idle is not None:
+            self.idle.start()
         self.guard(self._start)
 
     def _start(self) -> None:
         for pump in (self._up, self._down):
             pump.drain()  # sends what is pending, then starts reading
-
-    def touch(self) -> None:
-        if self._idle is not None:
-            self._idle.touch()
 
     def guard(self, step: Callable[[], None]) -> None:
         """Run a pump step; any socket error ends the tunnel (both sides)."""
@@ -374,8 +378,8 @@ class SpliceRelay:
         if self.finished:
             return
         self.finished = True
-        if self._idle is not None:
-            self._idle.stop()
+        if self.idle is not None:
+            self.idle.stop()
         for end in (self._client, self._remote):
             end.stop_reading()
             end.stop_writing(self._up)
