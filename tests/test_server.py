@@ -155,6 +155,17 @@ def test_start_up_says_who_is_served(socks_server: SocksServer) -> None:
     )
 
 
+def read_to_end_hashed(sock: socket.socket) -> tuple[int, str]:
+    """Read until EOF (each wait bounded); the byte count and the SHA-256."""
+    digest = hashlib.sha256()
+    count = 0
+    sock.settimeout(30)
+    while chunk := sock.recv(1 << 20):
+        digest.update(chunk)
+        count += len(chunk)
+    return count, digest.hexdigest()
+
+
 def firehose(total: int) -> tuple[tuple[str, int], threading.Thread, list[str]]:
     """A server that sends C{total} pseudo-random bytes to its first client."""
     listener = socket.socket()
@@ -193,15 +204,10 @@ def test_slow_reader_pauses_the_sender_and_memory_stays_bounded(start_server, re
     during = socks_server.rss_kib()
     assert thread.is_alive(), "the whole stream went somewhere though nobody read it"
     assert during - before < 16 * 1024, f"RSS grew {during - before} KiB while the reader slept"
-    digest = hashlib.sha256()
-    received = 0
-    sock.settimeout(30)
-    while chunk := sock.recv(1 << 20):
-        digest.update(chunk)
-        received += len(chunk)
+    received, digest = read_to_end_hashed(sock)
     thread.join(10)
     assert received == total
-    assert digest.hexdigest() == digests[0]
+    assert digest == digests[0]
 
 
 def test_handshake_timeout_closes_silent_and_dribbling_clients(start_server) -> None:
@@ -441,11 +447,6 @@ def test_slow_destination_pauses_the_client(start_server, relay: str) -> None:
     time.sleep(2)  # the destination reads nothing
     assert uploader.is_alive(), "the whole upload went somewhere though nobody read it"
     assert server.rss_kib() - before < 16 * 1024
-    received = hashlib.sha256()
-    count = 0
-    destination.settimeout(30)
-    while chunk := destination.recv(1 << 20):
-        received.update(chunk)
-        count += len(chunk)
+    count, digest = read_to_end_hashed(destination)
     uploader.join(10)
-    assert count == total and received.hexdigest() == sent.hexdigest()
+    assert count == total and digest == sent.hexdigest()
