@@ -137,10 +137,21 @@ class Address:
 
 
 @functools.lru_cache(maxsize=4096)
-def _ip_form(host: str) -> tuple[AddressType, str]:
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    An IP address from text, with an IPv4-mapped IPv6 address unwrapped and
+    any scope ID dropped; raises C{ValueError}.  Cached: a proxy sees the same
+    few addresses again and again, and parsing is not cheap.
+    """
     ip = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def _ip_form(host: str) -> tuple[AddressType, str]:
+    ip = parse_ip(host)
     return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
 
 

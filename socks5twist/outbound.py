@@ -30,8 +30,8 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .codec import Address, AddressType, Reply
-from .policy import IPAddress, parse_ip
+from .codec import Address, AddressType, Reply, parse_ip
+from .policy import IPAddress
 
 
 def literal_ip(address: Address) -> IPAddress | None:

@@ -7,12 +7,13 @@ only.  Unix-socket clients are local by construction and count as loopback.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
+
+from .codec import parse_ip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -31,19 +32,6 @@ def parse_network(text: str) -> IPNetwork:
     allow-list should stop the server, not silently widen or narrow it.
     """
     return ipaddress.ip_network(text.strip(), strict=True)
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_ip(host: str) -> IPAddress:
-    """
-    An IP address from text, with an IPv4-mapped IPv6 address unwrapped and
-    any scope ID dropped; raises C{ValueError}.  Cached: a proxy sees the same
-    few addresses again and again, and parsing is not cheap.
-    """
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def ip_of(address: IAddress) -> IPAddress | None:

@@ -20,7 +20,6 @@ one, so a flood cannot flood the log.
 from __future__ import annotations
 
 import collections
-import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import codec, outbound
-from .codec import Address, MalformedMessage
+from .codec import Address, MalformedMessage, parse_ip
 from .policy import IPAddress
 from .relay import IdleClock
 
@@ -40,13 +39,6 @@ MAX_DESTINATIONS = 4096  # addresses the client has sent to (replies allowed fro
 MAX_NAMES = 256  # resolved names kept
 MAX_WAITING = 64  # datagrams held while their names resolve
 MAX_DATAGRAM = 65535
-
-
-def _unmap(host: str) -> IPAddress:
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class _Side(DatagramProtocol):
@@ -178,11 +170,11 @@ class UDPAssociation:
 
     def _is_client(self, addr: tuple[str, int]) -> bool:
         try:
-            ip = _unmap(addr[0])
+            ip = parse_ip(addr[0])
         except ValueError:
             return False
         if self.client_address is not None:
-            return (ip, addr[1]) == (_unmap(self.client_address[0]), self.client_address[1])
+            return (ip, addr[1]) == (parse_ip(self.client_address[0]), self.client_address[1])
         if ip != self.client_ip:
             return False
         if self._expected_ip is not None and ip != self._expected_ip:
@@ -265,7 +257,7 @@ class UDPAssociation:
     def from_remote(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self.closed:
             return
-        ip = _unmap(addr[0])
+        ip = parse_ip(addr[0])
         if not self.any_source and (ip, addr[1]) not in self._destinations:
             self.dropped["unsolicited"] += 1
             return
