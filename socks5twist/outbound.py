@@ -7,7 +7,6 @@ RFC 1928 gives it.
 from __future__ import annotations
 
 import errno
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -227,7 +226,9 @@ class _Addresses:
     def addressResolved(self, address: IAddress) -> None:
         host = getattr(address, "host", None)
         if host is not None:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
+            # Unwrapped like every other address: an AAAA record holding
+            # ::ffff:127.0.0.1 must meet the rules as 127.0.0.1.
+            ip = parse_ip(host)
             if ip not in self.addresses:
                 self.addresses.append(ip)
 

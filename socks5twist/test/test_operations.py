@@ -95,6 +95,18 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(s.take()[2:], NOT_ALLOWED)
         self.assertEqual(s.reactor.tcpClients, [])
 
+    def test_mapped_ipv6_answer_meets_ipv4_rules(self) -> None:
+        """A name answering ::ffff:127.0.0.1 is denied by a rule on 127.0.0.0/8."""
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["127.0.0.0/8"]\n'
+        )
+        reactor, _ = resolving_reactor("::ffff:127.0.0.1")
+        s = make_session(reactor=reactor, rules=parsed)
+        s.send(NO_AUTH_GREETING + connect_request("mapped.example", 80))
+        s.reactor.advance(0)
+        self.assertEqual(s.take()[2:], NOT_ALLOWED)
+        self.assertEqual(s.reactor.tcpClients, [])
+
     def test_only_the_checked_addresses_are_connected_to(self) -> None:
         reactor, resolver = resolving_reactor("127.0.0.1", "192.0.2.10", "192.0.2.11")
         s = make_session(reactor=reactor, rules=NO_LOOPBACK)
