@@ -328,8 +328,9 @@ class SOCKS5ServerProtocol(Protocol):
     def _greeting(self, greeting: codec.Greeting) -> None:
         # The client's address is read again here: behind a PROXY-protocol
         # listener it is only known once the header is read.
-        self._set_client(self.transport.getPeer())
-        if not self.factory.client_policy.allows(self.transport.getPeer(), self.client_ip):
+        peer = self.transport.getPeer()
+        self._set_client(peer)
+        if not self.factory.client_policy.allows(peer, self.client_ip):
             self.log.warn(
                 "refused client {client}: not in the allowed client networks",
                 client=self.client_text,
