@@ -7,6 +7,8 @@ RFC 1928 gives it.
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +19,7 @@ from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHostnameResolver,
     IHostResolution,
     IProtocol,
@@ -24,6 +27,7 @@ from twisted.internet.interfaces import (
     IReactorPluggableNameResolver,
     IResolutionReceiver,
     IStreamClientEndpoint,
+    IWriteDescriptor,
 )
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
@@ -209,6 +213,120 @@ def _timed_out(result: object, timeout: float) -> object:
     if isinstance(result, Failure):
         raise error.TimeoutError(f"no connection within {timeout:g} seconds")
     return result
+
+
+@implementer(IWriteDescriptor)
+class _SocketConnect:
+    """
+    A non-blocking C{connect(2)} that the reactor watches: the socket turns
+    writable when the attempt ends, and C{SO_ERROR} says how it ended.
+    """
+
+    __slots__ = ("_fd", "_reactor", "_timer", "deferred", "sock")
+
+    def __init__(self, reactor: Any, sock: socket.socket) -> None:
+        self._reactor = reactor
+        self.sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._timer: IDelayedCall | None = None
+        self.deferred: defer.Deferred[socket.socket] = defer.Deferred(self._cancel)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "connect"
+
+    def doWrite(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code in (errno.EINPROGRESS, errno.EALREADY):
+            return  # not over yet
+        self._stop()
+        if code:
+            self._fail(error.getConnectError((code, os.strerror(code))))
+        else:
+            self.sock = None
+            self.deferred.callback(sock)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor saw an error or hang-up on the socket (a refused
+        # connection, for one): SO_ERROR says which.
+        if self.sock is None:
+            return
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        self._stop()
+        if code:
+            self._fail(error.getConnectError((code, os.strerror(code))))
+        else:
+            self._fail(error.ConnectError(string=reason.getErrorMessage()))
+
+    def timed_out(self, timeout: float) -> None:
+        self._timer = None
+        self._stop()
+        self._fail(error.TimeoutError(string=f"no connection within {timeout:g} seconds"))
+
+    def _stop(self) -> None:
+        self._reactor.removeWriter(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, reason: Exception) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if not self.deferred.called:
+            self.deferred.errback(Failure(reason))
+
+    def _cancel(self, deferred: defer.Deferred[socket.socket]) -> None:
+        self._stop()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        # The Deferred fails with CancelledError by itself.
+
+
+def connect_socket(
+    reactor: Any, ip: IPAddress, port: int, timeout: float, bind: str | None = None
+) -> defer.Deferred[socket.socket]:
+    """
+    Connect a plain non-blocking TCP socket to C{ip} and C{port}, for the
+    splice relay, which needs nothing but the socket.
+
+    Twisted's client transport (connector, address resolution, protocol,
+    its own close) costs more than the rest of a short session; this costs a
+    socket, one writable event and a timer.  Failures are the errors Twisted
+    would raise (L{error.ConnectionRefusedError}, L{error.TimeoutError},
+    ...), so L{reply_for_failure} maps them alike.  Cancelling closes the
+    socket.
+    """
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        return defer.fail(error.ConnectError(string=str(e)))
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if bind is not None:
+            try:
+                sock.bind((bind, 0))
+            except OSError as e:
+                raise error.ConnectBindError(e.errno, e.strerror) from None
+        code = sock.connect_ex((str(ip), port))
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            raise error.getConnectError((code, os.strerror(code)))
+    except Exception:
+        sock.close()
+        return defer.fail()
+    attempt = _SocketConnect(reactor, sock)
+    reactor.addWriter(attempt)
+    if timeout > 0:
+        attempt._timer = reactor.callLater(timeout, attempt.timed_out, timeout)
+    return attempt.deferred
 
 
 @implementer(IResolutionReceiver)

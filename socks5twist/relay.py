@@ -18,6 +18,7 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -180,6 +181,36 @@ def no_delay(transport: Any) -> None:
             set_no_delay(True)
         except OSError:
             pass
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}: straight to the socket when it is one of
+    Twisted's own plain TCP connections with nothing of its own waiting to
+    go out, else (and for whatever the socket does not take) through
+    C{transport.write}.
+
+    A negotiation reply is a few bytes that the socket takes at once;
+    through C{write} alone each would cost two changes of the reactor's
+    interest in the socket and a writable event a turn later.  Nothing is
+    reordered: the transport's buffer is empty when the socket is used.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and not getattr(transport, "TLS", False)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0  # the transport's own write finds out what is wrong
+        data = data[sent:]
+        if not data:
+            return
+    transport.write(data)
 
 
 def _unregister(transport: Any) -> None:

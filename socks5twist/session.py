@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from .auth import ISOCKSUser
 from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
-from .relay import RemoteProtocol, Side, StreamRelay, no_delay
+from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
 from .rules import Decision, Query
 from .splice import SpliceRelay
 from .udp import UDPAssociation
@@ -191,7 +192,9 @@ class SOCKS5ServerProtocol(Protocol):
         """Close the session at once, both sides, dropping what is unsent."""
         self.outcome = self.outcome or outcome
         transports = [self.transport]
-        if self.relay is not None:
+        if isinstance(self.relay, SpliceRelay):
+            self.relay.abort()
+        elif self.relay is not None:
             transports.append(self.relay.remote_transport)
         self._close(outcome)
         for transport in transports:
@@ -203,7 +206,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> None:
         self.replies.append(reply)
-        self.transport.write(codec.build_reply(reply, address))
+        send_now(self.transport, codec.build_reply(reply, address))
 
     def _fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""
@@ -320,7 +323,7 @@ class SOCKS5ServerProtocol(Protocol):
         if self.state is State.REQUEST and e.reply is not None:
             self._fail(e.reply, f"malformed request: {e.why}")
         elif self.state is State.AUTH:
-            self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))
+            send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
             self._close(f"malformed authentication: {e.why}")
         else:
             self._close(f"malformed {self.state.value}: {e.why}")
@@ -335,7 +338,7 @@ class SOCKS5ServerProtocol(Protocol):
                 "refused client {client}: not in the allowed client networks",
                 client=self.client_text,
             )
-            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
+            send_now(self.transport, codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close("client not allowed")
             return
         if not self.factory.client_session_started(self):
@@ -357,10 +360,10 @@ class SOCKS5ServerProtocol(Protocol):
                 acceptable.append(Method.USERNAME_PASSWORD)
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
-            self.transport.write(codec.build_method_selection(Method.NO_ACCEPTABLE))
+            send_now(self.transport, codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close(f"no acceptable method (offered {list(greeting.methods)})")
             return
-        self.transport.write(codec.build_method_selection(wanted))
+        send_now(self.transport, codec.build_method_selection(wanted))
         self._move(State.AUTH if wanted is Method.USERNAME_PASSWORD else State.REQUEST)
 
     def _authenticate(self, request: codec.AuthRequest) -> None:
@@ -381,7 +384,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = None
         self.user = avatar.name
         self._logout = logout
-        self.transport.write(codec.build_auth_response(codec.AuthStatus.SUCCESS))
+        send_now(self.transport, codec.build_auth_response(codec.AuthStatus.SUCCESS))
         self._move(State.REQUEST)
         self.transport.resumeProducing()
         self._process()
@@ -396,7 +399,7 @@ class SOCKS5ServerProtocol(Protocol):
             why=_why(failure),
         )
         self.factory.auth_failed()
-        self.transport.write(codec.build_auth_response(codec.AuthStatus.FAILURE))
+        send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
         self._close("authentication failed")
 
     def _request(self, request: codec.Request) -> None:
@@ -527,6 +530,20 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _connect_to(self, ips: list[IPAddress], name: str) -> None:
         assert self.destination is not None
+        factory = self.factory
+        if len(ips) == 1 and factory.splice and splice.can_splice(self.transport):
+            # The tunnel will splice: the destination needs only a socket.
+            sock = outbound.connect_socket(
+                factory.reactor,
+                ips[0],
+                self.destination.port,
+                factory.connect_timeout,
+                bind=factory.outgoing.get(ips[0].version),
+            )
+            self._pending = sock
+            sock.addCallbacks(self._socket_connected, self._connect_failed)
+            sock.addErrback(self._unexpected, "connect")
+            return
         d = outbound.connect(
             self.factory.reactor,
             ips,
@@ -551,6 +568,17 @@ class SOCKS5ServerProtocol(Protocol):
         self.bound = _show(bound)
         self.connected_to = describe(remote.transport.getPeer())
         self._open_tunnel(remote, bound)
+
+    def _socket_connected(self, sock: socket.socket) -> None:
+        self._pending = None
+        if self.state is not State.CONNECTING:
+            sock.close()
+            return
+        local, peer = sock.getsockname(), sock.getpeername()
+        bound = Address.for_ip(local[0], local[1])
+        self.bound = _show(bound)
+        self.connected_to = _show(Address.for_ip(peer[0], peer[1]))
+        self._open_tunnel(sock, bound)
 
     def _connect_failed(self, failure: Failure) -> None:
         self._pending = None
@@ -745,35 +773,45 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- the tunnel --------------------------------------------------------------
 
-    def _open_tunnel(self, remote: RemoteProtocol, bound: Address) -> None:
+    def _open_tunnel(self, remote: RemoteProtocol | socket.socket, bound: Address) -> None:
         """
         Send the success reply naming C{bound} and join the client and
-        C{remote}, passing on what the client sent early: with the splice
-        relay where both ends allow it, else with the stream relay.
+        C{remote} (a protocol, or a bare socket from
+        L{outbound.connect_socket}), passing on what the client sent early:
+        with the splice relay where both ends allow it, else with the stream
+        relay.
         """
         self.replies.append(Reply.SUCCEEDED)
         reply = codec.build_reply(Reply.SUCCEEDED, bound)
         early, self._buffer = self._buffer, b""
         factory = self.factory
         relay: StreamRelay | SpliceRelay
+        remote_end = remote if isinstance(remote, socket.socket) else remote.transport
         if (
             factory.splice
             and splice.can_splice(self.transport)
-            and splice.can_splice(remote.transport)
+            and (isinstance(remote_end, socket.socket) or splice.can_splice(remote_end))
         ):
             relay = SpliceRelay(
                 factory.reactor,
                 self.transport,
-                remote.transport,  # type: ignore[arg-type]
+                remote_end,  # type: ignore[arg-type]
                 to_client=reply,
                 to_remote=early,
                 idle_timeout=factory.idle_timeout,
                 on_idle=self._idle,
             )
-            self.relay = remote.relay = relay
+            self.relay = relay
+            if not isinstance(remote, socket.socket):
+                remote.relay = relay
             self._move(State.RELAYING)
             relay.start()
             return
+        if isinstance(remote, socket.socket):
+            # Connected for splicing, but the client's transport can no
+            # longer splice (something of its own is still unsent): the
+            # socket becomes a Twisted transport for the stream relay.
+            remote = _adopt(factory.reactor, remote)
         self.transport.write(reply)
         relay = StreamRelay(
             factory.reactor,
@@ -818,6 +856,17 @@ class SOCKS5ServerProtocol(Protocol):
         """A bug in our own callbacks: log it and close, never leave a hang."""
         self.log.failure("unexpected error during {phase}", failure, phase=phase)
         self._close(f"internal error during {phase}")
+
+
+def _adopt(reactor: Any, sock: socket.socket) -> RemoteProtocol:
+    """A connected socket as a Twisted transport with a L{RemoteProtocol}."""
+    remote = RemoteProtocol()
+    factory = Factory.forProtocol(lambda: remote)
+    factory.noisy = False
+    # The reactor takes a duplicate of the descriptor; this one is closed.
+    reactor.adoptStreamConnection(sock.fileno(), sock.family, factory)
+    sock.close()
+    return remote
 
 
 def _wildcard_for(address: str | None) -> str:

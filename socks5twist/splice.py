@@ -217,10 +217,16 @@ class _End:
 
     __slots__ = ("fd", "incoming", "outgoing", "reading", "relay", "sock", "transport", "writing")
 
-    def __init__(self, relay: SpliceRelay, transport: tcp.Connection) -> None:
+    def __init__(self, relay: SpliceRelay, end: tcp.Connection | socket.socket) -> None:
         self.relay = relay
-        self.transport = transport
-        self.sock: socket.socket = transport.socket
+        # A Twisted transport, or a bare socket that the relay owns (a
+        # destination connected by L{socks5twist.outbound.connect_socket}).
+        if isinstance(end, socket.socket):
+            self.transport: tcp.Connection | None = None
+            self.sock = end
+        else:
+            self.transport = end
+            self.sock = end.socket
         self.fd = self.sock.fileno()
         self.outgoing: _Pump | None = None  # the pump that reads from this socket
         self.incoming: _Pump | None = None  # the pump that writes to it
@@ -279,33 +285,34 @@ class _End:
 
 class SpliceRelay:
     """
-    Relays two of Twisted's TCP connections with C{splice(2)}.
+    Relays a client's TCP connection and a destination with C{splice(2)}.
 
+    The client is one of Twisted's TCP transports; the destination is one
+    too, or a bare connected socket, which the relay then owns and closes.
     Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
-    C{down}, L{close}, L{lost}.  C{to_client} and C{to_remote} are bytes to
-    send before anything relayed (the CONNECT reply, data the client sent
-    early).
+    C{down}, L{close}, L{abort}, L{lost}.  C{to_client} and C{to_remote} are
+    bytes to send before anything relayed (the CONNECT reply, data the
+    client sent early).
     """
 
     kind = "splice"
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_lost", "_on_idle", "_remote",
-        "_transports", "_up", "finished", "idle", "reactor",
+        "_up", "finished", "idle", "reactor",
     )  # fmt: skip
 
     def __init__(
         self,
         reactor: Any,
         client: tcp.Connection,
-        remote: tcp.Connection,
+        remote: tcp.Connection | socket.socket,
         to_client: bytes = b"",
         to_remote: bytes = b"",
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
-        self._transports = {Side.CLIENT: client, Side.REMOTE: remote}
         self._client = _End(self, client)
         self._remote = _End(self, remote)
         self._early = len(to_remote)  # counted as relayed, as the stream relay does
@@ -326,15 +333,12 @@ class SpliceRelay:
     def down(self) -> int:
         return self._down.moved
 
-    @property
-    def remote_transport(self) -> Any:
-        return self._transports[Side.REMOTE]
-
     def start(self) -> None:
         """Take both sockets from their transports and start moving bytes."""
         for end in (self._client, self._remote):
-            end.transport.stopReading()
-            end.transport.stopWriting()
+            if end.transport is not None:
+                end.transport.stopReading()
+                end.transport.stopWriting()
         if self.idle is not None:
             self.idle.start()
         self.guard(self._start)
@@ -389,8 +393,13 @@ class SpliceRelay:
         # protocols see connectionLost and Twisted closes the descriptors.
         # Nothing was ever written through these transports while splicing,
         # so there is nothing of theirs to flush: a clean end closes them at
-        # once instead of waiting a reactor turn for a writable event.
-        for side, transport in self._transports.items():
+        # once instead of waiting a reactor turn for a writable event.  A
+        # bare socket is the relay's own to close.
+        for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
+            transport = end.transport
+            if transport is None:
+                end.sock.close()
+                continue
             if side in self._lost:
                 continue
             if abort:
