@@ -150,6 +150,12 @@ def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 @functools.lru_cache(maxsize=4096)
+def ip_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """C{str(ip)}, cached: formatting an address is slower than a lookup."""
+    return str(ip)
+
+
+@functools.lru_cache(maxsize=4096)
 def _ip_form(host: str) -> tuple[AddressType, str]:
     ip = parse_ip(host)
     return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed

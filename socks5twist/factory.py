@@ -28,6 +28,7 @@ from .policy import (
 from .rules import ALLOW_ALL, Decision, Rules
 from .session import SOCKS5ServerProtocol, _show
 from .splice import available as splice_available
+from .timers import Deadlines
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -141,7 +142,7 @@ class SOCKS5ServerFactory(ServerFactory):
                 raise ValueError(f"{name} must be at least 1, not {limit}")
         self.portal = portal
         self.reactor = reactor
-        self.handshake_timeout = handshake_timeout
+        self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_clients = max_clients
@@ -177,6 +178,14 @@ class SOCKS5ServerFactory(ServerFactory):
                 parse_network(n) if isinstance(n, str) else n for n in allowed_clients
             )
         self.sessions: set[SOCKS5ServerProtocol] = set()
+
+    @property
+    def handshake_timeout(self) -> float:
+        return self.handshakes.timeout
+
+    @handshake_timeout.setter
+    def handshake_timeout(self, seconds: float) -> None:
+        self.handshakes.timeout = seconds
 
     def enable_metrics(self) -> Metrics:
         """Start keeping Prometheus metrics (see L{socks5twist.metrics})."""
@@ -311,3 +320,7 @@ class SOCKS5ServerFactory(ServerFactory):
             f"duration={fields['duration']:.3f}s relay={fields['relay']} ({session.outcome})"
         )
         self.log.info("{session_line}", session_line=line, **fields)
+
+
+def _handshake_timed_out(session: Any) -> None:
+    session._handshake_timed_out()

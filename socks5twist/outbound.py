@@ -33,7 +33,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .codec import Address, AddressType, Reply, parse_ip
+from .codec import Address, AddressType, Reply, ip_text, parse_ip
 from .policy import IPAddress
 
 
@@ -316,7 +316,7 @@ def connect_socket(
                 sock.bind((bind, 0))
             except OSError as e:
                 raise error.ConnectBindError(e.errno, e.strerror) from None
-        code = sock.connect_ex((str(ip), port))
+        code = sock.connect_ex((ip_text(ip), port))
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             raise error.getConnectError((code, os.strerror(code)))
     except Exception:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
-from .codec import parse_ip
+from .codec import ip_text, parse_ip
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -46,7 +46,8 @@ def describe(address: IAddress) -> str:
     ip = ip_of(address)
     if ip is not None:
         port = getattr(address, "port", 0)
-        return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        text = ip_text(ip)
+        return f"[{text}]:{port}" if ip.version == 6 else f"{text}:{port}"
     if isinstance(address, UNIXAddress):
         raw = address.name
         name = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 
-class Side(enum.Enum):
+class Side(enum.StrEnum):
     """The two ends of a relay."""
 
     CLIENT = "client"

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
     """Where a session is."""
 
     GREETING = "greeting"  # waiting for the client's offer of methods
@@ -117,7 +117,7 @@ class SOCKS5ServerProtocol(Protocol):
     # two dozen entries.  (Twisted's Protocol still gives each instance a
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
-        "_bind", "_buffer", "_client_eof", "_handshake_timer", "_logout", "_pending",
+        "_bind", "_buffer", "_client_eof", "_in_handshake", "_logout", "_pending",
         "_udp_client_ip", "bound", "client", "client_ip", "client_text", "command",
         "connected_to", "counted", "destination", "limit_keys", "outcome", "relay",
         "replies", "started", "state", "udp", "user",
@@ -127,7 +127,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.state = State.GREETING
         self._buffer = b""
         self._client_eof = False
-        self._handshake_timer: IDelayedCall | None = None
+        self._in_handshake = False  # the handshake timeout is running
         self._pending: defer.Deferred[Any] | None = None
         self._logout: Callable[[], None] | None = None
         self._bind: BindWaiter | None = None
@@ -230,11 +230,10 @@ class SOCKS5ServerProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.counted = True
-        timeout = self.factory.handshake_timeout
-        if timeout > 0:
-            self._handshake_timer = self.factory.reactor.callLater(
-                timeout, self._handshake_timed_out
-            )
+        if self.factory.handshake_timeout > 0:
+            # One timer serves every session's handshake (see timers.py).
+            self.factory.handshakes.add(self)
+            self._in_handshake = True
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.RELAYING:
@@ -836,7 +835,7 @@ class SOCKS5ServerProtocol(Protocol):
     # -- timers and accidents ----------------------------------------------------
 
     def _handshake_timed_out(self) -> None:
-        self._handshake_timer = None
+        self._in_handshake = False
         self.log.info(
             "handshake timeout for {client} in {state}",
             client=self.client_text,
@@ -847,10 +846,9 @@ class SOCKS5ServerProtocol(Protocol):
         self._close("handshake timeout")
 
     def _cancel_handshake_timer(self) -> None:
-        if self._handshake_timer is not None:
-            if self._handshake_timer.active():
-                self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._in_handshake:
+            self._in_handshake = False
+            self.factory.handshakes.remove(self)
 
     def _unexpected(self, failure: Failure, phase: str) -> None:
         """A bug in our own callbacks: log it and close, never leave a hang."""
