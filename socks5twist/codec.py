@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -125,9 +126,9 @@ class Address:
         if not 0 <= self.port <= 0xFFFF:
             raise ValueError(f"port out of range: {self.port}")
         if self.type is AddressType.IPV4:
-            raw = ipaddress.IPv4Address(self.host).packed
+            raw = _packed(self.host, 4)
         elif self.type is AddressType.IPV6:
-            raw = ipaddress.IPv6Address(self.host).packed
+            raw = _packed(self.host, 6)
         else:
             name = self.host.encode("utf-8", "surrogateescape")
             if not 1 <= len(name) <= 255:
@@ -156,6 +157,13 @@ def ip_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
+def _packed(host: str, version: int) -> bytes:
+    if version == 4:
+        return ipaddress.IPv4Address(host).packed
+    return ipaddress.IPv6Address(host).packed
+
+
+@functools.lru_cache(maxsize=4096)
 def _ip_form(host: str) -> tuple[AddressType, str]:
     ip = parse_ip(host)
     return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
@@ -174,7 +182,7 @@ def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
         end = start + 4
         if len(data) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(data[start:end]))
+        host = socket.inet_ntoa(data[start:end])  # as str(IPv4Address), in C
         kind = AddressType.IPV4
     elif atyp == AddressType.IPV6:
         end = start + 16

@@ -301,7 +301,8 @@ def connect_socket(
     socket, one writable event and a timer.  Failures are the errors Twisted
     would raise (L{error.ConnectionRefusedError}, L{error.TimeoutError},
     ...), so L{reply_for_failure} maps them alike.  Cancelling closes the
-    socket.
+    socket.  A destination on this machine is connected when C{connect()}
+    returns, and the result comes at once.
     """
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     try:
@@ -322,11 +323,23 @@ def connect_socket(
     except Exception:
         sock.close()
         return defer.fail()
+    if _connected(sock):
+        # A destination on this machine: the kernel completed the handshake
+        # inside connect(), so there is nothing to wait for.
+        return defer.succeed(sock)
     attempt = _SocketConnect(reactor, sock)
     reactor.addWriter(attempt)
     if timeout > 0:
         attempt._timer = reactor.callLater(timeout, attempt.timed_out, timeout)
     return attempt.deferred
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 @implementer(IResolutionReceiver)

@@ -488,14 +488,18 @@ class SOCKS5ServerProtocol(Protocol):
         to (no second lookup that could answer differently).
         """
         self._move(State.CONNECTING)
-        self.transport.pauseProducing()
         ip = outbound.literal_ip(address)
         if ip is not None:
             self._connect_to([ip], "")
-            return
-        self._resolve_allowed(
-            lambda ips: self._connect_to(ips, address.host), self._connect_failed, "connect"
-        )
+        else:
+            self._resolve_allowed(
+                lambda ips: self._connect_to(ips, address.host), self._connect_failed, "connect"
+            )
+        if self.state is State.CONNECTING:
+            # Read nothing more from the client until the tunnel opens.  (A
+            # destination on this machine may already be connected, and the
+            # tunnel open: then there is nothing to pause.)
+            self.transport.pauseProducing()
 
     def _resolve_allowed(
         self,

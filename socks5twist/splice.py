@@ -30,8 +30,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import error, tcp
+from twisted.internet import tcp
 from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -405,4 +406,4 @@ class SpliceRelay:
             if abort:
                 transport.abortConnection()
             elif transport.connected and not transport.disconnected:
-                transport.connectionLost(Failure(error.ConnectionDone()))
+                transport.connectionLost(connectionDone)
