@@ -16,6 +16,7 @@ from twisted.cred.portal import Portal
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from .accesslog import AccessLog
 from .codec import Command
 from .policy import (
     ALLOW_ANY,
@@ -92,6 +93,8 @@ class SOCKS5ServerFactory(ServerFactory):
     @param allowed_clients: the client networks (L{ipaddress} networks or
         their text) that may use the server.  By default, loopback only
         without a portal, and any address with one.
+    @param access_log: where each session's line goes instead of Twisted's
+        log (L{socks5twist.accesslog.AccessLog}); the owner closes it.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -118,6 +121,7 @@ class SOCKS5ServerFactory(ServerFactory):
         max_sessions_per_user: int | None = None,
         outgoing_addresses: Iterable[str] = (),
         splice: bool | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -167,6 +171,7 @@ class SOCKS5ServerFactory(ServerFactory):
             self.outgoing[ip.version] = str(ip)
         self.denials: collections.Counter[str] = collections.Counter()
         self.splice = splice_available() if splice is None else splice and splice_available()
+        self.access_log = access_log
         self.stats = Stats()
         self.metrics: Metrics | None = None
         # Called when the last session ends (a draining service listens).
@@ -319,7 +324,10 @@ class SOCKS5ServerFactory(ServerFactory):
             f"reply={fields['reply']} up={up} down={down}{extra} "
             f"duration={fields['duration']:.3f}s relay={fields['relay']} ({session.outcome})"
         )
-        self.log.info("{session_line}", session_line=line, **fields)
+        if self.access_log is not None:
+            self.access_log.write(line)
+        else:
+            self.log.info("{session_line}", session_line=line, **fields)
 
 
 def _handshake_timed_out(session: Any) -> None:

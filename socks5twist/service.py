@@ -4,7 +4,8 @@ L{SOCKS5Service}: the lifecycle of one server.
 - Start: listen on every port in L{privilegedStartService} (so twistd can
   bind port 1080 before dropping privileges); a port that cannot be listened
   on stops the start with L{ListenFailed}, naming it.
-- SIGHUP: reread the rules file; a broken file leaves the old rules in force.
+- SIGHUP: reread the rules file (a broken file leaves the old rules in
+  force) and reopen the access log (after a log rotation).
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
   go on for C{shutdown_grace} seconds, then close what is left; a second
   SIGTERM closes them at once.
@@ -114,13 +115,23 @@ class SOCKS5Service(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self.handle_signals and (self.rules_path is not None or self.workers is not None):
+        if self.handle_signals and (
+            self.rules_path is not None
+            or self.workers is not None
+            or self.factory.access_log is not None
+        ):
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- reload ----------------------------------------------------------------
 
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
-        self.factory.reactor.callFromThread(self.reload_rules)
+        self.factory.reactor.callFromThread(self.hang_up)
+
+    def hang_up(self) -> None:
+        """What SIGHUP does: reopen the access log, reread the rules."""
+        if self.factory.access_log is not None:
+            self.factory.access_log.reopen()
+        self.reload_rules()
 
     def reload_rules(self) -> bool:
         """Reread the rules file (here and in every worker); on error keep the old rules."""
@@ -157,6 +168,8 @@ class SOCKS5Service(service.MultiService):
             waits.append(self.workers.stop())
 
         def done(result: object) -> None:
+            if self.factory.access_log is not None:
+                self.factory.access_log.flush()
             if self._previous_term is not None:
                 signal.signal(signal.SIGTERM, self._previous_term)
                 self._previous_term = None

@@ -6,6 +6,7 @@ outgoing addresses, metrics scraped over HTTP, and SIGTERM's grace period.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -292,3 +293,56 @@ def test_grace_expiry_and_a_second_sigterm_close_sessions(start_server, echo_ser
     assert closed_by_server(tunnel)
     second.process.wait(5)
     assert time.monotonic() - started < 3
+
+
+def test_access_log_shared_by_workers_rotated_by_sighup(
+    start_server, echo_server: Addr, tmp_path: Path
+) -> None:
+    access = tmp_path / "access.log"
+    server = start_server("--workers", "2", "--access-log", str(access))
+    wait_until(lambda: server.log().count("] listening on ") >= 2, 15, "both processes to listen")
+
+    def sessions(n: int, payload: bytes) -> None:
+        for _ in range(n):
+            tunnel, code = rawsocks.connect(server.address, *echo_server)
+            assert code == 0
+            tunnel.sendall(payload)
+            assert rawsocks.recv_exact(tunnel, len(payload)) == payload
+            tunnel.close()
+
+    line = re.compile(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} session 127\.0\.0\.1:\d+ user=- CONNECT "
+        rf"127\.0\.0\.1:{echo_server[1]} -> 127\.0\.0\.1:{echo_server[1]} .* up=\d+ down=\d+ "
+    )
+    sessions(40, b"first")
+
+    def lines(path: Path, count: int) -> list[str]:
+        found = path.read_text().splitlines() if path.exists() else []
+        return found if len(found) >= count else []
+
+    first = wait_until(lambda: lines(access, 40), 10, "40 lines in the access log")
+    assert len(first) == 40 and all(line.match(x) for x in first), first
+    assert all(" up=5 " in x for x in first)
+    # The lines go to the access log only.
+    assert server.session_lines() == []
+    # Rotation: move the file away, SIGHUP, and new lines go to a new file.
+    access.rename(tmp_path / "access.log.1")
+    server.process.send_signal(signal.SIGHUP)
+    time.sleep(1)  # the master and each worker reopen
+    sessions(10, b"second!")
+    second = wait_until(lambda: lines(access, 10), 10, "10 lines in the new access log")
+    assert len(second) == 10 and all(" up=7 " in x for x in second), second
+    assert len((tmp_path / "access.log.1").read_text().splitlines()) == 40
+
+
+def test_unwritable_access_log_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-directory" / "access.log"
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "socks5", "--access-log", str(path)],
+        capture_output=True,
+        timeout=30,
+    )
+    output = (result.stdout + result.stderr).decode().strip()
+    assert result.returncode != 0
+    assert output.count("\n") == 0 and "Traceback" not in output, output
+    assert f"--access-log {path}: No such file or directory" in output
