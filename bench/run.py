@@ -121,12 +121,15 @@ class Peer:
 
 
 def twistd(*extra: str) -> Callable[[int, Path], list[str]]:
+    # Every session's line is written, to an access log as a busy server's
+    # operator would (see the README's Logs); the peers log no sessions.
     def command(port: int, workdir: Path) -> list[str]:
         return [
             sys.executable, "-c",
             "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={workdir / f'socks5twist-{port}.log'}",
-            "socks5", "--port", f"tcp:{port}:interface=127.0.0.1", *extra,
+            "socks5", "--port", f"tcp:{port}:interface=127.0.0.1",
+            "--access-log", str(workdir / f"access-{port}.log"), *extra,
         ]  # fmt: skip
 
     return command

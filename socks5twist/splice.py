@@ -2,8 +2,10 @@
 The zero-copy relay (Linux): once a tunnel is open, bytes move from socket to
 pipe to socket with C{splice(2)} and never enter Python.
 
-Used only when both ends are plain TCP transports of Twisted's own (no TLS,
-no PROXY-protocol wrapper) and nothing is left in their write buffers; every
+Used only when the client's end is a plain TCP transport of Twisted's own
+(no TLS, no PROXY-protocol wrapper) with nothing left in its write buffer,
+and the other end is one too (a BIND peer) or a bare connected socket (a
+CONNECT destination: see L{socks5twist.outbound.connect_socket}); every
 other tunnel uses L{socks5twist.relay.StreamRelay}.
 
 Each direction is a L{_Pump}: a pipe between a source and a destination
@@ -13,8 +15,9 @@ read until it can, so at most one pipe's worth of bytes (L{PIPE_SIZE}) waits
 per direction: the same flow control as the stream relay, without the
 copies.  EOF from a source shuts the destination's write half once the pipe
 is empty, and the other direction keeps flowing; when both directions are
-done, or on any error, both connections are closed through their Twisted
-transports, so their protocols see C{connectionLost} as usual.
+done, or on any error, both connections are closed: a transport through
+Twisted, so that its protocol sees C{connectionLost} as usual, a bare socket
+by the relay.
 
 A direction starts by copying through a buffer of L{COPY_SIZE} bytes and
 makes its pipe only when a read fills that buffer: short exchanges never pay
