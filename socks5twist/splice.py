@@ -29,12 +29,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.interfaces import IReadDescriptor, IReadWriteDescriptor
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -269,22 +270,111 @@ class _End:
     def start_reading(self) -> None:
         if not self.reading and not self.relay.finished:
             self.reading = True
-            self.relay.reactor.addReader(self)
+            self.relay.poller.watch(self)
 
     def stop_reading(self) -> None:
         if self.reading:
             self.reading = False
-            self.relay.reactor.removeReader(self)
+            self.relay.poller.watch(self)
 
     def start_writing(self, pump: _Pump) -> None:
         if not self.writing and not self.relay.finished:
             self.writing = True
-            self.relay.reactor.addWriter(self)
+            self.relay.poller.watch(self)
 
     def stop_writing(self, pump: _Pump) -> None:
         if self.writing:
             self.writing = False
-            self.relay.reactor.removeWriter(self)
+            self.relay.poller.watch(self)
+
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_HUP = select.EPOLLHUP | select.EPOLLERR
+
+
+@implementer(IReadDescriptor)
+class _Poller:
+    """
+    One C{epoll} set for the sockets of every splice relay of a reactor,
+    itself one reader of the reactor.
+
+    The reactor passes each readiness event through its logging context
+    (several function calls and dictionary copies); here one reactor event
+    carries every relay socket that is ready, each dispatched with a method
+    call.  The set is level-triggered, like the reactor's, and holds exactly
+    the interest of each socket (reading, writing, both or neither).
+    """
+
+    BATCH = 128
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        # Only while some socket is watched: no descriptor outlives the
+        # tunnels, and an idle reactor holds nothing of the relay's.
+        self._epoll: select.epoll | None = None
+        self._ends: dict[int, _End] = {}
+
+    def fileno(self) -> int:
+        return -1 if self._epoll is None else self._epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "SpliceRelay"
+
+    def watch(self, end: _End) -> None:
+        """Make the set hold C{end}'s interest as it is now."""
+        mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
+        fd = end.fd
+        epoll = self._epoll
+        if epoll is not None and fd in self._ends:
+            if mask:
+                epoll.modify(fd, mask)
+            else:
+                del self._ends[fd]
+                epoll.unregister(fd)
+                if not self._ends:
+                    self._reactor.removeReader(self)
+                    self._epoll = None
+                    epoll.close()
+        elif mask:
+            if epoll is None:
+                epoll = self._epoll = select.epoll()
+                self._reactor.addReader(self)
+            epoll.register(fd, mask)
+            self._ends[fd] = end
+
+    def doRead(self) -> None:
+        if self._epoll is None:
+            return
+        ends = self._ends
+        for fd, event in self._epoll.poll(0, self.BATCH):
+            end = ends.get(fd)
+            if end is None:
+                continue
+            try:
+                if event & _IN or (event & _HUP and end.reading):
+                    end.doRead()
+                if event & (_OUT | _HUP) and end.writing and fd in ends:
+                    end.doWrite()
+            except Exception:
+                log.failure("splice relay")
+                end.relay.abort()
+
+    def connectionLost(self, reason: Failure) -> None:
+        # The reactor is shutting down: every tunnel ends (and the last one
+        # to go closes the set).
+        for end in list(self._ends.values()):
+            end.relay.abort()
+
+
+_pollers: dict[int, _Poller] = {}
+
+
+def _poller_for(reactor: Any) -> _Poller:
+    poller = _pollers.get(id(reactor))
+    if poller is None or poller._reactor is not reactor:
+        poller = _pollers[id(reactor)] = _Poller(reactor)
+    return poller
 
 
 class SpliceRelay:
@@ -303,7 +393,7 @@ class SpliceRelay:
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_lost", "_on_idle", "_remote",
-        "_up", "finished", "idle", "reactor",
+        "_up", "finished", "idle", "poller", "reactor",
     )  # fmt: skip
 
     def __init__(
@@ -317,6 +407,7 @@ class SpliceRelay:
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
+        self.poller = _poller_for(reactor)
         self._client = _End(self, client)
         self._remote = _End(self, remote)
         self._early = len(to_remote)  # counted as relayed, as the stream relay does
