@@ -1,6 +1,7 @@
 """
-The splice relay's shared poller, on the real reactor: many tunnels, one
-reactor reader, gone with the last tunnel.  (The relay's flow control,
+The splice relay's shared poller, on the real reactor: the first tunnels'
+sockets are the reactor's own readers, the tunnels after those share one
+reader, and nothing is left when they end.  (The relay's flow control,
 half-close and fallback are tested end to end in tests/test_server.py.)
 """
 
@@ -48,19 +49,21 @@ class PollerTests(TestCase):
         skip = "no splice(2) on this platform"
 
     @defer.inlineCallbacks
-    def test_many_tunnels_one_reader_none_left_after(self) -> Any:
+    def test_few_tunnels_direct_many_tunnels_one_reader_none_left_after(self) -> Any:
         connected: list[Any] = []
         factory = protocol.Factory.forProtocol(lambda: _Keep(connected))
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         port_number = port.getHost().port  # type: ignore[attr-defined]
         clients, remotes, relays = [], [], []
-        for _ in range(5):
+        direct = splice._Poller.SHARED_FROM
+        count = direct + 5
+        for _ in range(count):
             client = socket.create_connection(("127.0.0.1", port_number))
             clients.append(client)
             self.addCleanup(client.close)
         for _ in range(50):
-            if len(connected) == 5:
+            if len(connected) == count:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         readers_before = set(reactor.getReaders())
@@ -74,9 +77,10 @@ class PollerTests(TestCase):
             relay.start()
             relays.append(relay)
         added = set(reactor.getReaders()) - readers_before
-        self.assertEqual(len(added), 1)  # the poller, for all ten sockets
-        (poller,) = added
-        self.assertIsInstance(poller, splice._Poller)
+        # Two sockets each for the first tunnels, one poller for the rest.
+        self.assertEqual(len(added), 2 * direct + 1)
+        (poller,) = [r for r in added if isinstance(r, splice._Poller)]
+        self.assertEqual([r.poller for r in relays], [None] * direct + [poller] * 5)
         for index, (client, remote) in enumerate(zip(clients, remotes, strict=True)):
             client.sendall(b"up %d" % index)
             self.assertEqual((yield _read(remote, 4)), b"up %d" % index)
@@ -93,7 +97,9 @@ class PollerTests(TestCase):
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertTrue(all(relay.finished for relay in relays))
-        self.assertNotIn(poller, reactor.getReaders())
+        left = [r for r in reactor.getReaders() if isinstance(r, (splice._End, splice._Poller))]
+        self.assertEqual(left, [])
         self.assertEqual(poller.fileno(), -1)  # its epoll set is closed
-        self.assertEqual([relay.up for relay in relays], [4] * 5)
-        self.assertEqual([relay.down for relay in relays], [6] * 5)
+        self.assertEqual(poller.open, 0)
+        self.assertEqual([relay.up for relay in relays], [4] * count)
+        self.assertEqual([relay.down for relay in relays], [6] * count)
