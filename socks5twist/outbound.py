@@ -289,6 +289,9 @@ class _SocketConnect:
         # The Deferred fails with CancelledError by itself.
 
 
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
 def connect_socket(
     reactor: Any, ip: IPAddress, port: int, timeout: float, bind: str | None = None
 ) -> defer.Deferred[socket.socket]:
@@ -306,11 +309,14 @@ def connect_socket(
     """
     family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
     try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # Non-blocking from the start where the platform can: no separate
+        # system call to make it so.
+        sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
     except OSError as e:
         return defer.fail(error.ConnectError(string=str(e)))
     try:
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if bind is not None:
             try:

@@ -194,10 +194,14 @@ class _Pump:
             return
         self.done = True
         self.close_pipe()
-        try:
-            self.sink.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        if not self.relay.other(self).done:
+            # Pass the EOF on; the other direction goes on.  (When it is
+            # done too, both sockets are closed at once, and the close sends
+            # the FIN.)
+            try:
+                self.sink.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.relay.direction_done()
 
     def close_pipe(self) -> None:
@@ -477,6 +481,10 @@ class SpliceRelay:
         except OSError as e:
             if e.errno not in _AGAIN:
                 self.abort()
+
+    def other(self, pump: _Pump) -> _Pump:
+        """The pump of the other direction."""
+        return self._down if pump is self._up else self._up
 
     def direction_done(self) -> None:
         if self._up.done and self._down.done:
