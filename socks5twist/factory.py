@@ -215,12 +215,9 @@ class SOCKS5ServerFactory(ServerFactory):
         C{False} if that would pass C{max_sessions_per_client}.
         """
         ip = session.client_ip
-        if ip is None:
-            return True
-        if (
-            self.max_sessions_per_client is not None
-            and self.client_sessions[ip] >= self.max_sessions_per_client
-        ):
+        if ip is None or self.max_sessions_per_client is None:
+            return True  # counted only under a limit: no work per session otherwise
+        if self.client_sessions[ip] >= self.max_sessions_per_client:
             self.stats.limited["max-sessions-per-client"] += 1
             return False
         self.client_sessions[ip] += 1
@@ -229,12 +226,9 @@ class SOCKS5ServerFactory(ServerFactory):
 
     def user_session_started(self, session: SOCKS5ServerProtocol) -> bool:
         """Count a session in under its user; C{False} past C{max_sessions_per_user}."""
-        if session.user is None:
+        if session.user is None or self.max_sessions_per_user is None:
             return True
-        if (
-            self.max_sessions_per_user is not None
-            and self.user_sessions[session.user] >= self.max_sessions_per_user
-        ):
+        if self.user_sessions[session.user] >= self.max_sessions_per_user:
             self.stats.limited["max-sessions-per-user"] += 1
             return False
         self.user_sessions[session.user] += 1
