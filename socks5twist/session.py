@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -329,10 +329,12 @@ class SOCKS5ServerProtocol(Protocol):
 
     def _greeting(self, greeting: codec.Greeting) -> None:
         # The client's address is read again here: behind a PROXY-protocol
-        # listener it is only known once the header is read.
-        peer = self.transport.getPeer()
-        self._set_client(peer)
-        if not self.factory.client_policy.allows(peer, self.client_ip):
+        # listener it is only known once the header is read.  (A transport
+        # of Twisted's own has one peer for life.)
+        if not isinstance(self.transport, tcp.Connection):
+            self._set_client(self.transport.getPeer())
+        assert self.client is not None
+        if not self.factory.client_policy.allows(self.client, self.client_ip):
             self.log.warn(
                 "refused client {client}: not in the allowed client networks",
                 client=self.client_text,
