@@ -171,6 +171,9 @@ def _ip_form(host: str) -> tuple[AddressType, str]:
 
 UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
 
+# How logs and metrics show a reply code: 0x00 ... 0xff.
+HEX_BYTE = tuple(f"{i:#04x}" for i in range(256))
+
 
 def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
     """Parse ATYP ADDR PORT at C{offset}; return the address and the end offset."""

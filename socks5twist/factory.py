@@ -17,7 +17,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .codec import Command
+from .codec import HEX_BYTE, Command
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -294,34 +294,42 @@ class SOCKS5ServerFactory(ServerFactory):
             extra = ""
         stats.bytes_up += up
         stats.bytes_down += down
-        fields = {
-            "client": session.client_text,
-            "user": session.user or "-",
-            "command": session.command.name if isinstance(session.command, Command) else "-",
-            "destination": _show(session.destination),
-            "connected": session.connected_to or "-",
-            "bound": session.bound or "-",
-            "reply": "/".join(f"{r:#04x}" for r in session.replies) or "-",
-            "up": up,
-            "down": down,
-            "extra": extra,
-            "relay": relay.kind if relay is not None else "-",
-            "duration": time.time() - session.started,
-            "outcome": session.outcome,
-        }
+        client, user = session.client_text, session.user or "-"
+        command = session.command.name if isinstance(session.command, Command) else "-"
+        destination = _show(session.destination)
+        connected, bound = session.connected_to or "-", session.bound or "-"
+        reply = "/".join([HEX_BYTE[r] for r in session.replies]) or "-"
+        kind = relay.kind if relay is not None else "-"
+        duration = time.time() - session.started
         # The line is formatted here with an f-string: Twisted's format-string
-        # engine costs more than the rest of a short session.  The fields stay
-        # in the event for observers that want them (JSON logs).
+        # engine costs more than the rest of a short session.
         line = (
-            f"session {fields['client']} user={fields['user']} {fields['command']} "
-            f"{fields['destination']} -> {fields['connected']} bound={fields['bound']} "
-            f"reply={fields['reply']} up={up} down={down}{extra} "
-            f"duration={fields['duration']:.3f}s relay={fields['relay']} ({session.outcome})"
+            f"session {client} user={user} {command} {destination} -> {connected} "
+            f"bound={bound} reply={reply} up={up} down={down}{extra} "
+            f"duration={duration:.3f}s relay={kind} ({session.outcome})"
         )
         if self.access_log is not None:
             self.access_log.write(line)
         else:
-            self.log.info("{session_line}", session_line=line, **fields)
+            # The fields go in the event too, for observers that want them
+            # (JSON logs).
+            self.log.info(
+                "{session_line}",
+                session_line=line,
+                client=client,
+                user=user,
+                command=command,
+                destination=destination,
+                connected=connected,
+                bound=bound,
+                reply=reply,
+                up=up,
+                down=down,
+                extra=extra,
+                relay=kind,
+                duration=duration,
+                outcome=session.outcome,
+            )
 
 
 def _handshake_timed_out(session: Any) -> None:

@@ -157,7 +157,7 @@ class SOCKS5ServerProtocol(Protocol):
     @property
     def reply_label(self) -> str:
         """The last reply code as metrics name it (none: no reply was sent)."""
-        return f"{self.replies[-1]:#04x}" if self.replies else "none"
+        return codec.HEX_BYTE[self.replies[-1]] if self.replies else "none"
 
     def _set_client(self, address: IAddress) -> None:
         """Note the client's address, and what is derived from it once."""
