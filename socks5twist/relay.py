@@ -183,6 +183,22 @@ def no_delay(transport: Any) -> None:
             pass
 
 
+def plain_and_idle(transport: Any) -> bool:
+    """
+    Whether C{transport} is one of Twisted's own TCP connections (no TLS),
+    connected and not closing, with nothing of its own waiting to be sent:
+    its socket may then be written to (or taken over) directly.
+    """
+    return bool(
+        isinstance(transport, tcp.Connection)
+        and not getattr(transport, "TLS", False)
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.dataBuffer
+        and not transport._tempDataLen
+    )
+
+
 def send_now(transport: Any, data: bytes) -> None:
     """
     Write C{data} to C{transport}: straight to the socket when it is one of
@@ -195,14 +211,7 @@ def send_now(transport: Any, data: bytes) -> None:
     interest in the socket and a writable event a turn later.  Nothing is
     reordered: the transport's buffer is empty when the socket is used.
     """
-    if (
-        isinstance(transport, tcp.Connection)
-        and not getattr(transport, "TLS", False)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    ):
+    if plain_and_idle(transport):
         try:
             sent = transport.socket.send(data)
         except OSError:

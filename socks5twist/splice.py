@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .relay import IdleClock, Side
+from .relay import IdleClock, Side, plain_and_idle
 
 PIPE_SIZE = 1 << 20
 COPY_SIZE = 1 << 16  # the buffer of a direction that could not get a pipe
@@ -62,13 +62,8 @@ def can_splice(transport: Any) -> bool:
     own TCP connections, connected, with an empty write buffer, no TLS and
     no registered producer.
     """
-    return bool(
-        isinstance(transport, tcp.Connection)
-        and not getattr(transport, "TLS", False)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
+    return (
+        plain_and_idle(transport)
         and transport.producer is None
         and transport.socket.family in (socket.AF_INET, socket.AF_INET6)
     )

@@ -112,17 +112,21 @@ def test_reload_changes_answers_without_dropping_a_transfer(
     assert rawsocks.recv_exact(tunnel, 5) == b"still"
 
 
-def test_bad_rules_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    rules = tmp_path / "rules.toml"
-    rules.write_text('default = "allow"\n\n[[rule]]\naction = "allow"\nports = ["99999"]\n')
+def start_up_error(*args: str) -> str:
+    """The output of C{twistd socks5 ARGS} that must refuse to start: one line."""
     result = subprocess.run(
-        [*TWISTD, "-n", "--pidfile=", "socks5", "--rules", str(rules)],
-        capture_output=True,
-        timeout=30,
+        [*TWISTD, "-n", "--pidfile=", "socks5", *args], capture_output=True, timeout=30
     )
     output = (result.stdout + result.stderr).decode().strip()
     assert result.returncode != 0
     assert output.count("\n") == 0 and "Traceback" not in output, output
+    return output
+
+
+def test_bad_rules_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('default = "allow"\n\n[[rule]]\naction = "allow"\nports = ["99999"]\n')
+    output = start_up_error("--rules", str(rules))
     assert f"{rules}, line 5" in output and "ports" in output
 
 
@@ -337,12 +341,5 @@ def test_access_log_shared_by_workers_rotated_by_sighup(
 
 def test_unwritable_access_log_stops_start_up_with_one_line(tmp_path: Path) -> None:
     path = tmp_path / "no-such-directory" / "access.log"
-    result = subprocess.run(
-        [*TWISTD, "-n", "--pidfile=", "socks5", "--access-log", str(path)],
-        capture_output=True,
-        timeout=30,
-    )
-    output = (result.stdout + result.stderr).decode().strip()
-    assert result.returncode != 0
-    assert output.count("\n") == 0 and "Traceback" not in output, output
+    output = start_up_error("--access-log", str(path))
     assert f"--access-log {path}: No such file or directory" in output

@@ -110,9 +110,11 @@ class ConnectSocketTests(TestCase):
         yield self.assertFailure(d, error.ConnectBindError)
 
     @defer.inlineCallbacks
-    def test_no_answer_times_out_as_x04_and_closes_the_socket(self) -> Any:
-        # A listener whose accept queue is full drops new SYNs: the attempt
-        # hangs until the timeout.
+    def silent_port(self) -> Any:
+        """
+        A port that never answers: a listener whose accept queue is full
+        drops new SYNs, so an attempt to connect hangs.
+        """
         server = self.keep(_listener(backlog=0))
         port = server.getsockname()[1]
         for _ in range(4):
@@ -120,6 +122,11 @@ class ConnectSocketTests(TestCase):
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
         yield deferLater(reactor, 0.1, lambda: None)
+        return port
+
+    @defer.inlineCallbacks
+    def test_no_answer_times_out_as_x04_and_closes_the_socket(self) -> Any:
+        port = yield self.silent_port()
         writers = len(reactor.getWriters())
         d = outbound.connect_socket(reactor, LOOPBACK, port, 0.3)
         failure = yield self.assertFailure(d, error.TimeoutError)
@@ -128,13 +135,7 @@ class ConnectSocketTests(TestCase):
 
     @defer.inlineCallbacks
     def test_cancel_stops_the_attempt(self) -> Any:
-        server = self.keep(_listener(backlog=0))
-        port = server.getsockname()[1]
-        for _ in range(4):
-            filler = self.keep(socket.socket())
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-        yield deferLater(reactor, 0.1, lambda: None)
+        port = yield self.silent_port()
         writers = len(reactor.getWriters())
         d = outbound.connect_socket(reactor, LOOPBACK, port, 30)
         self.assertEqual(len(reactor.getWriters()), writers + 1)
