@@ -134,6 +134,32 @@ class ConnectSocketTests(TestCase):
         self.assertEqual(len(reactor.getWriters()), writers)
 
     @defer.inlineCallbacks
+    def test_a_slow_answer_comes_through_the_writable_event(self) -> Any:
+        """
+        On loopback a connection is usually made inside connect(); one that
+        is not (here: a SYN dropped by a full accept queue, answered once the
+        client resends it and the queue has room) completes on the socket's
+        writable event.
+        """
+        port = yield self.silent_port()
+        server = self.sockets[0]
+        writers = len(reactor.getWriters())
+        d = outbound.connect_socket(reactor, LOOPBACK, port, 10)
+        self.assertFalse(d.called)
+        self.assertEqual(len(reactor.getWriters()), writers + 1)
+        server.setblocking(False)
+        for _ in range(200):  # keep making room in the accept queue
+            if d.called:
+                break
+            try:
+                self.keep(server.accept()[0])
+            except BlockingIOError:
+                yield deferLater(reactor, 0.05, lambda: None)
+        sock = self.keep((yield d))
+        self.assertEqual(sock.getpeername(), server.getsockname())
+        self.assertEqual(len(reactor.getWriters()), writers)
+
+    @defer.inlineCallbacks
     def test_cancel_stops_the_attempt(self) -> Any:
         port = yield self.silent_port()
         writers = len(reactor.getWriters())
