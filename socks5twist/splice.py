@@ -375,7 +375,9 @@ class _Poller:
             if end is None:
                 continue
             try:
-                if event & _IN or (event & _HUP and end.reading):
+                # Interest is checked again: an earlier event of the same
+                # batch may have paused this socket.
+                if event & (_IN | _HUP) and end.reading:
                     end.doRead()
                 if event & (_OUT | _HUP) and end.writing and fd in ends:
                     end.doWrite()
