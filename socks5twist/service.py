@@ -45,6 +45,7 @@ class SOCKS5Service(service.MultiService):
 
     exit_on_listen_failure = False
     handle_signals = False
+    CLOSE_WAIT = 2.0  # seconds closed sessions have to report their end
 
     def __init__(
         self,
@@ -177,23 +178,27 @@ class SOCKS5Service(service.MultiService):
         return defer.gatherResults(waits).addBoth(done)
 
     def _drain(self) -> defer.Deferred[None]:
-        """Wait up to C{shutdown_grace} seconds for the sessions, then close them."""
+        """
+        Wait up to C{shutdown_grace} seconds for the sessions, then close
+        them, and wait (briefly) until they have ended: a session's end is
+        its log line, and the reactor must still be running for it.
+        """
         open_now = len(self.factory.sessions)
         if open_now == 0:
             return defer.succeed(None)
-        if self.shutdown_grace <= 0:
-            self._close_sessions()
-            return defer.succeed(None)
-        log.info(
-            "stopped accepting; waiting up to {grace:g}s for {n} sessions "
-            "(send SIGTERM again to close them now)",
-            grace=self.shutdown_grace,
-            n=open_now,
-        )
         self._draining = defer.Deferred()
         self.factory.on_idle = self._drained
-        reactor = self.factory.reactor
-        self._force_timer = reactor.callLater(self.shutdown_grace, self._close_sessions)
+        if self.shutdown_grace <= 0:
+            self._close_sessions()
+        else:
+            log.info(
+                "stopped accepting; waiting up to {grace:g}s for {n} sessions "
+                "(send SIGTERM again to close them now)",
+                grace=self.shutdown_grace,
+                n=open_now,
+            )
+            reactor = self.factory.reactor
+            self._force_timer = reactor.callLater(self.shutdown_grace, self._close_sessions)
 
         def done(result: None) -> None:
             self.factory.on_idle = None
@@ -220,13 +225,15 @@ class SOCKS5Service(service.MultiService):
             draining.callback(None)
 
     def _close_sessions(self) -> None:
+        """
+        Close every session at once.  Their ends come a reactor turn later
+        (an aborted transport reports its loss then); L{_drained} fires when
+        the last has ended, or after L{CLOSE_WAIT} seconds whatever happens.
+        """
         sessions = list(self.factory.sessions)
         log.info("closing {n} sessions still open", n=len(sessions))
         for session in sessions:
             session.abort("server shutting down")
         if self._force_timer is not None and self._force_timer.active():
             self._force_timer.cancel()
-        self._force_timer = None
-        if self._draining is not None:
-            draining, self._draining = self._draining, None
-            draining.callback(None)
+        self._force_timer = self.factory.reactor.callLater(self.CLOSE_WAIT, self._drained)

@@ -343,3 +343,27 @@ def test_unwritable_access_log_stops_start_up_with_one_line(tmp_path: Path) -> N
     path = tmp_path / "no-such-directory" / "access.log"
     output = start_up_error("--access-log", str(path))
     assert f"--access-log {path}: No such file or directory" in output
+
+
+def test_access_log_lines_pending_at_stop_are_written(
+    start_server, echo_server: Addr, tmp_path: Path
+) -> None:
+    access = tmp_path / "access.log"
+    server = start_server("--access-log", str(access), "--shutdown-grace", "0")
+    held = []
+    for _ in range(3):
+        tunnel, code = rawsocks.connect(server.address, *echo_server)
+        assert code == 0
+        held.append(tunnel)
+    for _ in range(5):
+        tunnel, code = rawsocks.connect(server.address, *echo_server)
+        assert code == 0
+        tunnel.close()
+    # Stop at once: the last lines wait up to 0.1 s for their batch, and the
+    # held sessions are closed by the stop itself.
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(15)  # (twistd reports the SIGTERM as its exit status)
+    lines = access.read_text().splitlines()
+    assert len(lines) == 8, lines
+    assert sum("(server shutting down)" in line for line in lines) >= 3, lines
+    assert server.session_lines() == []

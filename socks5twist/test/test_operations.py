@@ -280,9 +280,27 @@ class ServiceTests(SynchronousTestCase):
         self.assertFalse(s.transport.disconnecting)
         with capturedLogs() as logs:
             s.reactor.advance(1.5)
-        self.successResultOf(d)
         self.assertTrue(s.transport.disconnected)  # aborted
         self.assertTrue(any(e.get("n") == 1 and "closing" in e.get("log_format", "") for e in logs))
+        # The stop waits for the closed session to report its end (its log
+        # line), as a real transport does a reactor turn later.
+        self.assertNoResult(d)
+        with capturedLogs() as logs:
+            s.protocol.connectionLost(error.ConnectionAborted())
+            s.reactor.advance(0)
+        self.successResultOf(d)
+        self.assertEqual(len([e for e in logs if "session_line" in e]), 1)
+
+    def test_a_closed_session_that_never_ends_holds_the_stop_briefly(self) -> None:
+        service, (s, _) = self.service()
+        service.startService()
+        s.send(NO_AUTH_GREETING + connect_request())
+        s.remote()
+        d = service.stopService()
+        s.reactor.advance(10)  # the grace: the session is closed
+        self.assertNoResult(d)
+        s.reactor.advance(service.CLOSE_WAIT)
+        self.successResultOf(d)
 
     def test_shutdown_ends_early_when_sessions_finish(self) -> None:
         service, (s, _) = self.service()
