@@ -3,8 +3,8 @@ The session lines in a file of their own, as a web server's access log.
 
 By default each session's line goes through Twisted's log like every other
 message, at the cost of Twisted's whole log machinery (an event, observers,
-a format string, a timestamp) per session: on a busy server that is several
-per cent of the CPU.  An L{AccessLog} writes the same lines itself: stamped
+a format string, a timestamp, a write) per session: measured under load, about
+a sixth of a short session's CPU time.  An L{AccessLog} writes the same lines itself: stamped
 with a timestamp formatted once per second, collected, and appended to the
 file in one write at most L{FLUSH_INTERVAL} seconds after the first line of
 a batch.  The file is opened with C{O_APPEND}, so the worker processes of
