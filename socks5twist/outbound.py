@@ -246,7 +246,7 @@ class _SocketConnect:
             return  # not over yet
         self._stop()
         if code:
-            self._fail(error.getConnectError((code, os.strerror(code))))
+            self._fail(_connect_error(code))
         else:
             self.sock = None
             self.deferred.callback(sock)
@@ -259,7 +259,7 @@ class _SocketConnect:
         code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         self._stop()
         if code:
-            self._fail(error.getConnectError((code, os.strerror(code))))
+            self._fail(_connect_error(code))
         else:
             self._fail(error.ConnectError(string=reason.getErrorMessage()))
 
@@ -287,6 +287,12 @@ class _SocketConnect:
             self.sock.close()
             self.sock = None
         # The Deferred fails with CancelledError by itself.
+
+
+def _connect_error(code: int) -> Exception:
+    """The error Twisted raises for a connect(2) that failed with C{code}."""
+    failure: Exception = error.getConnectError((code, os.strerror(code)))
+    return failure
 
 
 _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
@@ -325,7 +331,7 @@ def connect_socket(
                 raise error.ConnectBindError(e.errno, e.strerror) from None
         code = sock.connect_ex((ip_text(ip), port))
         if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            raise error.getConnectError((code, os.strerror(code)))
+            raise _connect_error(code)
     except Exception:
         sock.close()
         return defer.fail()

@@ -269,38 +269,30 @@ class _End:
     def start_reading(self) -> None:
         if not self.reading and not self.relay.finished:
             self.reading = True
-            poller = self.relay.poller
-            if poller is not None:
-                poller.watch(self)
-            else:
-                self.relay.reactor.addReader(self)
+            self._interest_changed(self.relay.reactor.addReader)
 
     def stop_reading(self) -> None:
         if self.reading:
             self.reading = False
-            poller = self.relay.poller
-            if poller is not None:
-                poller.watch(self)
-            else:
-                self.relay.reactor.removeReader(self)
+            self._interest_changed(self.relay.reactor.removeReader)
 
     def start_writing(self, pump: _Pump) -> None:
         if not self.writing and not self.relay.finished:
             self.writing = True
-            poller = self.relay.poller
-            if poller is not None:
-                poller.watch(self)
-            else:
-                self.relay.reactor.addWriter(self)
+            self._interest_changed(self.relay.reactor.addWriter)
 
     def stop_writing(self, pump: _Pump) -> None:
         if self.writing:
             self.writing = False
-            poller = self.relay.poller
-            if poller is not None:
-                poller.watch(self)
-            else:
-                self.relay.reactor.removeWriter(self)
+            self._interest_changed(self.relay.reactor.removeWriter)
+
+    def _interest_changed(self, with_reactor: Callable[[_End], None]) -> None:
+        """Tell the shared poller (which reads C{reading}/C{writing}), or the reactor."""
+        poller = self.relay.poller
+        if poller is not None:
+            poller.watch(self)
+        else:
+            with_reactor(self)
 
 
 _IN = select.EPOLLIN
