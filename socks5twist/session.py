@@ -193,8 +193,12 @@ class SOCKS5ServerProtocol(Protocol):
         self.outcome = self.outcome or outcome
         transports = [self.transport]
         if isinstance(self.relay, SpliceRelay):
+            # The relay thread holds the client's socket: the relay ends the
+            # tunnel and then resets the client's connection itself.
             self.relay.abort()
-        elif self.relay is not None:
+            self._close(outcome)
+            return
+        if self.relay is not None:
             transports.append(self.relay.remote_transport)
         self._close(outcome)
         for transport in transports:

@@ -1,6 +1,7 @@
 """
 The zero-copy relay (Linux): once a tunnel is open, bytes move from socket to
-pipe to socket with C{splice(2)} and never enter Python.
+pipe to socket with C{splice(2)} and never enter Python, in a thread of the
+relay's own (L{_Loop}: why, and who owns what).
 
 Used only when the client's end is a plain TCP transport of Twisted's own
 (no TLS, no PROXY-protocol wrapper) with nothing left in its write buffer,
@@ -9,15 +10,15 @@ CONNECT destination: see L{socks5twist.outbound.connect_socket}); every
 other tunnel uses L{socks5twist.relay.StreamRelay}.
 
 Each direction is a L{_Pump}: a pipe between a source and a destination
-socket.  The reactor's readiness drives it: the source is read only while the
-pipe has room, and when the destination cannot take more, the source is not
-read until it can, so at most one pipe's worth of bytes (L{PIPE_SIZE}) waits
-per direction: the same flow control as the stream relay, without the
-copies.  EOF from a source shuts the destination's write half once the pipe
-is empty, and the other direction keeps flowing; when both directions are
+socket.  Readiness drives it: the source is read only while the pipe has
+room, and when the destination cannot take more, the source is not read
+until it can, so at most one pipe's worth of bytes (L{PIPE_SIZE}) waits per
+direction: the same flow control as the stream relay, without the copies.
+EOF from a source shuts the destination's write half once the pipe is
+empty, and the other direction keeps flowing; when both directions are
 done, or on any error, both connections are closed: a transport through
-Twisted, so that its protocol sees C{connectionLost} as usual, a bare socket
-by the relay.
+Twisted (in the reactor's thread), so that its protocol sees
+C{connectionLost} as usual, a bare socket by the relay.
 
 A direction starts by copying through a buffer of L{COPY_SIZE} bytes and
 makes its pipe only when a read fills that buffer: short exchanges never pay
@@ -31,11 +32,14 @@ import fcntl
 import os
 import select
 import socket
+import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReadDescriptor, IReadWriteDescriptor
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,6 +49,9 @@ from .relay import IdleClock, Side, plain_and_idle
 
 PIPE_SIZE = 1 << 20
 COPY_SIZE = 1 << 16  # the buffer of a direction that could not get a pipe
+# Reads (both ways) a tunnel makes through the reactor before it moves to
+# the relay thread: short sessions never pay for the move (see SpliceRelay).
+MOVE_AFTER = 8
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK)
 
@@ -101,7 +108,7 @@ class _Pump:
             except OSError as e:
                 # Out of descriptors (EMFILE): keep the tunnel working by
                 # copying through a bounded buffer instead.
-                log.info("no pipe for splice ({error}); copying instead", error=e)
+                self.relay.log_info("no pipe for splice ({error}); copying instead", error=e)
                 self.copying = self.no_pipe = True
         if self.copying or self.pipe is None:
             self.copy()
@@ -151,14 +158,19 @@ class _Pump:
             self.pending = data[sent:]
             self._wait_for_sink()
 
-    def drain(self) -> None:
-        """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
+    def send_pending(self) -> None:
+        """Send what is pending, as far as the sink takes it now."""
         if self.pending:
             try:
                 sent = self.sink.sock.send(self.pending)
             except BlockingIOError:
                 sent = 0
             self.pending = self.pending[sent:]
+
+    def drain(self) -> None:
+        """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
+        if self.pending:
+            self.send_pending()
             if self.pending:
                 self._wait_for_sink()
                 return
@@ -217,7 +229,10 @@ def _make_pipe() -> tuple[int, int]:
 
 @implementer(IReadWriteDescriptor)
 class _End:
-    """One socket of the tunnel, as the reactor sees it while splicing."""
+    """
+    One socket of the tunnel: a reader and writer of the reactor's while the
+    tunnel is new, then of the relay thread's (L{SpliceRelay.move_to_thread}).
+    """
 
     __slots__ = ("fd", "incoming", "outgoing", "reading", "relay", "sock", "transport", "writing")
 
@@ -237,7 +252,19 @@ class _End:
         self.reading = False
         self.writing = False
 
-    # IReadWriteDescriptor
+    def do_read(self) -> None:
+        pump = self.outgoing
+        assert pump is not None
+        if pump.copying:
+            pump.copy()
+        else:
+            pump.fill()
+
+    def do_write(self) -> None:
+        assert self.incoming is not None
+        self.incoming.drain()
+
+    # IReadWriteDescriptor, while the reactor watches this socket.
     def fileno(self) -> int:
         return self.fd
 
@@ -245,27 +272,33 @@ class _End:
         return "SpliceRelay"
 
     def doRead(self) -> None:
-        if self.relay.finished:
+        relay = self.relay
+        if relay.finished:
             return
-        pump = self.outgoing
-        assert pump is not None
         try:
-            if pump.copying:
-                pump.copy()
-            else:
-                pump.fill()
+            self.do_read()
         except OSError as e:
             if e.errno not in _AGAIN:
-                self.relay.abort()
+                relay._release(abort=True)
+            return
+        relay.reads += 1
+        if relay.reads == MOVE_AFTER:
+            relay.move_to_thread()
 
     def doWrite(self) -> None:
-        assert self.incoming is not None
-        self.relay.guard(self.incoming.drain)
+        relay = self.relay
+        if relay.finished:
+            return
+        try:
+            self.do_write()
+        except OSError as e:
+            if e.errno not in _AGAIN:
+                relay._release(abort=True)
 
     def connectionLost(self, reason: Failure) -> None:
-        self.relay.abort()
+        self.relay._release(abort=True)
 
-    # Interest in readiness: in the shared poller's set, or the reactor's.
+    # Interest in readiness: in the relay thread's set, or the reactor's.
     def start_reading(self) -> None:
         if not self.reading and not self.relay.finished:
             self.reading = True
@@ -287,10 +320,9 @@ class _End:
             self._interest_changed(self.relay.reactor.removeWriter)
 
     def _interest_changed(self, with_reactor: Callable[[_End], None]) -> None:
-        """Tell the shared poller (which reads C{reading}/C{writing}), or the reactor."""
-        poller = self.relay.poller
-        if poller is not None:
-            poller.watch(self)
+        loop = self.relay.loop
+        if loop is not None:
+            loop.watch(self)
         else:
             with_reactor(self)
 
@@ -300,98 +332,212 @@ _OUT = select.EPOLLOUT
 _HUP = select.EPOLLHUP | select.EPOLLERR
 
 
-@implementer(IReadDescriptor)
-class _Poller:
+class _Loop:
     """
-    One C{epoll} set for the sockets of a reactor's splice relays, itself
-    one reader of the reactor.
+    The relay thread of a reactor: one C{epoll} set holding the sockets of
+    every splice tunnel, and a plain loop that moves their bytes.
 
-    The reactor passes each readiness event through its logging context
-    (several function calls and dictionary copies); here one reactor event
-    carries every relay socket that is ready, each dispatched with a method
-    call.  That pays when many tunnels are busy at once, and costs a little
-    when few are: the nested set adds a wake-up step and a system call to
-    each event, about 7 µs on a round trip through a lone tunnel.  So a
-    tunnel joins the set only when L{SHARED_FROM} tunnels or more are open
-    (L{open} counts them); below that its sockets are the reactor's own
-    readers and writers.  The set is level-triggered, like the reactor's,
-    and holds exactly the interest of each socket (reading, writing, both or
-    neither).
+    Why a thread: the reactor passes each readiness event through its main
+    loop and its logging context, which costs about 14 µs of Python per
+    round trip through a tunnel, more than everything the relay itself does
+    (a plain C{epoll} loop dispatches the same events for about 5 µs).  Here
+    the events of every open tunnel go straight from C{epoll} to the pumps.
+    The reactor thread keeps everything else: accepting, negotiating,
+    connecting, timers and logs; it hands a tunnel over once its sockets are
+    connected (L{SpliceRelay.start}) and gets the transports back when the
+    tunnel ends.  The two threads share the GIL, but every socket operation
+    releases it, so while one thread is in the kernel the other runs.
+
+    Who owns what, so that no descriptor is used by one thread while the
+    other closes it: from L{SpliceRelay.start} until it ends, a tunnel's
+    sockets, pipes and pumps belong to this thread (the transports have
+    stopped reading and writing, so the reactor does not look at them).  The
+    reactor thread asks for things with L{call} (close, abort), which queues
+    them and wakes the loop through an C{eventfd}; the loop ends a tunnel by
+    dropping its sockets from the set, closing its pipes and its bare
+    socket, and only then queueing the transports back to the reactor
+    thread (L{hand_back}), which closes them as Twisted transports.
+
+    The thread lives while tunnels are open and for L{LINGER} seconds after
+    the last one ends, so an idle server holds no thread or descriptor of
+    the relay's, and a busy one does not start a thread per tunnel.  When
+    the reactor shuts down, the thread is stopped and joined, and whatever
+    is still open is ended in the reactor's own thread (in the "during"
+    phase: a server's graceful stop has had its "before" phase).  L{_lock}
+    guards what both threads decide on: L{running}, L{open} and the queue's
+    wake-up.
     """
 
-    BATCH = 128
-    SHARED_FROM = 4
+    BATCH = 256
+    LINGER = 1.0
 
     def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self.open = 0  # splice relays open on this reactor, shared or not
-        # Only while some socket is watched: no descriptor outlives the
-        # tunnels, and an idle reactor holds nothing of the relay's.
-        self._epoll: select.epoll | None = None
-        self._ends: dict[int, _End] = {}
+        self.reactor = reactor
+        self.ends: dict[int, _End] = {}
+        self.open = 0  # relays made for this loop and not yet handed back
+        self.running = True
+        self._epoll = select.epoll()
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake, _IN)
+        self._inbox: deque[Callable[[], None]] = deque()  # reactor → loop
+        self._outbox: deque[tuple[SpliceRelay, bool]] = deque()  # loop → reactor
+        self._posted = False  # a hand-back call is queued in the reactor
+        self._thread = threading.Thread(target=self._run, name="socks5twist splice", daemon=True)
+        self._thread.start()
 
-    def fileno(self) -> int:
-        return -1 if self._epoll is None else self._epoll.fileno()
+    # -- from the reactor thread ------------------------------------------------
 
-    def logPrefix(self) -> str:
-        return "SpliceRelay"
+    def call(self, step: Callable[[], None]) -> None:
+        """Run C{step} in the relay thread (here, once the thread has stopped)."""
+        with _lock:
+            if self.running:
+                inbox = self._inbox
+                inbox.append(step)
+                if len(inbox) == 1:  # the loop empties the queue on one wake-up
+                    os.eventfd_write(self._wake, 1)
+                return
+        step()
+
+    def stop(self) -> None:
+        """Stop the thread, then end what is still open, here."""
+        with _lock:
+            if not self.running:
+                return
+            self.running = False
+            os.eventfd_write(self._wake, 1)
+        self._thread.join(5.0)
+        while self._inbox:
+            self._inbox.popleft()()
+        for relay in {end.relay for end in list(self.ends.values())}:
+            relay._release(abort=True)
+        self._give_back()
+        self._close()
+
+    # -- from the relay thread (or the reactor's, once it has stopped) ------
 
     def watch(self, end: _End) -> None:
         """Make the set hold C{end}'s interest as it is now."""
         mask = (_IN if end.reading else 0) | (_OUT if end.writing else 0)
         fd = end.fd
-        epoll = self._epoll
-        if epoll is not None and fd in self._ends:
+        ends = self.ends
+        if ends.get(fd) is end:
             if mask:
-                epoll.modify(fd, mask)
+                self._epoll.modify(fd, mask)
             else:
-                del self._ends[fd]
-                epoll.unregister(fd)
-                if not self._ends:
-                    self._reactor.removeReader(self)
-                    self._epoll = None
-                    epoll.close()
+                del ends[fd]
+                self._epoll.unregister(fd)
         elif mask:
-            if epoll is None:
-                epoll = self._epoll = select.epoll()
-                self._reactor.addReader(self)
-            epoll.register(fd, mask)
-            self._ends[fd] = end
+            self._epoll.register(fd, mask)
+            ends[fd] = end
 
-    def doRead(self) -> None:
-        if self._epoll is None:
-            return
-        ends = self._ends
-        for fd, event in self._epoll.poll(0, self.BATCH):
-            end = ends.get(fd)
-            if end is None:
-                continue
+    def hand_back(self, relay: SpliceRelay, abort: bool) -> None:
+        """A tunnel has ended: its transports go back to the reactor thread."""
+        with _lock:
+            self.open -= 1
+        if threading.get_ident() == self._thread.ident:
+            self._outbox.append((relay, abort))
+        else:
+            relay._hand_back(abort)
+
+    def log_failure(self, message: str) -> None:
+        """Log the exception being handled, through the reactor thread."""
+        failure = Failure()
+        self.reactor.callFromThread(log.failure, message, failure)
+
+    def log_info(self, message: str, **fields: object) -> None:
+        self.reactor.callFromThread(log.info, message, **fields)
+
+    def _run(self) -> None:
+        poll = self._epoll.poll
+        ends = self.ends
+        wake = self._wake
+        while self.running:
             try:
-                # Interest is checked again: an earlier event of the same
-                # batch may have paused this socket.
-                if event & (_IN | _HUP) and end.reading:
-                    end.doRead()
-                if event & (_OUT | _HUP) and end.writing and fd in ends:
-                    end.doWrite()
+                events = poll(-1 if self.open else self.LINGER, self.BATCH)
+            except InterruptedError:
+                continue
+            if not events and self._linger_over():
+                return
+            for fd, event in events:
+                if fd == wake:
+                    self._run_inbox()
+                    continue
+                end = ends.get(fd)
+                if end is None:
+                    continue
+                try:
+                    # Interest is checked again: an earlier event of the
+                    # same batch may have paused this socket or ended it.
+                    if event & (_IN | _HUP) and end.reading:
+                        end.do_read()
+                    if event & (_OUT | _HUP) and end.writing and ends.get(fd) is end:
+                        end.do_write()
+                except OSError as e:
+                    if e.errno not in _AGAIN:
+                        end.relay._release(abort=True)
+                except Exception:
+                    self.log_failure("splice relay")
+                    end.relay._release(abort=True)
+            if self._outbox and not self._posted:
+                self._posted = True
+                self.reactor.callFromThread(self._give_back)
+
+    def _linger_over(self) -> bool:
+        """No tunnel for L{LINGER} seconds: end the thread (unless one just came)."""
+        with _lock:
+            if self.open or self._inbox or not self.running:
+                return False
+            self.running = False
+            self._close()
+        return True
+
+    def _close(self) -> None:
+        self._epoll.close()
+        os.close(self._wake)
+
+    def _run_inbox(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        inbox = self._inbox
+        while inbox:
+            step = inbox.popleft()
+            try:
+                step()
             except Exception:
-                log.failure("splice relay")
-                end.relay.abort()
+                self.log_failure("splice relay")
 
-    def connectionLost(self, reason: Failure) -> None:
-        # The reactor is shutting down: every tunnel ends (and the last one
-        # to go closes the set).
-        for end in list(self._ends.values()):
-            end.relay.abort()
+    def _give_back(self) -> None:
+        # In the reactor thread.  The flag goes down first, so a tunnel that
+        # ends while this runs queues a call of its own.
+        self._posted = False
+        outbox = self._outbox
+        while outbox:
+            relay, abort = outbox.popleft()
+            relay._hand_back(abort)
 
 
-_pollers: dict[int, _Poller] = {}
+_lock = threading.Lock()
+_loops: dict[int, _Loop] = {}
 
 
-def _poller_for(reactor: Any) -> _Poller:
-    poller = _pollers.get(id(reactor))
-    if poller is None or poller._reactor is not reactor:
-        poller = _pollers[id(reactor)] = _Poller(reactor)
-    return poller
+def _enter(reactor: Any) -> _Loop:
+    """The relay thread of C{reactor}, started if there is none, counting one more relay."""
+    with _lock:
+        loop = _loops.get(id(reactor))
+        if loop is None or loop.reactor is not reactor:
+            reactor.addSystemEventTrigger("during", "shutdown", _stop, reactor)
+        if loop is None or loop.reactor is not reactor or not loop.running:
+            loop = _loops[id(reactor)] = _Loop(reactor)
+        loop.open += 1
+        return loop
+
+
+def _stop(reactor: Any) -> None:
+    loop = _loops.get(id(reactor))
+    if loop is not None and loop.reactor is reactor:
+        loop.stop()
 
 
 class SpliceRelay:
@@ -401,16 +547,24 @@ class SpliceRelay:
     The client is one of Twisted's TCP transports; the destination is one
     too, or a bare connected socket, which the relay then owns and closes.
     Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
-    C{down}, L{close}, L{abort}, L{lost}.  C{to_client} and C{to_remote} are
-    bytes to send before anything relayed (the CONNECT reply, data the
-    client sent early).
+    C{down}, L{close}, L{abort}, L{lost}, all called from the reactor
+    thread.  C{to_client} and C{to_remote} are bytes to send before anything
+    relayed (the CONNECT reply, data the client sent early).
+
+    A tunnel starts in the reactor's thread, its sockets the reactor's
+    readers and writers; after L{MOVE_AFTER} reads (four round trips) it
+    moves to the relay thread (L{_Loop}), where each event costs a third of
+    the Python.  Most sessions are over in a few reads and never pay for
+    the move (two wake-ups across threads, and the threads' turns at the
+    GIL: about a quarter of the sessions per second, measured); an
+    interactive or bulk tunnel moves in its first round trips.
     """
 
     kind = "splice"
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_lost", "_on_idle", "_remote",
-        "_shared", "_up", "finished", "idle", "poller", "reactor",
+        "_up", "finished", "idle", "loop", "reactor", "reads",
     )  # fmt: skip
 
     def __init__(
@@ -424,9 +578,8 @@ class SpliceRelay:
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.reactor = reactor
-        shared = self._shared = _poller_for(reactor)
-        self.poller = shared if shared.open >= shared.SHARED_FROM else None
-        shared.open += 1  # until _finish, which every relay reaches
+        self.loop: _Loop | None = None  # the relay thread, once the tunnel has moved
+        self.reads = 0
         self._client = _End(self, client)
         self._remote = _End(self, remote)
         self._early = len(to_remote)  # counted as relayed, as the stream relay does
@@ -455,21 +608,47 @@ class SpliceRelay:
                 end.transport.stopWriting()
         if self.idle is not None:
             self.idle.start()
-        self.guard(self._start)
+        self._step(self._start)
 
     def _start(self) -> None:
-        for pump in (self._up, self._down):
-            pump.drain()  # sends what is pending, then starts reading
+        for pump in (self._down, self._up):
+            pump.drain()  # sends what is pending (the reply first), then starts reading
 
-    def guard(self, step: Callable[[], None]) -> None:
-        """Run a pump step; any socket error ends the tunnel (both sides)."""
+    def move_to_thread(self) -> None:
+        """Move from the reactor's readers and writers to the relay thread's set."""
+        if self.finished or self.loop is not None:
+            return
+        reactor = self.reactor
+        for end in (self._client, self._remote):
+            if end.reading:
+                reactor.removeReader(end)
+            if end.writing:
+                reactor.removeWriter(end)
+        loop = self.loop = _enter(reactor)
+        loop.call(self._resume)
+
+    def _resume(self) -> None:
+        # In the relay thread: the same interest, now in its set.
+        if not self.finished:
+            for end in (self._client, self._remote):
+                self.loop.watch(end)  # type: ignore[union-attr]
+
+    def _step(self, step: Callable[[], None]) -> None:
+        """Run a pump step here; any socket error ends the tunnel (both sides)."""
         if self.finished:
             return
         try:
             step()
         except OSError as e:
             if e.errno not in _AGAIN:
-                self.abort()
+                self._release(abort=True)
+
+    def log_info(self, message: str, **fields: object) -> None:
+        """Log from where the tunnel runs."""
+        if self.loop is None:
+            log.info(message, **fields)
+        else:
+            self.loop.log_info(message, **fields)
 
     def other(self, pump: _Pump) -> _Pump:
         """The pump of the other direction."""
@@ -477,51 +656,67 @@ class SpliceRelay:
 
     def direction_done(self) -> None:
         if self._up.done and self._down.done:
-            self._finish(abort=False)
+            self._release(abort=False)
+
+    # -- from the reactor thread ------------------------------------------------
 
     def close(self) -> None:
         """Close both sides."""
-        self._finish(abort=False)
+        self._end(abort=False)
 
     def abort(self) -> None:
-        self._finish(abort=True)
+        self._end(abort=True)
 
     def lost(self, side: Side) -> None:
         """A transport reported C{connectionLost}: make sure the other goes too."""
         self._lost.add(side)
-        self._finish(abort=False)
+        self._end(abort=False)
 
     def _idled(self) -> None:
+        if self.finished:
+            return  # ended in the relay thread; its hand-back is on the way
         if self._on_idle is not None:
             self._on_idle()
-        self._finish(abort=False)
+        self._end(abort=False)
 
-    def _finish(self, abort: bool) -> None:
+    def _end(self, abort: bool) -> None:
+        if self.loop is None:
+            self._release(abort)
+        else:
+            self.loop.call(lambda: self._release(abort))
+
+    # -- ending: L{_release} where the tunnel runs, L{_hand_back} in the reactor
+
+    def _release(self, abort: bool) -> None:
+        """Let go of the sockets and pipes, then hand the transports back."""
         if self.finished:
             return
         self.finished = True
-        self._shared.open -= 1
-        if self.idle is not None:
-            self.idle.stop()
         for end in (self._client, self._remote):
             end.stop_reading()
             end.stop_writing(self._up)
         for pump in (self._up, self._down):
             pump.close_pipe()
-        # Hand the sockets back to their transports to close, so that the
+        for end in (self._client, self._remote):
+            if end.transport is None:
+                end.sock.close()  # a bare socket is the relay's own
+        if self.loop is None:
+            self._hand_back(abort)
+        else:
+            self.loop.hand_back(self, abort)
+
+    def _hand_back(self, abort: bool) -> None:
+        # Give the sockets back to their transports to close, so that the
         # protocols see connectionLost and Twisted closes the descriptors.
         # Nothing was ever written through these transports while splicing,
-        # so there is nothing of theirs to flush: a clean end closes them at
-        # once instead of waiting a reactor turn for a writable event.  A
-        # bare socket is the relay's own to close.
+        # so there is nothing of theirs to flush: they close at once,
+        # instead of waiting a reactor turn for a writable event.
+        if self.idle is not None:
+            self.idle.stop()
         for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
             transport = end.transport
-            if transport is None:
-                end.sock.close()
+            if transport is None or side in self._lost:
                 continue
-            if side in self._lost:
-                continue
-            if abort:
-                transport.abortConnection()
-            elif transport.connected and not transport.disconnected:
-                transport.connectionLost(connectionDone)
+            if transport.connected and not transport.disconnected:
+                # (ConnectionAborted: Twisted resets the connection.)
+                transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)

@@ -1,17 +1,21 @@
 """
-The splice relay's shared poller, on the real reactor: the first tunnels'
-sockets are the reactor's own readers, the tunnels after those share one
-reader, and nothing is left when they end.  (The relay's flow control,
-half-close and fallback are tested end to end in tests/test_server.py.)
+The splice relay's thread, on the real reactor: tunnels move their bytes in
+the relay thread without the reactor watching their sockets, end cleanly
+both ways, hand their transports back to the reactor thread, and are ended
+in the reactor's thread when the relay thread stops.  (The relay's flow
+control, half-close and fallback are tested end to end in
+tests/test_server.py.)
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 from typing import Any
 
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from socks5twist import splice
@@ -21,9 +25,19 @@ from socks5twist.splice import SpliceRelay
 class _Keep(protocol.Protocol):
     def __init__(self, seen: list[Any]) -> None:
         self.seen = seen
+        self.lost: Failure | None = None
+        self.lost_in: int | None = None
 
     def connectionMade(self) -> None:
         self.seen.append(self)
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost = reason
+        self.lost_in = threading.get_ident()
+
+
+def _turn() -> defer.Deferred[None]:
+    return deferLater(reactor, 0.01, lambda: None)
 
 
 @defer.inlineCallbacks
@@ -34,7 +48,7 @@ def _read(sock: socket.socket, n: int) -> Any:
         try:
             chunk = sock.recv(n - len(data))
         except BlockingIOError:
-            yield deferLater(reactor, 0.01, lambda: None)
+            yield _turn()
             continue
         if not chunk:
             break
@@ -44,62 +58,196 @@ def _read(sock: socket.socket, n: int) -> Any:
     return data
 
 
-class PollerTests(TestCase):
+@defer.inlineCallbacks
+def _until(condition: Any, what: str) -> Any:
+    for _ in range(300):
+        if condition():
+            return
+        yield _turn()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class RelayThreadTests(TestCase):
     if not splice.available():
         skip = "no splice(2) on this platform"
 
     @defer.inlineCallbacks
-    def test_few_tunnels_direct_many_tunnels_one_reader_none_left_after(self) -> Any:
-        connected: list[Any] = []
+    def _tunnels(self, count: int) -> Any:
+        """C{count} tunnels: (client socket, relay, remote socket, server protocol)."""
+        connected: list[_Keep] = []
         factory = protocol.Factory.forProtocol(lambda: _Keep(connected))
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[arg-type]
         self.addCleanup(port.stopListening)
         port_number = port.getHost().port  # type: ignore[attr-defined]
-        clients, remotes, relays = [], [], []
-        direct = splice._Poller.SHARED_FROM
-        count = direct + 5
+        clients = []
         for _ in range(count):
             client = socket.create_connection(("127.0.0.1", port_number))
             clients.append(client)
             self.addCleanup(client.close)
-        for _ in range(50):
-            if len(connected) == count:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        readers_before = set(reactor.getReaders())
-        for proto in connected:
+        yield _until(lambda: len(connected) == count, "the connections")
+        tunnels = []
+        for client, proto in zip(clients, connected, strict=True):
             mine, theirs = socket.socketpair()
             mine.setblocking(False)
             theirs.setblocking(False)
-            remotes.append(theirs)
             self.addCleanup(theirs.close)
-            relay = SpliceRelay(reactor, proto.transport, mine)
+            relay = SpliceRelay(reactor, proto.transport, mine, to_client=b"hi")  # type: ignore[arg-type]
+            tunnels.append((client, relay, theirs, proto))
+        return tunnels
+
+    @defer.inlineCallbacks
+    def test_bytes_flow_in_the_relay_thread_and_nothing_is_left(self) -> Any:
+        tunnels = yield self._tunnels(6)
+        for _, relay, _, _ in tunnels:
             relay.start()
-            relays.append(relay)
-        added = set(reactor.getReaders()) - readers_before
-        # Two sockets each for the first tunnels, one poller for the rest.
-        self.assertEqual(len(added), 2 * direct + 1)
-        (poller,) = [r for r in added if isinstance(r, splice._Poller)]
-        self.assertEqual([r.poller for r in relays], [None] * direct + [poller] * 5)
-        for index, (client, remote) in enumerate(zip(clients, remotes, strict=True)):
+        # A new tunnel's sockets are the reactor's (the transports no longer read).
+        transports = {proto.transport for _, _, _, proto in tunnels}
+        ends = {end for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
+        self.assertEqual(transports & set(reactor.getReaders()), set())
+        self.assertEqual(ends - set(reactor.getReaders()), set())
+        for _, relay, _, _ in tunnels:
+            relay.move_to_thread()
+        loop = tunnels[0][1].loop
+        assert loop is not None
+        self.assertTrue(all(relay.loop is loop for _, relay, _, _ in tunnels))
+        # The reactor no longer watches the tunnels' sockets; the relay thread does.
+        watched = set(reactor.getReaders()) | set(reactor.getWriters())
+        self.assertEqual((transports | ends) & watched, set())
+        fds = {end.fd for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
+        yield _until(lambda: fds <= set(loop.ends), "the relay thread to watch the sockets")
+        for index, (client, _, remote, _) in enumerate(tunnels):
+            client.setblocking(False)
+            self.assertEqual((yield _read(client, 2)), b"hi")
             client.sendall(b"up %d" % index)
             self.assertEqual((yield _read(remote, 4)), b"up %d" % index)
             remote.sendall(b"down %d" % index)
-        for client in clients:
-            client.setblocking(False)
-        for index, client in enumerate(clients):
+        for index, (client, _, _, _) in enumerate(tunnels):
             self.assertEqual((yield _read(client, 6)), b"down %d" % index)
-        for client, remote in zip(clients, remotes, strict=True):
+        for client, _, remote, _ in tunnels:
             client.shutdown(socket.SHUT_WR)
             remote.shutdown(socket.SHUT_WR)
-        for _ in range(100):
-            if all(relay.finished for relay in relays):
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.assertTrue(all(relay.finished for relay in relays))
-        left = [r for r in reactor.getReaders() if isinstance(r, (splice._End, splice._Poller))]
-        self.assertEqual(left, [])
-        self.assertEqual(poller.fileno(), -1)  # its epoll set is closed
-        self.assertEqual(poller.open, 0)
-        self.assertEqual([relay.up for relay in relays], [4] * count)
-        self.assertEqual([relay.down for relay in relays], [6] * count)
+        # Each EOF is passed on, and then both connections close.
+        for client, _, remote, _ in tunnels:
+            self.assertEqual((yield _read(client, 1)), b"")
+            self.assertEqual((yield _read(remote, 1)), b"")
+        protos = [proto for _, _, _, proto in tunnels]
+        yield _until(lambda: all(p.lost is not None for p in protos), "connectionLost")
+        self.assertTrue(all(relay.finished for _, relay, _, _ in tunnels))
+        self.assertEqual(fds & set(loop.ends), set())
+        self.assertEqual(loop.open, 0)
+        # Transports are closed in the reactor's thread, cleanly.
+        for proto in protos:
+            assert proto.lost is not None
+            proto.lost.trap(error.ConnectionDone)
+            self.assertEqual(proto.lost_in, threading.get_ident())
+        self.assertEqual([relay.up for _, relay, _, _ in tunnels], [4] * 6)
+        self.assertEqual(
+            [relay.down for _, relay, _, _ in tunnels], [6] * 6
+        )  # the reply (to_client) is not relayed data
+
+    @defer.inlineCallbacks
+    def test_abort_from_the_reactor_resets_the_client(self) -> Any:
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        relay.start()
+        relay.move_to_thread()
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        relay.abort()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionAborted)
+        self.assertEqual((yield _read(remote, 1)), b"")  # the bare socket is closed
+        with self.assertRaises(ConnectionResetError):
+            client.recv(1)
+
+    @defer.inlineCallbacks
+    def test_stopping_the_thread_ends_open_tunnels_here(self) -> Any:
+        tunnels = yield self._tunnels(2)
+        for _, relay, _, _ in tunnels:
+            relay.start()
+            relay.move_to_thread()
+        loop = tunnels[0][1].loop
+        assert loop is not None
+        fds = {end.fd for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
+        yield _until(lambda: fds <= set(loop.ends), "the relay thread to watch the sockets")
+        loop.stop()
+        # Joined, and everything ended synchronously, in this thread.
+        self.assertFalse(loop._thread.is_alive())
+        self.assertEqual(loop.ends, {})
+        self.assertEqual(loop.open, 0)
+        for _, relay, remote, proto in tunnels:
+            self.assertTrue(relay.finished)
+            assert proto.lost is not None
+            proto.lost.trap(error.ConnectionAborted)
+            self.assertEqual(proto.lost_in, threading.get_ident())
+            self.assertEqual((yield _read(remote, 1)), b"")
+        # The next tunnel gets a new relay thread.
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        relay.start()
+        relay.move_to_thread()
+        assert relay.loop is not None
+        self.assertIsNot(relay.loop, loop)
+        self.assertTrue(relay.loop.running)
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        client.sendall(b"ping")
+        self.assertEqual((yield _read(remote, 4)), b"ping")
+        relay.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_the_thread_ends_when_no_tunnel_is_left(self) -> Any:
+        self.patch(splice._Loop, "LINGER", 0.05)
+        [(client, relay, _, proto)] = yield self._tunnels(1)
+        relay.start()
+        relay.move_to_thread()
+        loop = relay.loop
+        assert loop is not None
+        relay.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+        yield _until(lambda: not loop._thread.is_alive(), "the relay thread to end")
+        self.assertFalse(loop.running)
+        with self.assertRaises(ValueError):
+            loop._epoll.fileno()  # closed
+        [(client, relay, _, proto)] = yield self._tunnels(1)
+        relay.start()
+        relay.move_to_thread()
+        self.assertIsNot(relay.loop, loop)
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        relay.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_a_tunnel_moves_to_the_thread_after_some_reads(self) -> Any:
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        relay.start()
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        for index in range(splice.MOVE_AFTER // 2):  # a round trip is two reads
+            self.assertIsNone(relay.loop)
+            client.sendall(b"%03d" % index)
+            self.assertEqual((yield _read(remote, 3)), b"%03d" % index)
+            remote.sendall(b"ok")
+            self.assertEqual((yield _read(client, 2)), b"ok")
+        self.assertIsNotNone(relay.loop)
+        self.assertNotIn(relay._client, reactor.getReaders())
+        client.sendall(b"after")
+        self.assertEqual((yield _read(remote, 5)), b"after")
+        relay.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_in_the_reactor_an_abort_is_immediate(self) -> Any:
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        relay.start()
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        relay.abort()
+        self.assertTrue(relay.finished)
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionAborted)
+        self.assertNotIn(relay._client, reactor.getReaders())
+        self.assertEqual((yield _read(remote, 1)), b"")
+        with self.assertRaises(ConnectionResetError):
+            client.recv(1)
