@@ -278,25 +278,39 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
+def busy_and_quiet_tunnels(server, echo_server: Addr) -> list[socket.socket]:
+    """Two tunnels: one that has made round trips enough to move to the relay thread, one not."""
+    busy, code = rawsocks.connect(server.address, *echo_server)
+    assert code == 0
+    for i in range(8):
+        busy.sendall(b"trip %d" % i)
+        assert rawsocks.recv_exact(busy, 6) == b"trip %d" % i
+    quiet, code = rawsocks.connect(server.address, *echo_server)
+    assert code == 0
+    return [busy, quiet]
+
+
 def test_grace_expiry_and_a_second_sigterm_close_sessions(start_server, echo_server: Addr) -> None:
     server = start_server("--shutdown-grace", "1")
-    tunnel, _ = rawsocks.connect(server.address, *echo_server)
+    tunnels = busy_and_quiet_tunnels(server, echo_server)
     server.process.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    assert closed_by_server(tunnel)
+    assert all(closed_by_server(tunnel) for tunnel in tunnels)
     assert 0.5 < time.monotonic() - started < 4
     server.process.wait(5)
-    assert "closing 1 sessions still open" in server.log()
+    assert "closing 2 sessions still open" in server.log()
+    assert len(server.session_lines()) == 2, server.log()
 
     second = start_server("--shutdown-grace", "60")
-    tunnel, _ = rawsocks.connect(second.address, *echo_server)
+    tunnels = busy_and_quiet_tunnels(second, echo_server)
     second.process.send_signal(signal.SIGTERM)
     wait_until(lambda: "stopped accepting" in second.log(), 5, "the server to stop accepting")
     second.process.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    assert closed_by_server(tunnel)
+    assert all(closed_by_server(tunnel) for tunnel in tunnels)
     second.process.wait(5)
     assert time.monotonic() - started < 3
+    assert len(second.session_lines()) == 2, second.log()
 
 
 def test_access_log_shared_by_workers_rotated_by_sighup(
