@@ -335,7 +335,8 @@ _HUP = select.EPOLLHUP | select.EPOLLERR
 class _Loop:
     """
     The relay thread of a reactor: one C{epoll} set holding the sockets of
-    every splice tunnel, and a plain loop that moves their bytes.
+    the splice tunnels that have moved here, and a plain loop that moves
+    their bytes.
 
     Why a thread: the reactor passes each readiness event through its main
     loop and its logging context, which costs about 14 µs of Python per
@@ -343,16 +344,16 @@ class _Loop:
     (a plain C{epoll} loop dispatches the same events for about 5 µs).  Here
     the events of every open tunnel go straight from C{epoll} to the pumps.
     The reactor thread keeps everything else: accepting, negotiating,
-    connecting, timers and logs; it hands a tunnel over once its sockets are
-    connected (L{SpliceRelay.start}) and gets the transports back when the
-    tunnel ends.  The two threads share the GIL, but every socket operation
+    connecting, timers and logs; it hands a tunnel over after its first round
+    trips (L{SpliceRelay.move_to_thread}) and gets the transports back when
+    the tunnel ends.  The two threads share the GIL, but every socket operation
     releases it, so while one thread is in the kernel the other runs.
 
     Who owns what, so that no descriptor is used by one thread while the
-    other closes it: from L{SpliceRelay.start} until it ends, a tunnel's
-    sockets, pipes and pumps belong to this thread (the transports have
-    stopped reading and writing, so the reactor does not look at them).  The
-    reactor thread asks for things with L{call} (close, abort), which queues
+    other closes it: from L{SpliceRelay.move_to_thread} until it ends, a
+    tunnel's sockets, pipes and pumps belong to this thread (the transports
+    have stopped reading and writing, so the reactor does not look at
+    them).  The reactor thread asks for things with L{call} (close, abort), which queues
     them and wakes the loop through an C{eventfd}; the loop ends a tunnel by
     dropping its sockets from the set, closing its pipes and its bare
     socket, and only then queueing the transports back to the reactor
@@ -364,7 +365,7 @@ class _Loop:
     the reactor shuts down, the thread is stopped and joined, and whatever
     is still open is ended in the reactor's own thread (in the "during"
     phase: a server's graceful stop has had its "before" phase).  L{_lock}
-    guards what both threads decide on: L{running}, L{open} and the queue's
+    guards what both threads decide on: L{running}, L{relays} and the queue's
     wake-up.
     """
 
@@ -374,7 +375,7 @@ class _Loop:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.ends: dict[int, _End] = {}
-        self.open = 0  # relays made for this loop and not yet handed back
+        self.relays: set[SpliceRelay] = set()  # moved here and not yet handed back
         self.running = True
         self._epoll = select.epoll()
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -408,7 +409,7 @@ class _Loop:
         self._thread.join(5.0)
         while self._inbox:
             self._inbox.popleft()()
-        for relay in {end.relay for end in list(self.ends.values())}:
+        for relay in list(self.relays):
             relay._release(abort=True)
         self._give_back()
         self._close()
@@ -433,7 +434,7 @@ class _Loop:
     def hand_back(self, relay: SpliceRelay, abort: bool) -> None:
         """A tunnel has ended: its transports go back to the reactor thread."""
         with _lock:
-            self.open -= 1
+            self.relays.discard(relay)
         if threading.get_ident() == self._thread.ident:
             self._outbox.append((relay, abort))
         else:
@@ -453,7 +454,7 @@ class _Loop:
         wake = self._wake
         while self.running:
             try:
-                events = poll(-1 if self.open else self.LINGER, self.BATCH)
+                events = poll(-1 if self.relays else self.LINGER, self.BATCH)
             except InterruptedError:
                 continue
             if not events and self._linger_over():
@@ -485,7 +486,7 @@ class _Loop:
     def _linger_over(self) -> bool:
         """No tunnel for L{LINGER} seconds: end the thread (unless one just came)."""
         with _lock:
-            if self.open or self._inbox or not self.running:
+            if self.relays or self._inbox or not self.running:
                 return False
             self.running = False
             self._close()
@@ -522,15 +523,15 @@ _lock = threading.Lock()
 _loops: dict[int, _Loop] = {}
 
 
-def _enter(reactor: Any) -> _Loop:
-    """The relay thread of C{reactor}, started if there is none, counting one more relay."""
+def _enter(reactor: Any, relay: SpliceRelay) -> _Loop:
+    """The relay thread of C{reactor} (started if there is none), for C{relay}."""
     with _lock:
         loop = _loops.get(id(reactor))
         if loop is None or loop.reactor is not reactor:
             reactor.addSystemEventTrigger("during", "shutdown", _stop, reactor)
         if loop is None or loop.reactor is not reactor or not loop.running:
             loop = _loops[id(reactor)] = _Loop(reactor)
-        loop.open += 1
+        loop.relays.add(relay)
         return loop
 
 
@@ -624,7 +625,7 @@ class SpliceRelay:
                 reactor.removeReader(end)
             if end.writing:
                 reactor.removeWriter(end)
-        loop = self.loop = _enter(reactor)
+        loop = self.loop = _enter(reactor, self)
         loop.call(self._resume)
 
     def _resume(self) -> None:

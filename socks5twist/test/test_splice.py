@@ -134,7 +134,7 @@ class RelayThreadTests(TestCase):
         yield _until(lambda: all(p.lost is not None for p in protos), "connectionLost")
         self.assertTrue(all(relay.finished for _, relay, _, _ in tunnels))
         self.assertEqual(fds & set(loop.ends), set())
-        self.assertEqual(loop.open, 0)
+        self.assertEqual(loop.relays, set())
         # Transports are closed in the reactor's thread, cleanly.
         for proto in protos:
             assert proto.lost is not None
@@ -174,7 +174,7 @@ class RelayThreadTests(TestCase):
         # Joined, and everything ended synchronously, in this thread.
         self.assertFalse(loop._thread.is_alive())
         self.assertEqual(loop.ends, {})
-        self.assertEqual(loop.open, 0)
+        self.assertEqual(loop.relays, set())
         for _, relay, remote, proto in tunnels:
             self.assertTrue(relay.finished)
             assert proto.lost is not None
