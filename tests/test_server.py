@@ -285,6 +285,59 @@ def test_no_descriptor_outlives_a_thousand_sessions(start_server, echo_server: A
     assert server.open_fds() == baseline
 
 
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_tunnels_in_the_relay_thread_end_every_way_and_leave_nothing(
+    start_server, echo_server: Addr
+) -> None:
+    """
+    Sixty tunnels at once, each past the round trips that move it to the
+    relay thread, then ended by a close, a half-close and a reset from the
+    client: every session logs its line, and the descriptors and the thread
+    go once the last tunnel has ended.
+    """
+    server = start_server()
+    baseline = server.open_fds()
+    assert threads(server.pid) == 1
+    tunnels = []
+    for _ in range(60):
+        sock, code = rawsocks.connect(server.address, *echo_server)
+        assert code == 0
+        tunnels.append(sock)
+    sent = [b""] * len(tunnels)
+    for trip in range(6):  # interleaved, so the thread holds many at once
+        for i, sock in enumerate(tunnels):
+            message = b"%02d.%d" % (i, trip) * (1 + i * 37)
+            sock.sendall(message)
+            sent[i] += message
+        for i, sock in enumerate(tunnels):
+            n = len(b"%02d.%d" % (i, trip) * (1 + i * 37))
+            assert rawsocks.recv_exact(sock, n) == sent[i][-n:]
+    assert threads(server.pid) == 2, "no relay thread"
+    for i, sock in enumerate(tunnels):
+        if i % 3 == 0:
+            sock.close()
+        elif i % 3 == 1:
+            sock.shutdown(socket.SHUT_WR)
+            digest = b"SHA256:" + hashlib.sha256(sent[i]).hexdigest().encode()
+            assert rawsocks.recv_exact(sock, len(digest)) == digest
+            assert sock.recv(1) == b""
+            sock.close()
+        else:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            sock.close()  # a reset
+    wait_until(lambda: len(server.session_lines()) >= 60, 10, "60 session lines")
+    lines = server.session_lines()
+    assert len(lines) == 60 and all("relay=splice" in x for x in lines)
+    wait_until(lambda: threads(server.pid) == 1, 10, "the relay thread to end")
+    wait_until(lambda: server.open_fds() <= baseline, 10, f"fds back to {baseline}")
+    assert server.open_fds() == baseline
+
+
 def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: Addr) -> None:
     server = start_server("--auth", "memory:u:p", "--handshake-timeout", "2")
     rng = random.Random(1928)
