@@ -338,6 +338,40 @@ def test_tunnels_in_the_relay_thread_end_every_way_and_leave_nothing(
     assert server.open_fds() == baseline
 
 
+def test_idle_timeout_in_the_relay_thread_and_on_the_reactor(
+    start_server, echo_server: Addr
+) -> None:
+    """Quiet tunnels close after --idle-timeout, wherever they run; a busy one stays."""
+    server = start_server("--idle-timeout", "1")
+    tunnels = []
+    for trips in (8, 1, 8):  # moved to the relay thread, not moved, moved and kept busy
+        sock, code = rawsocks.connect(server.address, *echo_server)
+        assert code == 0
+        for i in range(trips):
+            sock.sendall(b"trip %d" % i)
+            assert rawsocks.recv_exact(sock, 6) == b"trip %d" % i
+        tunnels.append(sock)
+    moved, quiet, busy = tunnels
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:
+        busy.sendall(b"still here")
+        assert rawsocks.recv_exact(busy, 10) == b"still here"
+        time.sleep(0.2)
+    for sock in (moved, quiet):
+        sock.settimeout(1)
+        try:
+            assert sock.recv(10) == b""
+        except ConnectionResetError:
+            pass
+    busy.sendall(b"and now?")
+    assert rawsocks.recv_exact(busy, 8) == b"and now?"
+    lines = wait_until(
+        lambda: [x for x in server.session_lines() if "idle timeout" in x], 5, "the idle lines"
+    )
+    assert len(lines) == 2, server.session_lines()
+    busy.close()
+
+
 def test_fuzzed_negotiations_get_a_reply_or_a_close(start_server, echo_server: Addr) -> None:
     server = start_server("--auth", "memory:u:p", "--handshake-timeout", "2")
     rng = random.Random(1928)
