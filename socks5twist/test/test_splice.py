@@ -97,22 +97,29 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_bytes_flow_in_the_relay_thread_and_nothing_is_left(self) -> Any:
-        tunnels = yield self._tunnels(6)
+        direct = splice._Poller.SHARED_FROM
+        tunnels = yield self._tunnels(direct + 2)
+        readers_before = set(reactor.getReaders())
         for _, relay, _, _ in tunnels:
             relay.start()
-        # A new tunnel's sockets are the reactor's (the transports no longer read).
+        # A new tunnel's sockets are the reactor's (the transports no longer
+        # read): the first ones' each a reader, the others' in one shared set.
         transports = {proto.transport for _, _, _, proto in tunnels}
-        ends = {end for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
-        self.assertEqual(transports & set(reactor.getReaders()), set())
-        self.assertEqual(ends - set(reactor.getReaders()), set())
+        added = set(reactor.getReaders()) - readers_before
+        self.assertEqual(transports & added, set())
+        self.assertEqual(len(added), 2 * direct + 1)
+        (poller,) = [r for r in added if isinstance(r, splice._Poller)]
+        self.assertEqual([r.poller for _, r, _, _ in tunnels], [None] * direct + [poller] * 2)
         for _, relay, _, _ in tunnels:
             relay.move_to_thread()
         loop = tunnels[0][1].loop
         assert loop is not None
         self.assertTrue(all(relay.loop is loop for _, relay, _, _ in tunnels))
         # The reactor no longer watches the tunnels' sockets; the relay thread does.
-        watched = set(reactor.getReaders()) | set(reactor.getWriters())
-        self.assertEqual((transports | ends) & watched, set())
+        self.assertEqual(set(reactor.getReaders()) - readers_before, set())
+        self.assertEqual(set(reactor.getWriters()) & (transports | added), set())
+        self.assertEqual(poller.fileno(), -1)  # its epoll set is closed
+        self.assertEqual(poller.open, 0)
         fds = {end.fd for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
         yield _until(lambda: fds <= set(loop.ends), "the relay thread to watch the sockets")
         for index, (client, _, remote, _) in enumerate(tunnels):
@@ -140,10 +147,9 @@ class RelayThreadTests(TestCase):
             assert proto.lost is not None
             proto.lost.trap(error.ConnectionDone)
             self.assertEqual(proto.lost_in, threading.get_ident())
-        self.assertEqual([relay.up for _, relay, _, _ in tunnels], [4] * 6)
-        self.assertEqual(
-            [relay.down for _, relay, _, _ in tunnels], [6] * 6
-        )  # the reply (to_client) is not relayed data
+        self.assertEqual([relay.up for _, relay, _, _ in tunnels], [4] * (direct + 2))
+        # (The reply, to_client, is not relayed data.)
+        self.assertEqual([relay.down for _, relay, _, _ in tunnels], [6] * (direct + 2))
 
     @defer.inlineCallbacks
     def test_abort_from_the_reactor_resets_the_client(self) -> Any:
