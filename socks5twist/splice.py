@@ -231,8 +231,9 @@ def _make_pipe() -> tuple[int, int]:
 @implementer(IReadWriteDescriptor)
 class _End:
     """
-    One socket of the tunnel: a reader and writer of the reactor's while the
-    tunnel is new, then of the relay thread's (L{SpliceRelay.move_to_thread}).
+    One socket of the tunnel: watched by the reactor (directly, or in the
+    shared poller's set) while the tunnel is new, then by the relay thread
+    (L{SpliceRelay.move_to_thread}).
     """
 
     __slots__ = ("fd", "incoming", "outgoing", "reading", "relay", "sock", "transport", "writing")
@@ -659,12 +660,14 @@ class SpliceRelay:
     relayed (the CONNECT reply, data the client sent early).
 
     A tunnel starts in the reactor's thread, its sockets the reactor's
-    readers and writers; after L{MOVE_AFTER} reads (four round trips) it
+    readers and writers (or, while four or more tunnels are, in the shared
+    set of L{_Poller}); after L{MOVE_AFTER} reads (four round trips) it
     moves to the relay thread (L{_Loop}), where each event costs a third of
     the Python.  Most sessions are over in a few reads and never pay for
     the move (two wake-ups across threads, and the threads' turns at the
-    GIL: about a quarter of the sessions per second, measured); an
-    interactive or bulk tunnel moves in its first round trips.
+    GIL: moving every tunnel at once cost about a quarter of the sessions
+    per second); an interactive or bulk tunnel moves in its first round
+    trips.
     """
 
     kind = "splice"
@@ -749,7 +752,7 @@ class SpliceRelay:
                 self.loop.watch(end)  # type: ignore[union-attr]
 
     def _step(self, step: Callable[[], None]) -> None:
-        """Run a pump step here; any socket error ends the tunnel (both sides)."""
+        """Run a pump step; any socket error ends the tunnel (both sides)."""
         if self.finished:
             return
         try:
