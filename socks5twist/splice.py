@@ -623,7 +623,12 @@ class _Loop:
         outbox = self._outbox
         while outbox:
             relay, abort = outbox.popleft()
-            relay._hand_back(abort)
+            try:
+                relay._hand_back(abort)
+            except Exception:
+                # (A protocol's connectionLost failed: the other tunnels
+                # queued here still go back.)
+                log.failure("splice relay")
 
 
 _lock = threading.Lock()
