@@ -453,18 +453,19 @@ class _Loop:
     The reactor thread keeps everything else: accepting, negotiating,
     connecting, timers and logs; it hands a tunnel over after its first round
     trips (L{SpliceRelay.move_to_thread}) and gets the transports back when
-    the tunnel ends.  The two threads share the GIL, but every socket operation
-    releases it, so while one thread is in the kernel the other runs.
+    the tunnel ends.  The two threads share the GIL, but every socket
+    operation releases it, so while one thread is in the kernel the other
+    runs.
 
     Who owns what, so that no descriptor is used by one thread while the
     other closes it: from L{SpliceRelay.move_to_thread} until it ends, a
     tunnel's sockets, pipes and pumps belong to this thread (the transports
     have stopped reading and writing, so the reactor does not look at
-    them).  The reactor thread asks for things with L{call} (close, abort), which queues
-    them and wakes the loop through an C{eventfd}; the loop ends a tunnel by
-    dropping its sockets from the set, closing its pipes and its bare
-    socket, and only then queueing the transports back to the reactor
-    thread (L{hand_back}), which closes them as Twisted transports.
+    them).  The reactor thread asks for things with L{call} (close, abort),
+    which queues them and wakes the loop through an C{eventfd}; the loop
+    ends a tunnel by dropping its sockets from the set, closing its pipes
+    and its bare socket, and only then queueing the transports back to the
+    reactor thread (L{hand_back}), which closes them as Twisted transports.
 
     The thread lives while tunnels are open and for L{LINGER} seconds after
     the last one ends, so an idle server holds no thread or descriptor of
