@@ -32,6 +32,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import socket
 import threading
 from collections import deque
@@ -557,6 +558,9 @@ class _Loop:
         self.reactor.callFromThread(log.info, message, **fields)
 
     def _run(self) -> None:
+        # Signals are the reactor thread's to take (Python runs their
+        # handlers there anyway): here they would only interrupt system calls.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         poll = self._epoll.poll
         ends = self.ends
         wake = self._wake
@@ -633,6 +637,11 @@ class _Loop:
 
 
 _lock = threading.Lock()
+_SIGNALS = {
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGCHLD", "SIGUSR1", "SIGUSR2", "SIGALRM")
+    if hasattr(signal, name)
+}
 _loops: dict[int, _Loop] = {}
 
 

@@ -9,6 +9,7 @@ import hashlib
 import os
 import random
 import resource
+import signal
 import socket
 import subprocess
 import threading
@@ -355,6 +356,11 @@ def test_tunnels_in_the_relay_thread_end_every_way_and_leave_nothing(
             n = len(b"%02d.%d" % (i, trip) * (1 + i * 37))
             assert rawsocks.recv_exact(sock, n) == sent[i][-n:]
     assert threads(server.pid) == 2, "no relay thread"
+    # Signals go to the reactor's thread: the relay thread blocks them.
+    [relay_thread] = [t for t in os.listdir(f"/proc/{server.pid}/task") if t != str(server.pid)]
+    status = open(f"/proc/{server.pid}/task/{relay_thread}/status").read()
+    [blocked] = [int(x.split()[1], 16) for x in status.splitlines() if x.startswith("SigBlk:")]
+    assert blocked & (1 << (signal.SIGTERM - 1)) and blocked & (1 << (signal.SIGHUP - 1))
     for i, sock in enumerate(tunnels):
         if i % 3 == 0:
             sock.close()
