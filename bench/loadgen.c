@@ -13,7 +13,7 @@
  *       throughput --streams N --bytes B --dir up|down
  *       latency    --size S --count K
  *       sessions   --concurrency C --seconds T
- *       idle       --count N --hold-fd FD   (open N tunnels, say "ready", wait for EOF on stdin)
+ *       idle       --count N   (open N tunnels, print {"opened": N, ...}, wait for EOF on stdin)
  *
  * Output is one line of JSON.  Every wait is bounded by a socket timeout.
  */
