@@ -276,7 +276,7 @@ class _End:
 
     def doRead(self) -> None:
         relay = self.relay
-        if relay.finished:
+        if relay.finished or relay.loop is not None:
             return
         try:
             self.do_read()
@@ -289,8 +289,11 @@ class _End:
             relay.move_to_thread()
 
     def doWrite(self) -> None:
+        # (Also after a doRead of the same event moved the tunnel to the
+        # relay thread: the reactor calls doWrite next if the event says
+        # writable too, and the socket is no longer this thread's.)
         relay = self.relay
-        if relay.finished:
+        if relay.finished or relay.loop is not None:
             return
         try:
             self.do_write()
@@ -353,9 +356,9 @@ class _Poller:
     each event, about 7 µs on a round trip through a lone tunnel.  So a
     tunnel joins the set only when L{SHARED_FROM} tunnels or more are open
     on the reactor (L{open} counts them); below that its sockets are the
-    reactor's own readers and writers.  The set is level-triggered, like the reactor's,
-    and holds exactly the interest of each socket (reading, writing, both or
-    neither).
+    reactor's own readers and writers.  The set is level-triggered, like the
+    reactor's, and holds exactly the interest of each socket (reading,
+    writing, both or neither).
     """
 
     BATCH = 128

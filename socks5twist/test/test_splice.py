@@ -9,6 +9,7 @@ tests/test_server.py.)
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from typing import Any
@@ -257,3 +258,32 @@ class RelayThreadTests(TestCase):
         self.assertEqual((yield _read(remote, 1)), b"")
         with self.assertRaises(ConnectionResetError):
             client.recv(1)
+
+    @defer.inlineCallbacks
+    def test_a_move_during_a_read_skips_the_write_of_the_same_event(self) -> Any:
+        """
+        The reactor calls doWrite right after doRead when an event says
+        readable and writable; if that read moved the tunnel, the socket is
+        the relay thread's, and the reactor thread must not write to it.
+        """
+        writers: list[int] = []
+        do_write = splice._End.do_write
+
+        def recording(end: Any) -> None:
+            writers.append(threading.get_ident())
+            do_write(end)
+
+        self.patch(splice._End, "do_write", recording)
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        relay.start()
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+        relay.reads = splice.MOVE_AFTER - 1
+        client.sendall(b"x")  # on loopback, readable as sendall returns
+        end = relay._client
+        reactor._doReadOrWrite(end, end.fd, select.EPOLLIN | select.EPOLLOUT)  # type: ignore[attr-defined]
+        self.assertIsNotNone(relay.loop)
+        self.assertNotIn(threading.get_ident(), writers)
+        self.assertEqual((yield _read(remote, 1)), b"x")
+        relay.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
