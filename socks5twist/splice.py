@@ -276,30 +276,17 @@ class _End:
 
     def doRead(self) -> None:
         relay = self.relay
-        if relay.finished or relay.loop is not None:
-            return
-        try:
-            self.do_read()
-        except OSError as e:
-            if e.errno not in _AGAIN:
-                relay._release(abort=True)
-            return
-        relay.reads += 1
-        if relay.reads == MOVE_AFTER:
-            relay.move_to_thread()
+        if relay.loop is None and relay._step(self.do_read):
+            relay.reads += 1
+            if relay.reads == MOVE_AFTER:
+                relay.move_to_thread()
 
     def doWrite(self) -> None:
-        # (Also after a doRead of the same event moved the tunnel to the
-        # relay thread: the reactor calls doWrite next if the event says
-        # writable too, and the socket is no longer this thread's.)
-        relay = self.relay
-        if relay.finished or relay.loop is not None:
-            return
-        try:
-            self.do_write()
-        except OSError as e:
-            if e.errno not in _AGAIN:
-                relay._release(abort=True)
+        # (The reactor calls this right after doRead when an event says
+        # writable too: if that read moved the tunnel to the relay thread,
+        # the socket is no longer this thread's.)
+        if self.relay.loop is None:
+            self.relay._step(self.do_write)
 
     def connectionLost(self, reason: Failure) -> None:
         self.relay._release(abort=True)
@@ -769,15 +756,20 @@ class SpliceRelay:
             for end in (self._client, self._remote):
                 self.loop.watch(end)  # type: ignore[union-attr]
 
-    def _step(self, step: Callable[[], None]) -> None:
-        """Run a pump step; any socket error ends the tunnel (both sides)."""
+    def _step(self, step: Callable[[], None]) -> bool:
+        """
+        Run a pump step on the reactor; any socket error ends the tunnel
+        (both sides).  Whether it ran, to the end.
+        """
         if self.finished:
-            return
+            return False
         try:
             step()
         except OSError as e:
             if e.errno not in _AGAIN:
                 self._release(abort=True)
+            return False
+        return True
 
     def log_info(self, message: str, **fields: object) -> None:
         """Log from where the tunnel runs."""
