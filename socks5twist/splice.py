@@ -525,7 +525,10 @@ class _Loop:
                 self._epoll.modify(fd, mask)
             else:
                 del ends[fd]
-                self._epoll.unregister(fd)
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    pass  # (closed already: the set dropped it itself)
         elif mask:
             self._epoll.register(fd, mask)
             ends[fd] = end
@@ -577,13 +580,20 @@ class _Loop:
                         end.do_write()
                 except OSError as e:
                     if e.errno not in _AGAIN:
-                        end.relay._release(abort=True)
+                        self._abort(end.relay)
                 except Exception:
                     self.log_failure("splice relay")
-                    end.relay._release(abort=True)
+                    self._abort(end.relay)
             if self._outbox and not self._posted:
                 self._posted = True
                 self.reactor.callFromThread(self._give_back)
+
+    def _abort(self, relay: SpliceRelay) -> None:
+        # Nothing may end the thread: the other tunnels depend on it.
+        try:
+            relay._release(abort=True)
+        except Exception:
+            self.log_failure("splice relay")
 
     def _linger_over(self) -> bool:
         """No tunnel for L{LINGER} seconds: end the thread (unless one just came)."""

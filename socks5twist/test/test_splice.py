@@ -287,3 +287,31 @@ class RelayThreadTests(TestCase):
         self.assertEqual((yield _read(remote, 1)), b"x")
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_an_error_in_one_tunnel_ends_it_and_the_thread_goes_on(self) -> Any:
+        tunnels = yield self._tunnels(2)
+        for client, relay, _, _ in tunnels:
+            relay.start()
+            relay.move_to_thread()
+            client.setblocking(False)
+            self.assertEqual((yield _read(client, 2)), b"hi")
+        (bad_client, bad, _, bad_proto), (client, good, remote, proto) = tunnels
+        copy = splice._Pump.copy
+
+        def failing(pump: Any) -> None:
+            if pump.relay is bad:
+                raise RuntimeError("a bug in a pump")
+            copy(pump)
+
+        self.patch(splice._Pump, "copy", failing)
+        bad_client.sendall(b"boom")
+        yield _until(lambda: bad_proto.lost is not None, "the failed tunnel to end")
+        assert bad_proto.lost is not None
+        bad_proto.lost.trap(error.ConnectionAborted)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        client.sendall(b"still")
+        self.assertEqual((yield _read(remote, 5)), b"still")
+        self.assertTrue(good.loop is not None and good.loop._thread.is_alive())
+        good.close()
+        yield _until(lambda: proto.lost is not None, "connectionLost")
