@@ -160,19 +160,14 @@ class _Pump:
             self.pending = data[sent:]
             self._wait_for_sink()
 
-    def send_pending(self) -> None:
-        """Send what is pending, as far as the sink takes it now."""
+    def drain(self) -> None:
+        """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
         if self.pending:
             try:
                 sent = self.sink.sock.send(self.pending)
             except BlockingIOError:
                 sent = 0
             self.pending = self.pending[sent:]
-
-    def drain(self) -> None:
-        """Move what the pipe (and C{pending}) holds to the sink, as far as it takes."""
-        if self.pending:
-            self.send_pending()
             if self.pending:
                 self._wait_for_sink()
                 return
@@ -374,12 +369,7 @@ class _Poller:
             if mask:
                 epoll.modify(fd, mask)
             else:
-                del self._ends[fd]
-                epoll.unregister(fd)
-                if not self._ends:
-                    self._reactor.removeReader(self)
-                    self._epoll = None
-                    epoll.close()
+                self._drop(fd)
         elif mask:
             if epoll is None:
                 epoll = self._epoll = select.epoll()
@@ -389,10 +379,19 @@ class _Poller:
 
     def forget(self, end: _End) -> None:
         """Drop C{end} from the set, whatever its interest."""
-        reading, writing = end.reading, end.writing
-        end.reading = end.writing = False
-        self.watch(end)
-        end.reading, end.writing = reading, writing
+        if self._epoll is not None and end.fd in self._ends:
+            self._drop(end.fd)
+
+    def _drop(self, fd: int) -> None:
+        # The set closes with its last socket.
+        epoll = self._epoll
+        assert epoll is not None
+        del self._ends[fd]
+        epoll.unregister(fd)
+        if not self._ends:
+            self._reactor.removeReader(self)
+            self._epoll = None
+            epoll.close()
 
     def doRead(self) -> None:
         if self._epoll is None:
