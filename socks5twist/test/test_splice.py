@@ -97,6 +97,15 @@ class RelayThreadTests(TestCase):
         return tunnels
 
     @defer.inlineCallbacks
+    def _open(self, client: socket.socket, relay: SpliceRelay, move: bool) -> Any:
+        """Start C{relay} (and move it to the thread), and read its reply at C{client}."""
+        relay.start()
+        if move:
+            relay.move_to_thread()
+        client.setblocking(False)
+        self.assertEqual((yield _read(client, 2)), b"hi")
+
+    @defer.inlineCallbacks
     def test_bytes_flow_in_the_relay_thread_and_nothing_is_left(self) -> Any:
         direct = splice._Poller.SHARED_FROM
         tunnels = yield self._tunnels(direct + 2)
@@ -155,10 +164,7 @@ class RelayThreadTests(TestCase):
     @defer.inlineCallbacks
     def test_abort_from_the_reactor_resets_the_client(self) -> Any:
         [(client, relay, remote, proto)] = yield self._tunnels(1)
-        relay.start()
-        relay.move_to_thread()
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
+        yield self._open(client, relay, move=True)
         relay.abort()
         yield _until(lambda: proto.lost is not None, "connectionLost")
         assert proto.lost is not None
@@ -190,13 +196,10 @@ class RelayThreadTests(TestCase):
             self.assertEqual((yield _read(remote, 1)), b"")
         # The next tunnel gets a new relay thread.
         [(client, relay, remote, proto)] = yield self._tunnels(1)
-        relay.start()
-        relay.move_to_thread()
+        yield self._open(client, relay, move=True)
         assert relay.loop is not None
         self.assertIsNot(relay.loop, loop)
         self.assertTrue(relay.loop.running)
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
         client.sendall(b"ping")
         self.assertEqual((yield _read(remote, 4)), b"ping")
         relay.close()
@@ -217,20 +220,15 @@ class RelayThreadTests(TestCase):
         with self.assertRaises(ValueError):
             loop._epoll.fileno()  # closed
         [(client, relay, _, proto)] = yield self._tunnels(1)
-        relay.start()
-        relay.move_to_thread()
+        yield self._open(client, relay, move=True)
         self.assertIsNot(relay.loop, loop)
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
 
     @defer.inlineCallbacks
     def test_a_tunnel_moves_to_the_thread_after_some_reads(self) -> Any:
         [(client, relay, remote, proto)] = yield self._tunnels(1)
-        relay.start()
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
+        yield self._open(client, relay, move=False)
         for index in range(splice.MOVE_AFTER // 2):  # a round trip is two reads
             self.assertIsNone(relay.loop)
             client.sendall(b"%03d" % index)
@@ -247,9 +245,7 @@ class RelayThreadTests(TestCase):
     @defer.inlineCallbacks
     def test_in_the_reactor_an_abort_is_immediate(self) -> Any:
         [(client, relay, remote, proto)] = yield self._tunnels(1)
-        relay.start()
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
+        yield self._open(client, relay, move=False)
         relay.abort()
         self.assertTrue(relay.finished)
         assert proto.lost is not None
@@ -275,9 +271,7 @@ class RelayThreadTests(TestCase):
 
         self.patch(splice._End, "do_write", recording)
         [(client, relay, remote, proto)] = yield self._tunnels(1)
-        relay.start()
-        client.setblocking(False)
-        self.assertEqual((yield _read(client, 2)), b"hi")
+        yield self._open(client, relay, move=False)
         relay.reads = splice.MOVE_AFTER - 1
         client.sendall(b"x")  # on loopback, readable as sendall returns
         end = relay._client
@@ -292,10 +286,7 @@ class RelayThreadTests(TestCase):
     def test_an_error_in_one_tunnel_ends_it_and_the_thread_goes_on(self) -> Any:
         tunnels = yield self._tunnels(2)
         for client, relay, _, _ in tunnels:
-            relay.start()
-            relay.move_to_thread()
-            client.setblocking(False)
-            self.assertEqual((yield _read(client, 2)), b"hi")
+            yield self._open(client, relay, move=True)
         (bad_client, bad, _, bad_proto), (client, good, remote, proto) = tunnels
         copy = splice._Pump.copy
 
