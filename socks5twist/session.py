@@ -550,7 +550,7 @@ class SOCKS5ServerProtocol(Protocol):
                 bind=factory.outgoing.get(ips[0].version),
             )
             self._pending = sock
-            sock.addCallbacks(self._socket_connected, self._connect_failed)
+            sock.addCallbacks(self._socket_connected, self._connect_failed, callbackArgs=(ips[0],))
             sock.addErrback(self._unexpected, "connect")
             return
         d = outbound.connect(
@@ -578,15 +578,18 @@ class SOCKS5ServerProtocol(Protocol):
         self.connected_to = describe(remote.transport.getPeer())
         self._open_tunnel(remote, bound)
 
-    def _socket_connected(self, sock: socket.socket) -> None:
+    def _socket_connected(self, sock: socket.socket, ip: IPAddress) -> None:
         self._pending = None
         if self.state is not State.CONNECTING:
             sock.close()
             return
-        local, peer = sock.getsockname(), sock.getpeername()
+        assert self.destination is not None
+        local = sock.getsockname()
         bound = Address.for_ip(local[0], local[1])
         self.bound = _show(bound)
-        self.connected_to = _show(Address.for_ip(peer[0], peer[1]))
+        # (A connected socket's peer is the address it was connected to:
+        # no getpeername() to learn it again.)
+        self.connected_to = _show(Address.for_ip(codec.ip_text(ip), self.destination.port))
         self._open_tunnel(sock, bound)
 
     def _connect_failed(self, failure: Failure) -> None:

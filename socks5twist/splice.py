@@ -349,7 +349,7 @@ class _Poller:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self.open = 0  # splice relays on this reactor (not moved), shared or not
-        # Only while some socket is watched: no descriptor outlives the
+        # Only while splice relays are on the reactor: no descriptor outlives the
         # tunnels, and an idle reactor holds nothing of the relay's.
         self._epoll: select.epoll | None = None
         self._ends: dict[int, _End] = {}
@@ -383,12 +383,22 @@ class _Poller:
             self._drop(end.fd)
 
     def _drop(self, fd: int) -> None:
-        # The set closes with its last socket.
-        epoll = self._epoll
-        assert epoll is not None
+        assert self._epoll is not None
         del self._ends[fd]
-        epoll.unregister(fd)
-        if not self._ends:
+        self._epoll.unregister(fd)
+        self._close_if_unused()
+
+    def left(self) -> None:
+        """A splice relay has left the reactor (moved to the thread, or ended)."""
+        self.open -= 1
+        self._close_if_unused()
+
+    def _close_if_unused(self) -> None:
+        # The set closes when no relay is left on the reactor, not with its
+        # last socket: short tunnels come and go, and a set made and closed
+        # between them would cost four system calls each time.
+        epoll = self._epoll
+        if epoll is not None and not self._ends and self.open == 0:
             self._reactor.removeReader(self)
             self._epoll = None
             epoll.close()
@@ -755,7 +765,7 @@ class SpliceRelay:
                 if end.writing:
                     reactor.removeWriter(end)
         self.poller = None
-        self._shared.open -= 1
+        self._shared.left()
         loop = self.loop = _enter(reactor, self)
         loop.call(self._resume)
 
@@ -838,7 +848,7 @@ class SpliceRelay:
             if end.transport is None:
                 end.sock.close()  # a bare socket is the relay's own
         if self.loop is None:
-            self._shared.open -= 1
+            self._shared.left()
             self._hand_back(abort)
         else:
             self.loop.hand_back(self, abort)

@@ -162,6 +162,35 @@ class RelayThreadTests(TestCase):
         self.assertEqual([relay.down for _, relay, _, _ in tunnels], [6] * (direct + 2))
 
     @defer.inlineCallbacks
+    def test_the_shared_set_closes_when_the_last_relay_leaves_the_reactor(self) -> Any:
+        direct = splice._Poller.SHARED_FROM
+        tunnels = yield self._tunnels(direct + 1)
+        for _, relay, _, _ in tunnels:
+            relay.start()
+        last = tunnels[-1][1]
+        poller = last.poller
+        assert poller is not None
+        epoll_fd = poller.fileno()
+        self.assertNotEqual(epoll_fd, -1)
+        # The shared tunnel ends: its set holds no socket, but relays are
+        # still on the reactor, so it stays for the next tunnels.
+        last.close()
+        self.assertEqual(poller._ends, {})
+        self.assertEqual(poller.fileno(), epoll_fd)
+        self.assertIn(poller, reactor.getReaders())
+        # The last relay on the reactor ends (or moves): the set goes.
+        for _, relay, _, _ in tunnels[:-2]:
+            relay.close()
+        self.assertEqual(poller.fileno(), epoll_fd)
+        tunnels[-2][1].move_to_thread()
+        self.assertEqual(poller.fileno(), -1)
+        self.assertNotIn(poller, reactor.getReaders())
+        self.assertEqual(poller.open, 0)
+        tunnels[-2][1].close()
+        protos = [proto for _, _, _, proto in tunnels]
+        yield _until(lambda: all(p.lost is not None for p in protos), "connectionLost")
+
+    @defer.inlineCallbacks
     def test_abort_from_the_reactor_resets_the_client(self) -> Any:
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=True)
