@@ -48,6 +48,14 @@ class Side:
             data = self.sock.recv(65536)
         except BlockingIOError:
             return
+        except ConnectionError:
+            data = b""
+        if not data and self.stage < 2:
+            # Gone before its request (the benchmark's "is it listening?"
+            # probe): forget it.
+            self.loop.remove(self)
+            self.sock.close()
+            return
         if self.stage == 0:
             self.sock.send(b"\x05\x00")
             self.stage = 1

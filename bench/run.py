@@ -79,11 +79,16 @@ class Peer:
     """A server to measure: how to start it on a port."""
 
     def __init__(
-        self, name: str, command: Callable[[int, Path], list[str]] | None, idle: bool = True
+        self,
+        name: str,
+        command: Callable[[int, Path], list[str]] | None,
+        idle: bool = True,
+        bulk: bool = True,
     ) -> None:
         self.name = name
         self.command = command
-        self.idle = idle
+        self.idle = idle  # measure memory per idle tunnel
+        self.bulk = bulk  # measure throughput
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -157,6 +162,17 @@ def peers(loadgen: str) -> tuple[list[Peer], list[str]]:
             "threads", lambda port, _: [sys.executable, str(HERE / "threaded_socks.py"), str(port)]
         ),
     ]
+    # The least a Python relay can do per session and per round trip (no
+    # checks, logs, timeouts or flow control): what any server written in
+    # Python could reach here.  It has no flow control, so no bulk figures.
+    found.append(
+        Peer(
+            "python floor",
+            lambda port, _: [sys.executable, str(HERE / "floor.py"), str(port), "--loop", "epoll"],
+            idle=False,
+            bulk=False,
+        )
+    )
     missing = []
     pproxy = shutil.which("pproxy") or str(Path(sys.executable).with_name("pproxy"))
     if Path(pproxy).exists():
@@ -194,7 +210,7 @@ def measure(peer: Peer, loadgen: str, target: str, quick: bool, workdir: Path) -
     try:
         common = [*peer.proxy_args, "--target", target]
         total = (64 if quick else 512) * MiB
-        for streams in (1, 8):
+        for streams in (1, 8) if peer.bulk else ():
             for direction in ("up", "down"):
                 r = run_loadgen(
                     loadgen,
