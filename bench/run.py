@@ -195,7 +195,7 @@ def peers(loadgen: str) -> tuple[list[Peer], list[str]]:
 def run_loadgen(loadgen: str, *args: str, timeout: float = 120) -> dict[str, float]:
     result = subprocess.run([loadgen, *args], capture_output=True, timeout=timeout)
     line = result.stdout.decode().strip().splitlines()[-1] if result.stdout.strip() else "{}"
-    data = json.loads(line)
+    data: dict[str, float] = json.loads(line)
     if result.returncode != 0 or data.get("errors"):
         raise RuntimeError(
             f"loadgen {' '.join(args)} failed: {result.stderr.decode()[-300:]} {line}"

@@ -182,7 +182,7 @@ class _Pump:
             self.moved += n
             if self.relay.idle is not None:
                 self.relay.idle.touch()
-        self.sink.stop_writing(self)
+        self.sink.stop_writing()
         if self.eof:
             self._finish()
         elif not self.done:
@@ -191,7 +191,7 @@ class _Pump:
     def _wait_for_sink(self) -> None:
         # The sink is full: stop reading the source until it drains.
         self.source.stop_reading()
-        self.sink.start_writing(self)
+        self.sink.start_writing()
 
     def _finish(self) -> None:
         if self.done:
@@ -298,12 +298,12 @@ class _End:
             self.reading = False
             self._interest_changed(self.relay.reactor.removeReader)
 
-    def start_writing(self, pump: _Pump) -> None:
+    def start_writing(self) -> None:
         if not self.writing and not self.relay.finished:
             self.writing = True
             self._interest_changed(self.relay.reactor.addWriter)
 
-    def stop_writing(self, pump: _Pump) -> None:
+    def stop_writing(self) -> None:
         if self.writing:
             self.writing = False
             self._interest_changed(self.relay.reactor.removeWriter)
@@ -841,7 +841,7 @@ class SpliceRelay:
         self.finished = True
         for end in (self._client, self._remote):
             end.stop_reading()
-            end.stop_writing(self._up)
+            end.stop_writing()
         for pump in (self._up, self._down):
             pump.close_pipe()
         for end in (self._client, self._remote):
