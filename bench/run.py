@@ -299,6 +299,109 @@ def idle_memory(peer: Peer, loadgen: str, common: list[str], count: int) -> floa
     return (after - before) / count
 
 
+# The figures whose targets sit closest to the peers': measured again in
+# short alternations, each peer right after the other, so that the machine's
+# slow swings (other tenants) fall on both sides of each ratio.
+PAIRED_FIGURES = ("sessions/s, concurrency 32", "latency 1 B p50 (us)")
+PAIRED_OURS = ("socks5twist", "socks5twist --workers 2")
+PAIRED_PEERS = ("dante", "pproxy")
+# The README's targets for those figures: (figure, peer) -> the ratio to reach
+# (sessions: at least this; latency added over direct: at most this).
+PAIRED_TARGETS = {
+    ("sessions/s, concurrency 32", "dante"): 1.0,
+    ("sessions/s, concurrency 32", "pproxy"): 2.0,
+    ("latency 1 B p50 (us)", "dante"): 1.0,
+}
+
+
+def paired(
+    candidates: list[Peer], loadgen: str, target: str, pairs: int, workdir: Path
+) -> dict[str, list[dict[str, float]]]:
+    """
+    C{pairs} alternations of socks5twist and the peers its closest targets
+    name (and the direct connection, for latency added): in each, every
+    server is started fresh and measured for the figures of
+    L{PAIRED_FIGURES} (2 s of sessions, 5,000 round trips), one right after
+    the other, in an order that rotates.  One dictionary per alternation.
+    """
+    names = ("direct", *PAIRED_OURS, *PAIRED_PEERS)
+    subjects = [p for p in candidates if p.name in names]
+    out: dict[str, list[dict[str, float]]] = {p.name: [] for p in subjects}
+    for i in range(pairs):
+        shift = i % len(subjects)
+        for peer in subjects[shift:] + subjects[:shift]:
+            peer.start(workdir)
+            try:
+                common = [*peer.proxy_args, "--target", target]
+                figures: dict[str, float] = {}
+                r = run_loadgen(loadgen, "latency", *common, "--size", "1", "--count", "5000")
+                figures["latency 1 B p50 (us)"] = r["p50_us"]
+                if peer.command is not None:
+                    r = run_loadgen(
+                        loadgen, "sessions", *common, "--concurrency", "32", "--seconds", "2"
+                    )
+                    figures["sessions/s, concurrency 32"] = r["sessions_per_s"]
+                out[peer.name].append(figures)
+            except Exception as e:
+                # A failed alternation is left out whole, so that every ratio
+                # compares figures taken side by side.
+                print(f"bench: alternation {i + 1}, {peer.name}: {e}", file=sys.stderr)
+                out[peer.name].append({})
+            finally:
+                peer.stop()
+        print(f"bench: alternation {i + 1}/{pairs}", file=sys.stderr)
+    return out
+
+
+def paired_table(results: dict[str, list[dict[str, float]]]) -> str:
+    """
+    The ratio of each of our servers to each peer, alternation by
+    alternation: median, lowest and highest, and in how many alternations
+    the target held (sessions: at least the peer's; latency added over
+    direct: at most the peer's).
+    """
+    direct = results.get("direct", [])
+    ours = [n for n in PAIRED_OURS if n in results]
+    peers_ = [n for n in PAIRED_PEERS if n in results]
+    columns = [(o, p) for o in ours for p in peers_]
+    if not columns:
+        return ""
+    lines = [
+        "| figure | " + " | ".join(f"{o} x {p}" for o, p in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for metric in PAIRED_FIGURES:
+        cells = []
+        for o, p in columns:
+            ratios = []
+            for i, (mine, theirs) in enumerate(zip(results[o], results[p], strict=True)):
+                if metric not in mine or metric not in theirs:
+                    continue
+                if metric.startswith("latency"):
+                    if i >= len(direct) or metric not in direct[i]:
+                        continue
+                    base = direct[i][metric]
+                    added_theirs = theirs[metric] - base
+                    if added_theirs > 0:
+                        ratios.append((mine[metric] - base) / added_theirs)
+                elif theirs[metric]:
+                    ratios.append(mine[metric] / theirs[metric])
+            if not ratios:
+                cells.append("—")
+                continue
+            text = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
+            goal = PAIRED_TARGETS.get((metric, p))
+            if goal is not None:
+                lower_is_better = metric.startswith("latency")
+                held = sum(1 for r in ratios if (r <= goal if lower_is_better else r >= goal))
+                sense = "<=" if lower_is_better else ">="
+                text += f"; {sense} {goal:g}x in {held}/{len(ratios)}"
+            cells.append(text)
+        label = "latency 1 B p50 added over direct" if metric.startswith("latency") else metric
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def build_loadgen(workdir: Path) -> str:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
@@ -366,6 +469,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--only", action="append", help="measure only these peers (and direct)")
     parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=7,
+        help="alternations for the paired ratios of the closest figures (0: none)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="socks5twist-bench-") as tmp:
         workdir = Path(tmp)
@@ -401,9 +510,22 @@ def main() -> None:
                         file=sys.stderr,
                     )
             results = {n: r for n, r in results.items() if r}
-            print(table(results))
+            pairs = paired(candidates, loadgen, target, args.pairs, workdir)
+            if "socks5twist" in results and "direct" in results:
+                print(table(results))
+            paired_text = paired_table(pairs)
+            if paired_text:
+                print()
+                print(
+                    f"Paired ratios ({args.pairs} alternations, each server right after "
+                    "the other; median [lowest-highest], and in how many the target was reached)"
+                )
+                print()
+                print(paired_text)
             if args.json:
-                Path(args.json).write_text(json.dumps(results, indent=1))
+                Path(args.json).write_text(
+                    json.dumps({"rounds": results, "pairs": pairs}, indent=1)
+                )
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(10)
