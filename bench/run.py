@@ -1,7 +1,7 @@
 """
 The socks5twist benchmark: socks5twist beside its peers, in one run.
 
-    python bench/run.py [--rounds 3] [--quick] [--json FILE]
+    python bench/run.py [--rounds 3] [--pairs 7] [--quick] [--only NAME] [--json FILE]
 
 Measures, for a direct connection (the limit) and for each SOCKS5 server:
 throughput (1 and 8 streams, upload and download, 512 MiB per test), latency
@@ -13,9 +13,13 @@ with the system's C compiler) that verifies every byte it receives.
 
 Every server is started fresh for each round, the servers' order rotates from
 round to round, and the table shows the median over rounds and ratios to the
-direct connection and to each peer.  Everything runs on 127.0.0.1, every
-process started here is stopped here by its PID, and every step is bounded in
-bytes and time.  Peers that are not installed are left out, with a note:
+direct connection and to each peer.  Then the figures closest to the peers'
+(sessions/s at concurrency 32, 1-byte p50 latency) are measured again in
+--pairs alternations of socks5twist, Dante and pproxy, each right after the
+other, and a second table gives the ratio per alternation (--rounds 0: the
+alternations alone).  Everything runs on 127.0.0.1, every process started
+here is stopped here by its PID, and every step is bounded in bytes and
+time.  Peers that are not installed are left out, with a note:
 Debian's microsocks and dante-server, PyPI's pproxy.
 """
 
@@ -327,14 +331,16 @@ def paired(
     right after the other, in an order that rotates.  One dictionary per
     alternation (empty where a measurement failed).
     """
-    names = (*PAIRED_OURS, *PAIRED_PEERS)
-    subjects = [p for p in candidates if p.name in names]
+    subjects = [p for p in candidates if p.name in PAIRED_OURS + PAIRED_PEERS]
+    names = {p.name for p in subjects}
+    if pairs <= 0 or not (names & set(PAIRED_OURS) and names & set(PAIRED_PEERS)):
+        return {}  # nothing to pair
     out: dict[str, list[dict[str, float]]] = {p.name: [] for p in subjects}
     for i in range(pairs):
         shift = i % len(subjects)
         for peer in subjects[shift:] + subjects[:shift]:
-            peer.start(workdir)
             try:
+                peer.start(workdir)
                 common = [*peer.proxy_args, "--target", target]
                 r = run_loadgen(loadgen, "latency", *common, "--size", "1", "--count", "5000")
                 latency = r["p50_us"]
