@@ -322,14 +322,15 @@ PAIRED_TARGETS = {
 
 
 def paired(
-    candidates: list[Peer], loadgen: str, target: str, pairs: int, workdir: Path
+    candidates: list[Peer], loadgen: str, target: str, pairs: int, quick: bool, workdir: Path
 ) -> dict[str, list[dict[str, float]]]:
     """
     C{pairs} alternations of socks5twist and the peers its closest targets
     name: in each, every server is started fresh and measured for the
-    figures of L{PAIRED_FIGURES} (5,000 round trips, 2 s of sessions), one
-    right after the other, in an order that rotates.  One dictionary per
-    alternation (empty where a measurement failed).
+    figures of L{PAIRED_FIGURES} (as in the rounds: 5,000 round trips and
+    2 s of sessions, or 2,000 and 1 s with C{quick}), one right after the
+    other, in an order that rotates.  One dictionary per alternation (empty
+    where a measurement failed).
     """
     subjects = [p for p in candidates if p.name in PAIRED_OURS + PAIRED_PEERS]
     names = {p.name for p in subjects}
@@ -342,10 +343,11 @@ def paired(
             try:
                 peer.start(workdir)
                 common = [*peer.proxy_args, "--target", target]
-                r = run_loadgen(loadgen, "latency", *common, "--size", "1", "--count", "5000")
+                count, seconds = ("2000", "1") if quick else ("5000", "2")
+                r = run_loadgen(loadgen, "latency", *common, "--size", "1", "--count", count)
                 latency = r["p50_us"]
                 r = run_loadgen(
-                    loadgen, "sessions", *common, "--concurrency", "32", "--seconds", "2"
+                    loadgen, "sessions", *common, "--concurrency", "32", "--seconds", seconds
                 )
                 out[peer.name].append(
                     {
@@ -509,7 +511,7 @@ def main() -> None:
                         file=sys.stderr,
                     )
             results = {n: r for n, r in results.items() if r}
-            pairs = paired(candidates, loadgen, target, args.pairs, workdir)
+            pairs = paired(candidates, loadgen, target, args.pairs, args.quick, workdir)
             if "socks5twist" in results and "direct" in results:
                 print(table(results))
             paired_text = paired_table(pairs)
