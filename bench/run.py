@@ -207,6 +207,23 @@ def run_loadgen(loadgen: str, *args: str, timeout: float = 120) -> dict[str, flo
     return data
 
 
+def latency(loadgen: str, common: list[str], size: int, quick: bool) -> dict[str, float]:
+    """p50 and p99 of a ping-pong of C{size}-byte messages."""
+    count = "2000" if quick else "5000"
+    r = run_loadgen(loadgen, "latency", *common, "--size", str(size), "--count", count)
+    label = "1 B" if size == 1 else "1 KiB"
+    return {f"latency {label} p50 (us)": r["p50_us"], f"latency {label} p99 (us)": r["p99_us"]}
+
+
+def sessions(loadgen: str, common: list[str], concurrency: int, quick: bool) -> dict[str, float]:
+    """Complete sessions per second at C{concurrency}."""
+    seconds = "1" if quick else "2"
+    r = run_loadgen(
+        loadgen, "sessions", *common, "--concurrency", str(concurrency), "--seconds", seconds
+    )
+    return {f"sessions/s, concurrency {concurrency}": r["sessions_per_s"]}
+
+
 def measure(peer: Peer, loadgen: str, target: str, quick: bool, workdir: Path) -> dict[str, float]:
     """Every figure for one peer, on a fresh server."""
     out: dict[str, float] = {}
@@ -229,29 +246,9 @@ def measure(peer: Peer, loadgen: str, target: str, quick: bool, workdir: Path) -
                 )
                 out[f"throughput {streams}x {direction} (MB/s)"] = r["mb_per_s"]
         for size in (1, 1024):
-            r = run_loadgen(
-                loadgen,
-                "latency",
-                *common,
-                "--size",
-                str(size),
-                "--count",
-                "2000" if quick else "5000",
-            )
-            label = "1 B" if size == 1 else "1 KiB"
-            out[f"latency {label} p50 (us)"] = r["p50_us"]
-            out[f"latency {label} p99 (us)"] = r["p99_us"]
+            out.update(latency(loadgen, common, size, quick))
         for concurrency in (1, 32):
-            r = run_loadgen(
-                loadgen,
-                "sessions",
-                *common,
-                "--concurrency",
-                str(concurrency),
-                "--seconds",
-                "1" if quick else "2",
-            )
-            out[f"sessions/s, concurrency {concurrency}"] = r["sessions_per_s"]
+            out.update(sessions(loadgen, common, concurrency, quick))
     finally:
         peer.stop()
     if peer.idle:
@@ -327,10 +324,9 @@ def paired(
     """
     C{pairs} alternations of socks5twist and the peers its closest targets
     name: in each, every server is started fresh and measured for the
-    figures of L{PAIRED_FIGURES} (as in the rounds: 5,000 round trips and
-    2 s of sessions, or 2,000 and 1 s with C{quick}), one right after the
-    other, in an order that rotates.  One dictionary per alternation (empty
-    where a measurement failed).
+    figures of L{PAIRED_FIGURES} (with the rounds' tests: L{latency},
+    L{sessions}), one right after the other, in an order that rotates.  One
+    dictionary per alternation (empty where a measurement failed).
     """
     subjects = [p for p in candidates if p.name in PAIRED_OURS + PAIRED_PEERS]
     names = {p.name for p in subjects}
@@ -343,18 +339,11 @@ def paired(
             try:
                 peer.start(workdir)
                 common = [*peer.proxy_args, "--target", target]
-                count, seconds = ("2000", "1") if quick else ("5000", "2")
-                r = run_loadgen(loadgen, "latency", *common, "--size", "1", "--count", count)
-                latency = r["p50_us"]
-                r = run_loadgen(
-                    loadgen, "sessions", *common, "--concurrency", "32", "--seconds", seconds
-                )
-                out[peer.name].append(
-                    {
-                        "latency 1 B p50 (us)": latency,
-                        "sessions/s, concurrency 32": r["sessions_per_s"],
-                    }
-                )
+                figures = {
+                    **latency(loadgen, common, 1, quick),
+                    **sessions(loadgen, common, 32, quick),
+                }
+                out[peer.name].append({m: figures[m] for m in PAIRED_FIGURES})
             except Exception as e:
                 # Left out of the ratios: each compares figures taken side by side.
                 print(f"bench: alternation {i + 1}, {peer.name}: {e}", file=sys.stderr)
@@ -432,8 +421,10 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
     for m in metrics:
         cells = [f"{med[n][m]:.1f}" if m in med[n] else "—" for n in names]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines.append("")
     ours = "socks5twist"
+    if ours not in med or "direct" not in med:
+        return "\n".join(lines)  # (--only without them: the figures alone)
+    lines.append("")
     lines.append(
         f"Ratios of {ours} (medians; throughput and sessions: higher is better; "
         "latency added over direct and memory: lower is better)"
@@ -512,7 +503,7 @@ def main() -> None:
                     )
             results = {n: r for n, r in results.items() if r}
             pairs = paired(candidates, loadgen, target, args.pairs, args.quick, workdir)
-            if "socks5twist" in results and "direct" in results:
+            if results:
                 print(table(results))
             paired_text = paired_table(pairs)
             if paired_text:
