@@ -1,0 +1,60 @@
+"""
+Escaping for log lines: the one function every value from the network passes
+through before it is written to a log.
+
+A log line must stay one line, show no raw control bytes to a terminal, and
+lose nothing: a reader (or fail2ban) must see exactly which bytes a client
+sent.  So:
+
+- printable ASCII stays as it is, except the backslash, which is doubled (so
+  an escape in the output always means an escape, never a client's text);
+- every other byte of a C{bytes} value becomes C{\\xNN};
+- in a C{str} value, a control character below 0x80 becomes C{\\xNN}, and
+  every other character that is not ASCII C{\\uNNNN} or C{\\UNNNNNNNN};
+  a surrogate left by a C{surrogateescape} decode becomes the C{\\xNN} of
+  the byte it stands for (so an undecodable byte and a character never look
+  alike).
+
+The result is pure printable ASCII, and the escaping is reversible.
+"""
+
+from __future__ import annotations
+
+import functools
+
+__all__ = ["escape"]
+
+
+def _escape_char(code: int) -> str:
+    if 0x20 <= code < 0x7F:
+        return "\\\\" if code == 0x5C else chr(code)
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that surrogateescape kept from undecodable input.
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+_BYTE_TABLE = tuple(_escape_char(b) if b < 0x80 else f"\\x{b:02x}" for b in range(256))
+
+
+@functools.lru_cache(maxsize=1024)
+def _escape_text(value: str) -> str:
+    if value.isascii() and value.isprintable() and "\\" not in value:
+        return value
+    return "".join(_escape_char(ord(c)) for c in value)
+
+
+def escape(value: str | bytes | None) -> str:
+    """
+    C{value} as printable ASCII for a log line (see the module docstring);
+    C{None} becomes C{-}, as the log lines show a missing field.
+    """
+    if value is None:
+        return "-"
+    if isinstance(value, bytes):
+        return "".join([_BYTE_TABLE[b] for b in value])
+    return _escape_text(value)
