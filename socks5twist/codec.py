@@ -31,6 +31,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .names import InvalidName, canonical
+
 SOCKS_VERSION = 5
 AUTH_VERSION = 1
 
@@ -106,9 +108,11 @@ class Address:
     """
     A SOCKS address: an IPv4 or IPv6 address, or a domain name, and a port.
 
-    C{host} is the textual form: a compressed IP address, or for a domain name
-    the wire bytes decoded as UTF-8 with C{surrogateescape}, so that any bytes
-    a client sends round-trip exactly through L{Address.pack}.
+    C{host} is the textual form: a compressed IP address, or a domain name.
+    An address parsed from the wire holds a domain name only in the
+    canonical form of L{socks5twist.names.canonical} (lower-case ASCII, a
+    checked host name); a name that spells an IP address is parsed as that
+    address (ATYP 1 or 4), so a DOMAIN address never hides a literal.
     """
 
     type: AddressType
@@ -169,6 +173,11 @@ def _ip_form(host: str) -> tuple[AddressType, str]:
     return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
 
 
+def _looks_numeric(host: str) -> bool:
+    """Whether a canonical name is an IP address (no host name has an all-digit last label)."""
+    return ":" in host or host.rpartition(".")[2].isdigit()
+
+
 UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
 
 # How logs and metrics show a reply code: 0x00 ... 0xff.
@@ -203,8 +212,16 @@ def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
         end = start + length
         if len(data) < end + 2:
             return None
-        host = data[start:end].decode("utf-8", "surrogateescape")
-        kind = AddressType.DOMAIN
+        try:
+            host = canonical(bytes(data[start:end]))
+        except InvalidName as e:
+            # RFC 1928 has no code for a malformed name; no host can be
+            # reached by it.
+            raise MalformedMessage(e.why, Reply.HOST_UNREACHABLE) from None
+        if _looks_numeric(host):
+            kind, host = _ip_form(host)
+        else:
+            kind = AddressType.DOMAIN
     else:
         raise MalformedMessage(
             f"unsupported address type {atyp:#04x}", Reply.ADDRESS_TYPE_NOT_SUPPORTED

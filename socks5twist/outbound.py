@@ -41,19 +41,13 @@ def literal_ip(address: Address) -> IPAddress | None:
     """
     The IP address a SOCKS address names without DNS, if any.
 
-    Clients (curl among them) send IP literals as ATYP 3 names; those are
-    connected to as addresses, never looked up.
+    A name that spells an address (clients, curl among them, send IP
+    literals as ATYP 3 names) was parsed as that address by the codec, so a
+    DOMAIN address is always a name to look up.
     """
-    host = address.host
     if address.type is AddressType.DOMAIN:
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        if "%" in host:
-            return None  # a scope ID is no part of a destination
-    try:
-        return parse_ip(host)
-    except ValueError:
         return None
+    return parse_ip(address.host)
 
 
 class _OneConnection(ClientFactory):

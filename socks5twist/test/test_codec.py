@@ -26,9 +26,14 @@ ipv6 = st.builds(
     st.integers(0, 2**128 - 1),
     st.integers(0, 65535),
 )
+# Host names in canonical form (what the parser gives back): labels of
+# lower-case letters, digits, '-' and '_', the last with a letter in it.
+label = st.from_regex(r"[a-z0-9_-]{1,20}", fullmatch=True)
+last_label = st.from_regex(r"[a-z0-9_-]{0,10}[a-z][a-z0-9_-]{0,10}", fullmatch=True)
 domain = st.builds(
-    lambda raw, p: Address(AddressType.DOMAIN, raw.decode("utf-8", "surrogateescape"), p),
-    st.binary(min_size=1, max_size=255),
+    lambda labels, last, p: Address(AddressType.DOMAIN, ".".join([*labels, last]), p),
+    st.lists(label, max_size=8),
+    last_label,
     st.integers(0, 65535),
 )
 addresses = st.one_of(ipv4, ipv6, domain)
