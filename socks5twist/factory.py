@@ -17,7 +17,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
+from .bursts import BurstLog
 from .codec import HEX_BYTE, Command
+from .logsafe import escape
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -161,7 +163,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.rules = rules or ALLOW_ALL
         self.max_sessions_per_client = max_sessions_per_client
         self.max_sessions_per_user = max_sessions_per_user
-        self.client_sessions: collections.Counter[IPAddress] = collections.Counter()
+        self.client_sessions: collections.Counter[IPAddress | None] = collections.Counter()
         self.user_sessions: collections.Counter[str] = collections.Counter()
         self.outgoing: dict[int, str] = {}
         for text in outgoing_addresses:
@@ -183,6 +185,8 @@ class SOCKS5ServerFactory(ServerFactory):
                 parse_network(n) if isinstance(n, str) else n for n in allowed_clients
             )
         self.sessions: set[SOCKS5ServerProtocol] = set()
+        # Refusals a client can repeat at will are logged once per burst.
+        self.refusals = BurstLog(reactor, SOCKS5ServerProtocol.log)
 
     @property
     def handshake_timeout(self) -> float:
@@ -202,7 +206,6 @@ class SOCKS5ServerFactory(ServerFactory):
 
     def session_started(self, session: SOCKS5ServerProtocol) -> bool:
         """Count a new session in; C{False} if that would pass C{max_clients}."""
-        self.stats.connections += 1
         if len(self.sessions) >= self.max_clients:
             self.stats.limited["max-clients"] += 1
             return False
@@ -211,11 +214,13 @@ class SOCKS5ServerFactory(ServerFactory):
 
     def client_session_started(self, session: SOCKS5ServerProtocol) -> bool:
         """
-        Count a session in under its client IP (once the client is known);
-        C{False} if that would pass C{max_sessions_per_client}.
+        Count a connection in under its client IP as it is accepted (Unix
+        socket clients share one count, under C{None}); C{False} if that
+        would pass C{max_sessions_per_client}.
         """
+        self.stats.connections += 1
         ip = session.client_ip
-        if ip is None or self.max_sessions_per_client is None:
+        if self.max_sessions_per_client is None:
             return True  # counted only under a limit: no work per session otherwise
         if self.client_sessions[ip] >= self.max_sessions_per_client:
             self.stats.limited["max-sessions-per-client"] += 1
@@ -265,9 +270,11 @@ class SOCKS5ServerFactory(ServerFactory):
         if self.udp_associations[client] <= 0:
             del self.udp_associations[client]
 
-    def session_ended(self, session: SOCKS5ServerProtocol) -> None:
-        """Count a session out and write its log line."""
-        self.sessions.discard(session)
+    def session_refused(self, session: SOCKS5ServerProtocol) -> None:
+        """Count out a connection a limit refused before it became a session."""
+        self._release(session)
+
+    def _release(self, session: SOCKS5ServerProtocol) -> None:
         for kind, key in session.limit_keys:
             counter: collections.Counter[Any] = (
                 self.client_sessions if kind == "client" else self.user_sessions
@@ -276,6 +283,11 @@ class SOCKS5ServerFactory(ServerFactory):
             if counter[key] <= 0:
                 del counter[key]
         session.limit_keys = ()
+
+    def session_ended(self, session: SOCKS5ServerProtocol) -> None:
+        """Count a session out and write its log line."""
+        self.sessions.discard(session)
+        self._release(session)
         if not self.sessions and self.on_idle is not None:
             self.reactor.callLater(0, self._idle_now)
         relay, udp = session.relay, session.udp
@@ -294,19 +306,20 @@ class SOCKS5ServerFactory(ServerFactory):
             extra = ""
         stats.bytes_up += up
         stats.bytes_down += down
-        client, user = session.client_text, session.user or "-"
+        client, user = session.client_text, escape(session.user)
         command = session.command.name if isinstance(session.command, Command) else "-"
         destination = _show(session.destination)
         connected, bound = session.connected_to or "-", session.bound or "-"
         reply = "/".join([HEX_BYTE[r] for r in session.replies]) or "-"
         kind = relay.kind if relay is not None else "-"
         duration = time.time() - session.started
+        outcome = escape(session.outcome)
         # The line is formatted here with an f-string: Twisted's format-string
         # engine costs more than the rest of a short session.
         line = (
             f"session {client} user={user} {command} {destination} -> {connected} "
             f"bound={bound} reply={reply} up={up} down={down}{extra} "
-            f"duration={duration:.3f}s relay={kind} ({session.outcome})"
+            f"duration={duration:.3f}s relay={kind} ({outcome})"
         )
         if self.access_log is not None:
             self.access_log.write(line)
@@ -328,7 +341,7 @@ class SOCKS5ServerFactory(ServerFactory):
                 extra=extra,
                 relay=kind,
                 duration=duration,
-                outcome=session.outcome,
+                outcome=outcome,
             )
 
 

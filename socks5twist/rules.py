@@ -40,7 +40,15 @@ import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .policy import IPAddress, IPNetwork
+from .names import InvalidName, canonical_pattern
+from .policy import (
+    IPAddress,
+    IPNetwork,
+    client_in,
+    is_group_destination,
+    is_unspecified_destination,
+    spellings,
+)
 
 COMMANDS = ("connect", "bind", "udp")
 ANONYMOUS = "anonymous"
@@ -94,9 +102,7 @@ class Rule:
 
     def matches(self, query: Query) -> bool | None:
         """C{True}/C{False}, or C{None} if it depends on an address not known yet."""
-        if self.clients is not None and (
-            query.client is None or not _in_any(query.client, self.clients)
-        ):
+        if self.clients is not None and not client_in(query.client, self.clients):
             return False
         if self.users is not None and (query.user or ANONYMOUS) not in self.users:
             return False
@@ -117,8 +123,16 @@ class Rule:
         if self.destinations is not None:
             if query.address is None:
                 return None
+            if self.action is Verdict.DENY:
+                # A denied network is denied in every spelling that may
+                # lead to it (64:ff9b::7f00:1 for 127.0.0.1, 6to4, ...).
+                return any(_in_any(a, self.destinations) for a in spellings(query.address))
             return _in_any(query.address, self.destinations)
         return True
+
+    def names_address(self, address: IPAddress) -> bool:
+        """Whether this rule's C{destinations} name C{address} explicitly."""
+        return self.destinations is not None and _in_any(address, self.destinations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +144,8 @@ class AuthRule:
 @dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
-    rule: Rule | None  # None: the file's default
+    rule: Rule | None  # None: the file's default, or a built-in refusal
+    builtin: str | None = None  # why a built-in refusal refused
 
     @property
     def allowed(self) -> bool:
@@ -138,7 +153,13 @@ class Decision:
 
     @property
     def label(self) -> str:
-        return self.rule.label if self.rule is not None else "default"
+        if self.rule is not None:
+            return self.rule.label
+        return f"built-in ({self.builtin})" if self.builtin else "default"
+
+
+UNSPECIFIED_REFUSED = Decision(Verdict.DENY, None, "the unspecified address")
+GROUP_REFUSED = Decision(Verdict.DENY, None, "multicast or broadcast, not named by an allow rule")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,21 +173,37 @@ class Rules:
         The first matching rule's decision, or C{None} when a rule that needs
         the destination's address comes first and the query has none (ask
         again with each resolved address).
+
+        Whatever the rules say, two kinds of destination address are refused
+        (the BIND peer, which is the address a connection came from, aside):
+        the unspecified address (C{0.0.0.0/8}, C{::}, in any spelling),
+        which the kernel connects to this host; and multicast or the limited
+        broadcast, unless the allow rule that matches names the address in
+        its C{destinations} (a proxy must not be a way onto its LAN's SSDP or
+        mDNS by a rule that meant hosts).
         """
+        address = query.address
+        group = False
+        if address is not None and query.command != "bind":
+            if is_unspecified_destination(address):
+                return UNSPECIFIED_REFUSED
+            group = is_group_destination(address)
         for rule in self.rules:
             matched = rule.matches(query)
             if matched is None:
                 return None
             if matched:
+                if group and rule.action is Verdict.ALLOW and not rule.names_address(address):  # type: ignore[arg-type]
+                    continue
                 return Decision(rule.action, rule)
-        return Decision(self.default, None)
+        return GROUP_REFUSED if group else Decision(self.default, None)
 
     def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:
         """Whether a client must authenticate, by the first matching C{[[auth]]}."""
         if not have_checkers:
             return False
         for auth in self.auth:
-            if client is not None and _in_any(client, auth.clients):
+            if client_in(client, auth.clients):
                 return auth.require_password
         return True
 
@@ -179,7 +216,7 @@ def _in_any(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
 
 
 def _name_matches(pattern: str, name: str) -> bool:
-    name = name.lower().rstrip(".")
+    # Both are canonical (names.canonical and canonical_pattern).
     if pattern.startswith("*."):
         suffix = pattern[1:]  # ".example.org"
         return name.endswith(suffix)
@@ -190,9 +227,6 @@ def _name_matches(pattern: str, name: str) -> bool:
 
 _RULE_KEYS = {"name", "action", "clients", "users", "commands", "destinations", "names", "ports"}
 _AUTH_KEYS = {"clients", "method"}
-_NAME = re.compile(
-    r"^(\*\.)?[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
-)
 
 
 def parse(text: str, source: str = "rules") -> Rules:
@@ -345,12 +379,15 @@ def _rule(index: int, raw: object, locator: _Locator) -> Rule:
             )
     names = None
     if "names" in raw:
-        names = tuple(
-            n.lower().rstrip(".") for n in _strings(raw["names"], locator, "rule", index, "names")
-        )
-        for n in names:
-            if not _NAME.match(n):
-                raise locator.error("rule", index, "names", f"{n!r} is not a host name or *.suffix")
+        canonical = []
+        for text in _strings(raw["names"], locator, "rule", index, "names"):
+            try:
+                canonical.append(canonical_pattern(text))
+            except InvalidName as e:
+                raise locator.error(
+                    "rule", index, "names", f"{e.why} (a host name or *.suffix)"
+                ) from None
+        names = tuple(canonical)
     return Rule(
         index=index,
         action=_verdict(raw["action"], locator, index, "action"),

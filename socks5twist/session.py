@@ -41,7 +41,8 @@ from zope.interface import implementer
 from . import codec, outbound, splice
 from .auth import ISOCKSUser
 from .bind import BindWaiter
-from .codec import Address, Command, MalformedMessage, Method, Reply
+from .codec import Address, AddressType, Command, MalformedMessage, Method, Reply
+from .logsafe import escape
 from .policy import IPAddress, describe, ip_of
 from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
 from .rules import Decision, Query
@@ -223,21 +224,39 @@ class SOCKS5ServerProtocol(Protocol):
         self.started = time.time()
         no_delay(self.transport)
         self._set_client(self.transport.getPeer())
-        if not self.factory.session_started(self):
-            self.outcome = "too many clients"
-            self._move(State.CLOSED)
-            self.log.warn(
-                "refused {client}: {count} sessions open, the limit (--max-clients)",
-                client=self.client_text,
-                count=self.factory.max_clients,
+        factory = self.factory
+        # A client's connections count against its own limit from the
+        # moment they are accepted, before they count against everyone's:
+        # no single address can fill --max-clients with silent connections.
+        if not factory.client_session_started(self):
+            self._refuse(
+                ("per-client", self.client_ip),
+                "too many sessions from this client",
+                "refused {client}: {n} sessions open from it (--max-sessions-per-client)",
+                n=factory.max_sessions_per_client,
             )
-            self.transport.abortConnection()
+            return
+        if not factory.session_started(self):
+            self._refuse(
+                "max-clients",
+                "too many clients",
+                "refused {client}: {n} sessions open, the limit (--max-clients)",
+                n=factory.max_clients,
+            )
             return
         self.counted = True
-        if self.factory.handshake_timeout > 0:
+        if factory.handshake_timeout > 0:
             # One timer serves every session's handshake (see timers.py).
-            self.factory.handshakes.add(self)
+            factory.handshakes.add(self)
             self._in_handshake = True
+
+    def _refuse(self, key: object, outcome: str, format: str, **fields: object) -> None:
+        """Close a connection a limit refuses, at once; logged once per burst."""
+        self.outcome = outcome
+        self._move(State.CLOSED)
+        self.factory.refusals.refused(key, format, client=self.client_text, **fields)
+        self.factory.session_refused(self)
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self.state is State.RELAYING:
@@ -339,20 +358,13 @@ class SOCKS5ServerProtocol(Protocol):
             self._set_client(self.transport.getPeer())
         assert self.client is not None
         if not self.factory.client_policy.allows(self.client, self.client_ip):
-            self.log.warn(
+            self.factory.refusals.refused(
+                ("not allowed", self.client_ip),
                 "refused client {client}: not in the allowed client networks",
                 client=self.client_text,
             )
             send_now(self.transport, codec.build_method_selection(Method.NO_ACCEPTABLE))
             self._close("client not allowed")
-            return
-        if not self.factory.client_session_started(self):
-            self.log.warn(
-                "refused {client}: {n} sessions open from it (--max-sessions-per-client)",
-                client=self.client_text,
-                n=self.factory.max_sessions_per_client,
-            )
-            self._close("too many sessions from this client")
             return
         has_checkers = self.factory.portal is not None
         if self.factory.rules.password_required(self.client_ip, has_checkers):
@@ -378,7 +390,7 @@ class SOCKS5ServerProtocol(Protocol):
         credentials = UsernamePassword(request.username, request.password)
         d = self.factory.portal.login(credentials, None, ISOCKSUser)
         self._pending = d
-        d.addCallbacks(self._authenticated, self._unauthenticated)
+        d.addCallbacks(self._authenticated, self._unauthenticated, errbackArgs=(request.username,))
         d.addErrback(self._unexpected, "authentication")
 
     def _authenticated(self, result: tuple[Any, Any, Any]) -> None:
@@ -394,13 +406,16 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.resumeProducing()
         self._process()
 
-    def _unauthenticated(self, failure: Failure) -> None:
+    def _unauthenticated(self, failure: Failure, username: bytes) -> None:
         if failure.check(defer.CancelledError) or self.state is not State.AUTHENTICATING:
             return
         self._pending = None
+        # One line per attempt, naming the username tried (escaped), so
+        # that fail2ban-style tools can act on it; never the password.
         self.log.info(
-            "authentication failed for {client}: {why}",
+            "authentication failed for {client} user={user}: {why}",
             client=self.client_text,
+            user=escape(username),
             why=_why(failure),
         )
         self.factory.auth_failed()
@@ -417,7 +432,7 @@ class SOCKS5ServerProtocol(Protocol):
                 "refused {command} for user {user} from {client}: "
                 "{n} sessions open (--max-sessions-per-user)",
                 command=request.command.name,
-                user=self.user,
+                user=escape(self.user),
                 client=self.client_text,
                 n=self.factory.max_sessions_per_user,
             )
@@ -479,7 +494,7 @@ class SOCKS5ServerProtocol(Protocol):
             command=self.command.name if self.command else "-",
             destination=_show(self.destination),
             client=self.client_text,
-            user=self.user or "-",
+            user=escape(self.user),
             rule=decision.label,
         )
         self.factory.rule_denied(decision)
@@ -620,11 +635,16 @@ class SOCKS5ServerProtocol(Protocol):
         )
 
     def _admit_peer(self, peer: IAddress) -> bool:
-        """Whether the rules let this BIND peer in."""
+        """
+        Whether the rules let this BIND peer in: checked as the address it
+        connects from and, if the request named the peer, by that name.
+        """
         ip = ip_of(peer)
         if ip is None:
             return False
-        decision = self._decide(ip, getattr(peer, "port", 0), None)
+        assert self.destination is not None
+        name = self.destination.host if self.destination.type is AddressType.DOMAIN else None
+        decision = self._decide(ip, getattr(peer, "port", 0), name)
         assert decision is not None
         if not decision.allowed:
             self.log.info(
@@ -888,7 +908,8 @@ def _wildcard_for(address: str | None) -> str:
 
 
 def _why(failure: Failure) -> str:
-    return failure.getErrorMessage() or type(failure.value).__name__
+    """What went wrong, for a log line (escaped: messages may quote a peer)."""
+    return escape(failure.getErrorMessage() or type(failure.value).__name__)
 
 
 def _show(address: Address | None) -> str:

@@ -117,7 +117,7 @@ class MatchTests(SynchronousTestCase):
         self.assertEqual(
             self.decide(name="www.example.org", address=ip("93.184.215.14")), "allow #2"
         )
-        self.assertEqual(self.decide(name="example.org.", address=ip("93.184.215.14")), "allow #2")
+        self.assertEqual(self.decide(name="example.org", address=ip("93.184.215.14")), "allow #2")
         self.assertEqual(
             self.decide(name="badexample.org", address=ip("93.184.215.14")), "deny default"
         )
@@ -152,12 +152,81 @@ class MatchTests(SynchronousTestCase):
         self.assertTrue(self.parsed.password_required(ip("10.21.1.1"), True))
         self.assertFalse(self.parsed.password_required(ip("10.21.1.1"), False))
 
-    def test_ipv4_rules_never_match_ipv6(self) -> None:
+    def test_ipv4_allow_rules_never_match_ipv6(self) -> None:
         parsed = rules.parse(
-            'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["0.0.0.0/0"]\n'
+            'default = "deny"\n[[rule]]\naction = "allow"\ndestinations = ["1.2.3.0/24"]\n'
         )
-        decision = parsed.decide(q(address=ipaddress.ip_address("::ffff:1.2.3.4")))
+        for spelling in ("64:ff9b::102:304", "2002:102:304::1", "::102:304"):
+            decision = parsed.decide(q(address=ipaddress.ip_address(spelling)))
+            self.assertEqual(decision.verdict, Verdict.DENY, spelling)  # type: ignore[union-attr]
+
+    def test_deny_rules_match_every_spelling_of_a_denied_address(self) -> None:
+        """NAT64, 6to4, IPv4-compatible and Teredo addresses carry an IPv4 address."""
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\n'
+            'destinations = ["127.0.0.0/8", "192.0.2.45/32"]\n'
+        )
+        for spelling in (
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "::7f00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo for 192.0.2.45
+        ):
+            decision = parsed.decide(q(address=ipaddress.ip_address(spelling)))
+            self.assertEqual(decision.label, "#1", spelling)  # type: ignore[union-attr]
+        decision = parsed.decide(q(address=ipaddress.ip_address("2001:db8::1")))
         self.assertEqual(decision.verdict, Verdict.ALLOW)  # type: ignore[union-attr]
+
+    def test_the_unspecified_address_is_refused_whatever_the_rules(self) -> None:
+        parsed = rules.parse('default = "allow"\n[[rule]]\naction = "allow"\n')
+        for spelling in ("0.0.0.0", "0.1.2.3", "::", "64:ff9b::", "2002::1"):
+            for command in ("connect", "udp"):
+                decision = parsed.decide(q(address=ipaddress.ip_address(spelling), command=command))
+                self.assertFalse(decision.allowed, spelling)  # type: ignore[union-attr]
+                self.assertEqual(decision.label, "built-in (the unspecified address)")  # type: ignore[union-attr]
+
+    def test_multicast_and_broadcast_need_an_allow_rule_that_names_them(self) -> None:
+        ip = ipaddress.ip_address
+        everything = rules.parse('default = "allow"\n[[rule]]\naction = "allow"\nports = [1900]\n')
+        named = rules.parse(
+            'default = "deny"\n[[rule]]\naction = "allow"\ndestinations = ["239.255.255.250/32"]\n'
+        )
+        for address in ("239.255.255.250", "224.0.0.251", "ff02::fb", "255.255.255.255"):
+            decision = everything.decide(q(address=ip(address), port=1900, command="udp"))
+            self.assertFalse(decision.allowed, address)  # type: ignore[union-attr]
+        decision = named.decide(q(address=ip("239.255.255.250"), port=1900, command="udp"))
+        self.assertTrue(decision.allowed)  # type: ignore[union-attr]
+        decision = named.decide(q(address=ip("224.0.0.251"), port=5353, command="udp"))
+        self.assertFalse(decision.allowed)  # type: ignore[union-attr]
+
+    def test_unicode_name_patterns_match_their_punycode(self) -> None:
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\n'
+            'names = ["*.Bücher.test", "ＥＶＩＬ.test."]\n'
+        )
+        for name in ("www.xn--bcher-kva.test", "evil.test"):
+            self.assertEqual(self.deny_label(parsed, name), "#1", name)
+
+    def test_a_name_pattern_that_is_no_name_is_an_error(self) -> None:
+        for bad in ('"bad name"', '"127.0.0.1"', '"a\\u0000b"'):
+            with self.assertRaises(RulesError):
+                rules.parse(f'default = "allow"\n[[rule]]\naction = "deny"\nnames = [{bad}]\n')
+
+    def test_unix_socket_clients_match_loopback_networks(self) -> None:
+        for networks, matches in (
+            ('["127.0.0.0/8"]', True),
+            ('["::1/128"]', True),
+            ('["10.0.0.0/8"]', False),
+        ):
+            parsed = rules.parse(
+                f'default = "allow"\n[[rule]]\naction = "deny"\nclients = {networks}\n'
+            )
+            decision = parsed.decide(q(client=None, address=ipaddress.ip_address("192.0.2.1")))
+            self.assertEqual(not decision.allowed, matches, networks)  # type: ignore[union-attr]
+
+    def deny_label(self, parsed: rules.Rules, name: str) -> str | None:
+        decision = parsed.decide(q(name=name, address=ipaddress.ip_address("192.0.2.1")))
+        return None if decision is None or decision.allowed else decision.label
 
 
 class PropertyTests(SynchronousTestCase):
@@ -172,7 +241,12 @@ class PropertyTests(SynchronousTestCase):
         address = ipaddress.IPv4Address(probe)
         decision = parsed.decide(q(address=address))
         assert decision is not None
-        self.assertEqual(decision.verdict is Verdict.DENY, address in network)
+        builtin = (
+            address in ipaddress.IPv4Network("0.0.0.0/8")
+            or address.is_multicast
+            or (address == ipaddress.IPv4Address("255.255.255.255"))
+        )
+        self.assertEqual(decision.verdict is Verdict.DENY, address in network or builtin)
         # The network's own edges are inside it.
         for edge in (network.network_address, network.broadcast_address):
             self.assertEqual(parsed.decide(q(address=edge)).verdict, Verdict.DENY)  # type: ignore[union-attr]
