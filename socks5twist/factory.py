@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
+from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
@@ -97,6 +98,10 @@ class SOCKS5ServerFactory(ServerFactory):
         without a portal, and any address with one.
     @param access_log: where each session's line goes instead of Twisted's
         log (L{socks5twist.accesslog.AccessLog}); the owner closes it.
+    @param resolver: the L{IHostnameResolver} that destination names are
+        looked up with (they reach it only in canonical form, see
+        L{socks5twist.names}); by default the reactor's, which asks the system
+        resolver in a thread.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -124,6 +129,7 @@ class SOCKS5ServerFactory(ServerFactory):
         outgoing_addresses: Iterable[str] = (),
         splice: bool | None = None,
         access_log: AccessLog | None = None,
+        resolver: IHostnameResolver | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -174,6 +180,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.denials: collections.Counter[str] = collections.Counter()
         self.splice = splice_available() if splice is None else splice and splice_available()
         self.access_log = access_log
+        self._resolver = resolver
         self.stats = Stats()
         self.metrics: Metrics | None = None
         # Called when the last session ends (a draining service listens).
@@ -187,6 +194,11 @@ class SOCKS5ServerFactory(ServerFactory):
         self.sessions: set[SOCKS5ServerProtocol] = set()
         # Refusals a client can repeat at will are logged once per burst.
         self.refusals = BurstLog(reactor, SOCKS5ServerProtocol.log)
+
+    @property
+    def resolver(self) -> IHostnameResolver:
+        """The resolver in use (the reactor's unless one was given)."""
+        return self._resolver or self.reactor.nameResolver  # type: ignore[no-any-return]
 
     @property
     def handshake_timeout(self) -> float:

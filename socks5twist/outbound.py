@@ -376,14 +376,17 @@ class _Addresses:
             self.done.errback(error.DNSLookupError(self.name))
 
 
-def resolve(reactor: Any, name: str, timeout: float) -> defer.Deferred[list[IPAddress]]:
+def resolve(
+    reactor: Any, name: str, timeout: float, resolver: IHostnameResolver | None = None
+) -> defer.Deferred[list[IPAddress]]:
     """
-    Every address C{name} resolves to (IPv4 and IPv6), through the reactor's
-    name resolver: the lookup runs off the reactor thread and blocks nothing.
+    Every address C{name} (a canonical name: see L{socks5twist.names})
+    resolves to, IPv4 and IPv6, through C{resolver} (by default the
+    reactor's, whose lookups run off the reactor thread and block nothing).
     """
     receiver = _Addresses(name)
     try:
-        reactor.nameResolver.resolveHostName(receiver, name, 0)
+        (resolver or reactor.nameResolver).resolveHostName(receiver, name, 0)
     except Exception:
         return defer.fail()
     if timeout > 0:

@@ -547,7 +547,9 @@ class SOCKS5ServerProtocol(Protocol):
                 return
             then(allowed)
 
-        d = outbound.resolve(self.factory.reactor, name, self.factory.connect_timeout)
+        d = outbound.resolve(
+            self.factory.reactor, name, self.factory.connect_timeout, self.factory.resolver
+        )
         self._pending = d
         d.addCallbacks(resolved, failed)
         d.addErrback(self._unexpected, phase)
@@ -764,6 +766,7 @@ class SOCKS5ServerProtocol(Protocol):
             idle_timeout=self.factory.idle_timeout,
             on_idle=self._udp_idle,
             resolve_timeout=self.factory.connect_timeout or 10.0,
+            resolver=self.factory.resolver,
             check=self._udp_allowed,
             outgoing=self.factory.outgoing,
         )

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import error
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress, IHostnameResolver, IListeningPort
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -78,6 +78,7 @@ class UDPAssociation:
         resolve_timeout: float = 10.0,
         check: Callable[[IPAddress | None, int, str | None], bool | None] | None = None,
         outgoing: Mapping[int, str] | None = None,
+        resolver: IHostnameResolver | None = None,
     ) -> None:
         self._reactor = reactor
         self.client_ip = client_ip
@@ -87,6 +88,7 @@ class UDPAssociation:
         self.interface = interface
         self.any_source = any_source
         self._resolve_timeout = resolve_timeout
+        self._resolver = resolver
         self._check = check
         self._outgoing = outgoing or {}
         self.client_address: tuple[str, int] | None = None
@@ -191,7 +193,7 @@ class UDPAssociation:
             queue.append((port, data))
             return
         self._waiting[name] = [(port, data)]
-        d = outbound.resolve(self._reactor, name, self._resolve_timeout)
+        d = outbound.resolve(self._reactor, name, self._resolve_timeout, self._resolver)
         d.addCallbacks(self._resolved, self._unresolved, (name,), {}, (name,))
         d.addErrback(self._unexpected)
 

@@ -7,6 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.interfaces import IHostnameResolver
+from twisted.internet.threads import deferToThread
+from zope.interface import implementer
+
+from socks5twist import SOCKS5ServerFactory
 
 from .conftest import Blob, require_module, require_tool, wait_until
 
@@ -74,11 +83,34 @@ def test_curl_refused_destination(socks_server) -> None:
     assert b"(5)" in result.stderr  # curl prints the reply code: connection refused
 
 
-def test_curl_unresolvable_name(socks_server) -> None:
-    host, port = socks_server.address
-    result = curl("--socks5-hostname", f"{host}:{port}", "http://no-such-host.invalid/")
+@implementer(IHostnameResolver)
+class _NothingResolves:
+    """A resolver that knows no name, so no lookup leaves this machine."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, transport="TCP"):
+        self.names.append(hostName)
+        receiver.resolutionBegan(None)
+        receiver.resolutionComplete()
+
+
+@pytest_twisted.inlineCallbacks
+def test_curl_unresolvable_name():
+    """A name that does not resolve gets X'04'; the resolver is injected (no DNS query)."""
+    resolver = _NothingResolves()
+    port: Any = reactor.listenTCP(0, SOCKS5ServerFactory(resolver=resolver), interface="127.0.0.1")
+    try:
+        address = f"127.0.0.1:{port.getHost().port}"
+        result = yield deferToThread(
+            curl, "--socks5-hostname", address, "http://No-Such-Host.invalid/"
+        )
+    finally:
+        yield port.stopListening()
     assert result.returncode == 97
     assert b"(4)" in result.stderr  # host unreachable
+    assert resolver.names == ["no-such-host.invalid"]
 
 
 def test_ncat_through_the_proxy(socks_server, echo_server) -> None:
