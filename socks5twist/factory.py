@@ -95,6 +95,10 @@ class SOCKS5ServerFactory(ServerFactory):
         without a portal, and any address with one.
     @param access_log: where each session's line goes instead of Twisted's
         log (L{socks5twist.accesslog.AccessLog}); the owner closes it.
+    @param trusted_proxies: the networks (L{ipaddress} networks or their
+        text) of the load balancers whose PROXY-protocol header a listener
+        wrapped in L{socks5twist.proxylistener.ProxyHeaderFactory} believes;
+        empty (the default): such a listener refuses every connection.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -122,6 +126,7 @@ class SOCKS5ServerFactory(ServerFactory):
         outgoing_addresses: Iterable[str] = (),
         splice: bool | None = None,
         access_log: AccessLog | None = None,
+        trusted_proxies: Iterable[IPNetwork | str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -183,6 +188,9 @@ class SOCKS5ServerFactory(ServerFactory):
                 parse_network(n) if isinstance(n, str) else n for n in allowed_clients
             )
         self.sessions: set[SOCKS5ServerProtocol] = set()
+        self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
+            parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
+        )
 
     @property
     def handshake_timeout(self) -> float:

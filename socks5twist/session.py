@@ -43,6 +43,7 @@ from .auth import ISOCKSUser
 from .bind import BindWaiter
 from .codec import Address, Command, MalformedMessage, Method, Reply
 from .policy import IPAddress, describe, ip_of
+from .proxylistener import unvetted
 from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
 from .rules import Decision, Query
 from .splice import SpliceRelay
@@ -222,6 +223,11 @@ class SOCKS5ServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.started = time.time()
         no_delay(self.transport)
+        if unvetted(self.transport):  # Twisted's PROXY wrapper: it believes anyone
+            self.outcome = "PROXY header from an untrusted listener"
+            self._move(State.CLOSED)
+            self.transport.abortConnection()
+            return
         self._set_client(self.transport.getPeer())
         if not self.factory.session_started(self):
             self.outcome = "too many clients"

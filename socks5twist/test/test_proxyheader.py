@@ -305,3 +305,86 @@ class ParserTests(unittest.TestCase):
     def test_malformed_is_the_parsers_own_error(self) -> None:
         for data in MALFORMED.values():
             self.assertRaises(MalformedHeader, proxyheader.parse, data)
+
+
+class SessionBehindTheListenerTests(ProxyTestCase):
+    """The SOCKS5 session behind the wrapper, as C{twistd socks5} and library users build it."""
+
+    def socks_factory(self, **kwargs: Any) -> Any:
+        from socks5twist import SOCKS5ServerFactory
+
+        return SOCKS5ServerFactory(reactor=self.reactor, splice=False, **kwargs)
+
+    def test_the_session_sees_the_headers_client_and_the_sockets_own_address(self) -> None:
+        factory = self.socks_factory(
+            trusted_proxies=["127.0.0.1"], allowed_clients=["192.0.2.0/24"]
+        )
+        listener = ProxyHeaderFactory(factory)
+        protocol = listener.buildProtocol(BALANCER)
+        transport = StringTransport(hostAddress=SOCKET_HOST, peerAddress=BALANCER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(V1 + b"\x05\x01\x00")
+        self.assertEqual(transport.value(), b"\x05\x00")
+        [session] = factory.sessions
+        self.assertEqual(session.client_text, "192.0.2.7:40123")
+        self.assertEqual(str(session._local_ip()), "127.0.0.1")
+
+    def test_the_factory_keyword_without_proxies_refuses_everyone(self) -> None:
+        factory = self.socks_factory()
+        protocol = ProxyHeaderFactory(factory).buildProtocol(BALANCER)
+        transport = StringTransport(hostAddress=SOCKET_HOST, peerAddress=BALANCER)
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(factory.sessions, set())
+        [line] = self.lines()
+        self.assertIn("trusted_proxies=", line)
+
+    def test_twisteds_own_proxy_wrapper_is_refused_with_what_to_use(self) -> None:
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        factory = self.socks_factory(trusted_proxies=["127.0.0.1"])
+        protocol = HAProxyWrappingFactory(factory).buildProtocol(BALANCER)
+        transport = StringTransport(hostAddress=SOCKET_HOST, peerAddress=BALANCER)
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"PROXY TCP4 127.0.0.2 127.0.0.1 5555 1\r\n\x05\x01\x00")
+        self.assertTrue(transport.disconnected)
+        self.assertEqual((transport.value(), factory.sessions), (b"", set()))
+        [line] = self.lines()
+        self.assertIn("refused connection from 127.0.0.1:5555", line)
+        self.assertIn("ProxyHeaderFactory", line)
+
+
+class OptionTests(unittest.TestCase):
+    def parse(self, *argv: str) -> Any:
+        from socks5twist.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_haproxy_port_without_trusted_proxy_is_a_usage_error_naming_the_option(self) -> None:
+        from twisted.python import usage
+
+        e = self.assertRaises(usage.UsageError, self.parse, "--port", "haproxy:tcp:0")
+        self.assertIn("--trusted-proxy", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_trusted_proxy_is_parsed_like_allow_client(self) -> None:
+        from twisted.python import usage
+
+        for bad in ("10.0.0.1/8", "balancer.example"):
+            self.assertRaises(usage.UsageError, self.parse, "--trusted-proxy", bad)
+
+    def test_haproxy_port_listens_on_the_inner_endpoint_with_our_wrapper(self) -> None:
+        from socks5twist.tap import make_factory, proxy_listener
+
+        options = self.parse(
+            "--port", "haproxy:tcp:0:interface=127.0.0.1", "--trusted-proxy", "10.0.0.2"
+        )
+        factory = make_factory(options)
+        self.assertEqual([str(n) for n in factory.trusted_proxies], ["10.0.0.2/32"])
+        description, listener = proxy_listener(options["ports"][0], factory)
+        self.assertEqual(description, "tcp:0:interface=127.0.0.1")
+        self.assertIsInstance(listener, ProxyHeaderFactory)
+        self.assertEqual(listener.trusted, factory.trusted_proxies)
+        self.assertEqual(proxy_listener("tcp:0", factory), ("tcp:0", factory))
