@@ -78,32 +78,44 @@ class Refusals:
         self.reactor = reactor
         self.more = 0
         self.peers: dict[str, None] = {}  # an ordered set
+        self.unnamed = False  # more addresses than NAMED were refused
         self._call: IDelayedCall | None = None
 
-    def refused(self, peer: str, why: str) -> None:
+    def refused(self, peer: IAddress, why: str) -> None:
         if self._call is None:
-            log.warn("refused PROXY-protocol connection from {peer}: {why}", peer=peer, why=why)
+            log.warn(
+                "refused PROXY-protocol connection from {peer}: {why}",
+                peer=describe(peer),
+                why=why,
+            )
             self._call = self.reactor.callLater(self.WINDOW, self._fold)
             return
         self.more += 1
+        # A folded line names addresses, not ports: what a reader acts on.
+        ip = ip_of(peer)
+        name = describe(peer) if ip is None else str(ip)
+        if name in self.peers:
+            return
         if len(self.peers) < self.NAMED:
-            self.peers[peer] = None
+            self.peers[name] = None
+        else:
+            self.unnamed = True
 
     def _fold(self) -> None:
         self._call = None
         if not self.more:
             return  # a quiet window: the next refusal is logged at once
-        others = self.more - len(self.peers)
         log.warn(
-            "refused {count} more PROXY-protocol connections in {window:g}s from untrusted"
-            " peers: {peers}{others}",
+            "refused {count} more PROXY-protocol connections within {window:g}s from"
+            " untrusted peers: {peers}{others}",
             count=self.more,
             window=self.WINDOW,
             peers=", ".join(self.peers),
-            others=f" and {others} more" if others > 0 else "",
+            others=" and other addresses" if self.unnamed else "",
         )
         self.more = 0
         self.peers = {}
+        self.unnamed = False
         self._call = self.reactor.callLater(self.WINDOW, self._fold)
 
     def stop(self) -> None:
@@ -141,7 +153,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         why = self.factory.refusal(peer)
         if why is not None:
             self.state = _State.CLOSED
-            self.factory.refusals.refused(describe(peer), why)
+            self.factory.refusals.refused(peer, why)
             self.transport.abortConnection()
             return
         timeout = self.factory.timeout
@@ -318,9 +330,6 @@ class ProxyHeaderFactory(WrappingFactory[ProxyHeaderProtocol]):
     def doStop(self) -> None:
         self.refusals.stop()
         super().doStop()
-
-    def logPrefix(self) -> str:
-        return "ProxyHeader"
 
 
 def unvetted(transport: Any) -> bool:

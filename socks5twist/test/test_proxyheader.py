@@ -121,13 +121,22 @@ class UntrustedPeerTests(ProxyTestCase):
         self.reactor.advance(Refusals.WINDOW)
         lines = self.lines()
         self.assertEqual(len(lines), 2)
-        self.assertIn("refused 99 more PROXY-protocol connections in 10s", lines[1])
-        self.assertIn("192.0.2.1:1, 192.0.2.1:2", lines[1])
+        self.assertIn("refused 99 more PROXY-protocol connections within 10s", lines[1])
+        self.assertTrue(lines[1].endswith("untrusted peers: 192.0.2.1"), lines[1])
         # A quiet window, then the next refusal is logged at once again.
         self.reactor.advance(Refusals.WINDOW)
         self.connect(peer=IPv4Address("TCP", "192.0.2.9", 1), factory=listener)
         self.assertEqual(len(self.lines()), 3)
-        listener.doStop()  # no timer left behind
+        for last in range(2, 9):
+            self.connect(peer=IPv4Address("TCP", f"192.0.2.{last}", 1), factory=listener)
+        listener.doStop()  # logs what it counted; no timer left behind
+        self.assertTrue(
+            self.lines()[3].endswith(
+                "192.0.2.2, 192.0.2.3, 192.0.2.4, 192.0.2.5, 192.0.2.6 and other addresses"
+            ),
+            self.lines()[3],
+        )
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_unix_peer_is_trusted_only_with_loopback(self) -> None:
         _, transport, _ = self.connect(peer=UNIXAddress(b"/run/s"), trusted=("10.0.0.0/8",))
