@@ -102,6 +102,10 @@ class SOCKS5ServerFactory(ServerFactory):
         looked up with (they reach it only in canonical form, see
         L{socks5twist.names}); by default the reactor's, which asks the system
         resolver in a thread.
+    @param trusted_proxies: the networks (L{ipaddress} networks or their
+        text) of the load balancers whose PROXY-protocol header a listener
+        wrapped in L{socks5twist.proxylistener.ProxyHeaderFactory} believes;
+        empty (the default): such a listener refuses every connection.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -130,6 +134,7 @@ class SOCKS5ServerFactory(ServerFactory):
         splice: bool | None = None,
         access_log: AccessLog | None = None,
         resolver: IHostnameResolver | None = None,
+        trusted_proxies: Iterable[IPNetwork | str] = (),
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -194,6 +199,9 @@ class SOCKS5ServerFactory(ServerFactory):
         self.sessions: set[SOCKS5ServerProtocol] = set()
         # Refusals a client can repeat at will are logged once per burst.
         self.refusals = BurstLog(reactor, SOCKS5ServerProtocol.log)
+        self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
+            parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
+        )
 
     @property
     def resolver(self) -> IHostnameResolver:

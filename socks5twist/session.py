@@ -44,6 +44,7 @@ from .bind import BindWaiter
 from .codec import Address, AddressType, Command, MalformedMessage, Method, Reply
 from .logsafe import escape
 from .policy import IPAddress, describe, ip_of
+from .proxylistener import unvetted
 from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
 from .rules import Decision, Query
 from .splice import SpliceRelay
@@ -223,6 +224,11 @@ class SOCKS5ServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.started = time.time()
         no_delay(self.transport)
+        if unvetted(self.transport):  # Twisted's PROXY wrapper: it believes anyone
+            self.outcome = "PROXY header from an untrusted listener"
+            self._move(State.CLOSED)
+            self.transport.abortConnection()
+            return
         self._set_client(self.transport.getPeer())
         factory = self.factory
         # A client's connections count against its own limit from the

@@ -22,6 +22,7 @@ from .accesslog import AccessLog, open_for_append
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
 from .policy import parse_network
+from .proxylistener import ProxyHeaderFactory
 from .rules import RulesError
 from .rules import describe as describe_rules
 from .rules import load as load_rules
@@ -207,6 +208,7 @@ class Options(usage.Options, AuthOptionMixin):
         super().__init__()
         self["ports"] = []
         self["allowed-clients"] = []
+        self["trusted-proxies"] = []
         self["outgoing-addresses"] = []
         self["worker-listeners"] = []
         self.argv: list[str] = []
@@ -245,6 +247,13 @@ class Options(usage.Options, AuthOptionMixin):
         except ValueError as e:
             raise usage.UsageError(f"--allow-client {network!r}: {e}") from None
 
+    def opt_trusted_proxy(self, network: str) -> None:
+        """Believe PROXY-protocol headers on haproxy: ports only from this network (CIDR or address; repeatable; required with haproxy:)."""  # noqa: E501
+        try:
+            self["trusted-proxies"].append(parse_network(network))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy {network!r}: {e}") from None
+
     def opt_outgoing_address(self, address: str) -> None:
         """Bind outbound CONNECT sockets, BIND listeners and UDP relay sockets to this IP (one per IP version)."""  # noqa: E501
         try:
@@ -262,6 +271,12 @@ class Options(usage.Options, AuthOptionMixin):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = ["tcp:1080"]
+        proxied = [p for p in self["ports"] if p.startswith(PROXY_PREFIX)]
+        if proxied and not self["trusted-proxies"]:
+            raise usage.UsageError(
+                f"--port {proxied[0]} believes the PROXY header of the load balancers named by"
+                " --trusted-proxy NETWORK only: add one (e.g. --trusted-proxy 10.0.0.2)"
+            )
         if self["metrics"]:
             self["metrics"] = normalize_port(self["metrics"])
             from twisted.internet import reactor
@@ -317,7 +332,23 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         splice=not options["no-splice"],
         allowed_clients=options["allowed-clients"] or None,
         access_log=access_log,
+        trusted_proxies=options["trusted-proxies"],
     )
+
+
+PROXY_PREFIX = "haproxy:"
+
+
+def proxy_listener(description: str, factory: Any) -> tuple[str, Any]:
+    """
+    The endpoint description and factory to listen with for C{description}:
+    a C{haproxy:INNER} port listens on INNER with our own PROXY-protocol
+    wrapper (L{ProxyHeaderFactory}, which believes trusted proxies only)
+    instead of Twisted's, which believes anyone.
+    """
+    if description.startswith(PROXY_PREFIX):
+        return description[len(PROXY_PREFIX) :], ProxyHeaderFactory(factory)
+    return description, factory
 
 
 class AdoptedPortService(service.Service):
@@ -334,11 +365,8 @@ class AdoptedPortService(service.Service):
         import socket
 
         from twisted.internet import reactor
-        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
 
-        factory = self.factory
-        if self.description.startswith("haproxy:"):
-            factory = HAProxyWrappingFactory(factory)
+        _, factory = proxy_listener(self.description, self.factory)
         probe = socket.socket(fileno=os.dup(self.fd))
         family = probe.family
         probe.close()
@@ -366,7 +394,7 @@ def makeService(options: Options) -> SOCKS5Service:
             adopted.setServiceParent(top)
     else:
         for description in options["ports"]:
-            child = strports.service(description, factory)
+            child = strports.service(*proxy_listener(description, factory))
             child._description = description  # type: ignore[attr-defined]
             child.setServiceParent(top)
         top.worker_count = options["workers"]

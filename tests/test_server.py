@@ -162,7 +162,11 @@ def haproxy_client(server: SocksServer, source: str) -> socket.socket:
 def test_haproxy_uses_the_address_in_the_proxy_header(start_server, echo_server: Addr) -> None:
     port = free_port()
     server = start_server(
-        "--port", f"haproxy:tcp:{port}:interface=127.0.0.1", connect_to=("127.0.0.1", port)
+        "--port",
+        f"haproxy:tcp:{port}:interface=127.0.0.1",
+        "--trusted-proxy",
+        "127.0.0.1",
+        connect_to=("127.0.0.1", port),
     )
     # The balancer is on loopback, but the client it names is not: refused.
     outsider = haproxy_client(server, "192.0.2.44")
