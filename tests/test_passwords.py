@@ -217,3 +217,25 @@ def test_big_file_and_failed_logins_do_not_stall_other_greetings(
     # Generous: the greeting is answered while hashes run, not after them all.
     print(f"{len(failures)} failed logins; greetings answered in {waits}")
     assert max(waits) < 5, waits
+
+
+def test_sighup_reloads_the_file_in_every_worker(start_server, tmp_path: Path) -> None:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("alice:a pw\n")
+    server = start_server("--auth", f"file:{passwords}", "--workers", "2")
+    wait_until(lambda: "(inherited)" in server.log(), 20, "the worker to listen")
+    passwords.write_text("alice:a pw\ndave:d pw\n")
+
+    def both_reloaded() -> bool:
+        # A worker counts as ready when it says it listens, a moment before
+        # its SIGHUP handler is in place: signal again until both answer.
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        return server.log().count("passwords reloaded") >= 2 and "worker[" in "".join(
+            line for line in server.log().splitlines() if "passwords reloaded" in line
+        )
+
+    wait_until(both_reloaded, 15, "both processes to reload")
+    # Whichever process takes each connection, dave is known.
+    for _ in range(8):
+        assert auth_status(server.address, b"dave", b"d pw") == b"\x01\x00"
