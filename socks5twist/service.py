@@ -4,8 +4,9 @@ L{SOCKS5Service}: the lifecycle of one server.
 - Start: listen on every port in L{privilegedStartService} (so twistd can
   bind port 1080 before dropping privileges); a port that cannot be listened
   on stops the start with L{ListenFailed}, naming it.
-- SIGHUP: reread the rules file (a broken file leaves the old rules in
-  force) and reopen the access log (after a log rotation).
+- SIGHUP: reread the rules file and the password files (a broken file
+  leaves the old rules or users in force) and reopen the access log (after
+  a log rotation).
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
   go on for C{shutdown_grace} seconds, then close what is left; a second
   SIGTERM closes them at once.
@@ -22,6 +23,7 @@ from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from .factory import SOCKS5ServerFactory
+from .passwords import PasswordFile
 from .rules import RulesError, load
 from .workers import WorkerPool
 
@@ -64,6 +66,8 @@ class SOCKS5Service(service.MultiService):
         self.workers: WorkerPool | None = None
         self.worker_count = 1
         self.worker_argv: list[str] = []
+        # The --auth file: checkers, reread on SIGHUP.
+        self.password_files: list[PasswordFile] = []
 
     # -- start -----------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class SOCKS5Service(service.MultiService):
             self.rules_path is not None
             or self.workers is not None
             or self.factory.access_log is not None
+            or self.password_files
         ):
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
@@ -129,10 +134,12 @@ class SOCKS5Service(service.MultiService):
         self.factory.reactor.callFromThread(self.hang_up)
 
     def hang_up(self) -> None:
-        """What SIGHUP does: reopen the access log, reread the rules."""
+        """What SIGHUP does: reopen the access log, reread the rules and password files."""
         if self.factory.access_log is not None:
             self.factory.access_log.reopen()
         self.reload_rules()
+        for password_file in self.password_files:
+            password_file.reload()  # in a thread; logs its outcome
 
     def reload_rules(self) -> bool:
         """Reread the rules file (here and in every worker); on error keep the old rules."""

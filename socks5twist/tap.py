@@ -21,6 +21,7 @@ from twisted.python import usage
 from .accesslog import AccessLog, open_for_append
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
+from .passwords import PasswordFile, PasswordFileError
 from .policy import parse_network
 from .proxylistener import ProxyHeaderFactory
 from .rules import RulesError
@@ -220,6 +221,21 @@ class Options(usage.Options, AuthOptionMixin):
         self.argv = list(sys.argv[1:] if options is None else options)
         super().parseOptions(options)
 
+    def opt_auth(self, description: str) -> None:
+        """Require username/password, checked by this strcred checker (repeatable; see --help-auth). file:PATH is our own (see the README)."""  # noqa: E501
+        if not description.startswith("file:"):
+            super().opt_auth(description)
+            return
+        path = description[len("file:") :]
+        if not path:
+            raise usage.UsageError("--auth file: needs a path (file:PATH)")
+        checker = PasswordFile(path)
+        try:
+            checker.load()
+        except PasswordFileError as e:
+            raise usage.UsageError(f"--auth file: {e}") from None
+        self.addChecker(checker)
+
     def opt_worker_listener(self, value: str) -> None:
         """(Internal, used by --workers: FD:DESCRIPTION of an inherited listening socket.)"""
         fd, _, description = value.partition(":")
@@ -399,6 +415,9 @@ def makeService(options: Options) -> SOCKS5Service:
             child.setServiceParent(top)
         top.worker_count = options["workers"]
         top.worker_argv = options.argv
+    top.password_files = [
+        c for c in options.get("credCheckers") or [] if isinstance(c, PasswordFile)
+    ]
     if factory.portal is None:
         log.info(
             "no --auth: serving without authentication to clients in {networks}",
