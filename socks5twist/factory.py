@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from .accesslog import AccessLog
 from .bursts import BurstLog
 from .codec import HEX_BYTE, Command
-from .logsafe import escape
+from .logsafe import escape, printable
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -333,7 +333,7 @@ class SOCKS5ServerFactory(ServerFactory):
         reply = "/".join([HEX_BYTE[r] for r in session.replies]) or "-"
         kind = relay.kind if relay is not None else "-"
         duration = time.time() - session.started
-        outcome = escape(session.outcome)
+        outcome = printable(session.outcome)
         # The line is formatted here with an f-string: Twisted's format-string
         # engine costs more than the rest of a short session.
         line = (

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["escape"]
+__all__ = ["escape", "printable"]
 
 
 def _escape_char(code: int) -> str:
@@ -58,3 +58,16 @@ def escape(value: str | bytes | None) -> str:
     if isinstance(value, bytes):
         return "".join([_BYTE_TABLE[b] for b in value])
     return _escape_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def printable(text: str) -> str:
+    """
+    Text of our own that quotes escaped values (a session's outcome: "connect
+    failed: ..."), made printable ASCII again in case some part was not
+    escaped: like L{escape}, but a backslash stays single, so what was
+    escaped already is not escaped twice.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if c == "\\" else _escape_char(ord(c)) for c in text)

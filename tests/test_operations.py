@@ -150,10 +150,13 @@ def test_limits_per_client_and_per_user(start_server, echo_server: Addr) -> None
     creds = (b"alice", b"pw")
     held = [connect_from("127.0.0.1", server, echo_server, creds) for _ in range(2)]
     assert [code for _, code in held] == [0, 0]
-    # A third session from the same IP is closed before negotiating.
+    # A third session from the same IP is closed as it is accepted (reset).
     third = socket.create_connection(server.address, timeout=5)
-    third.sendall(b"\x05\x01\x02")
-    assert third.recv(10) == b"", "the third session from one IP was not closed"
+    try:
+        third.sendall(b"\x05\x01\x02")
+        assert third.recv(10) == b"", "the third session from one IP was not closed"
+    except ConnectionResetError:
+        pass
     # From another IP alice may hold one more session, and no more.
     held.append(connect_from("127.0.0.4", server, echo_server, creds))
     assert held[-1][1] == 0
