@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from .accesslog import AccessLog
 from .bursts import BurstLog
 from .codec import HEX_BYTE, Command
-from .logsafe import escape, printable
+from .logsafe import field as log_field
+from .logsafe import printable
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -30,7 +31,7 @@ from .policy import (
     parse_network,
 )
 from .rules import ALLOW_ALL, Decision, Rules
-from .session import SOCKS5ServerProtocol, _show
+from .session import MAX_LOGINS_PER_CLIENT, SOCKS5ServerProtocol, _show
 from .splice import available as splice_available
 from .timers import Deadlines
 
@@ -176,6 +177,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.max_sessions_per_user = max_sessions_per_user
         self.client_sessions: collections.Counter[IPAddress | None] = collections.Counter()
         self.user_sessions: collections.Counter[str] = collections.Counter()
+        self.logins: collections.Counter[IPAddress | None] = collections.Counter()
         self.outgoing: dict[int, str] = {}
         for text in outgoing_addresses:
             ip = ipaddress.ip_address(text)
@@ -274,6 +276,19 @@ class SOCKS5ServerFactory(ServerFactory):
         if self.metrics is not None:
             self.metrics.handshake.observe(time.time() - session.started)
 
+    def login_started(self, client: IPAddress | None) -> bool:
+        """Count a login in progress from C{client}; C{False} past the per-client bound."""
+        if self.logins[client] >= MAX_LOGINS_PER_CLIENT:
+            self.stats.limited["logins-per-client"] += 1
+            return False
+        self.logins[client] += 1
+        return True
+
+    def login_ended(self, client: IPAddress | None) -> None:
+        self.logins[client] -= 1
+        if self.logins[client] <= 0:
+            del self.logins[client]
+
     def auth_failed(self) -> None:
         self.stats.auth_failures += 1
 
@@ -326,7 +341,7 @@ class SOCKS5ServerFactory(ServerFactory):
             extra = ""
         stats.bytes_up += up
         stats.bytes_down += down
-        client, user = session.client_text, escape(session.user)
+        client, user = session.client_text, log_field(session.user)
         command = session.command.name if isinstance(session.command, Command) else "-"
         destination = _show(session.destination)
         connected, bound = session.connected_to or "-", session.bound or "-"

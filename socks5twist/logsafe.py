@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["escape", "printable"]
+__all__ = ["escape", "field", "printable"]
 
 
 def _escape_char(code: int) -> str:
@@ -71,3 +71,12 @@ def printable(text: str) -> str:
     if text.isascii() and text.isprintable():
         return text
     return "".join(c if c == "\\" else _escape_char(ord(c)) for c in text)
+
+
+def field(value: str | bytes | None) -> str:
+    """
+    L{escape}, with spaces too (as C{\\x20}): for a value that stands
+    between other fields of a line (C{user=...}), so that it cannot add a
+    field of its own (a username C{x user=admin}).
+    """
+    return escape(value).replace(" ", "\\x20")

@@ -34,6 +34,7 @@ import enum
 import hmac
 import os
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -422,23 +424,31 @@ class PasswordFile:
     def _check(self, username: bytes, password: bytes) -> defer.Deferred[bytes]:
         accounts = self.accounts
         secret = accounts.users.get(username)
-        if secret is None:
-            if accounts.dummy is None:
-                return defer.fail(error.UnauthorizedLogin())
-            return self._verify(accounts.dummy, password).addCallback(lambda _: _refuse())
-        if not secret.costly:
-            if verify(secret, password):
-                return defer.succeed(username)
-            return defer.fail(error.UnauthorizedLogin())
 
         def decided(matches: bool) -> bytes:
             if matches:
                 return username
             raise error.UnauthorizedLogin()
 
+        if secret is None:
+            if accounts.dummy is None:
+                return defer.fail(error.UnauthorizedLogin())
+            return self._verify(accounts.dummy, password).addCallback(lambda _: _refuse())
+        if not secret.costly:
+            matches = verify(secret, password)
+            if accounts.dummy is None:
+                return defer.succeed(username) if matches else defer.fail(error.UnauthorizedLogin())
+            # Where the file holds hashes, a plain user costs the same dummy
+            # check as an unknown one: timing tells neither apart.
+            return self._verify(accounts.dummy, password).addCallback(lambda _: decided(matches))
         return self._verify(secret, password).addCallback(decided)
 
     def _verify(self, secret: Secret, password: bytes) -> defer.Deferred[bool]:
+        """
+        Check C{password} against C{secret} in a hash thread.  Cancelling the
+        result (the client left) makes a check that has not started yet cost
+        nothing, so checks for clients that are gone never hold up others.
+        """
         if self._pending >= self.max_pending:
             if not self._shedding:
                 self._shedding = True
@@ -448,6 +458,9 @@ class PasswordFile:
                 )
             return defer.fail(error.UnauthorizedLogin())
         self._pending += 1
+        # Set by the reactor thread, read by the hash thread: an Event, not a
+        # plain flag.
+        cancelled = threading.Event()
 
         def done(result: T) -> T:
             self._pending -= 1
@@ -456,7 +469,22 @@ class PasswordFile:
                 log.info("password checks caught up; taking logins again")
             return result
 
-        return self._run(verify, secret, password).addBoth(done)
+        result: defer.Deferred[bool] = defer.Deferred(lambda _: cancelled.set())
+
+        def deliver(outcome: Any) -> None:
+            if not result.called:
+                if isinstance(outcome, Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+
+        self._run(_verify_unless, secret, password, cancelled).addBoth(done).addBoth(deliver)
+        return result
+
+
+def _verify_unless(secret: Secret, password: bytes, cancelled: threading.Event) -> bool:
+    """L{verify}, unless the check was cancelled before a thread took it."""
+    return False if cancelled.is_set() else verify(secret, password)
 
 
 def _refuse() -> bytes:

@@ -188,14 +188,24 @@ class Rules:
             if is_unspecified_destination(address):
                 return UNSPECIFIED_REFUSED
             group = is_group_destination(address)
+        # Actions of the rules that cannot decide yet: when every one of them
+        # would say what a later rule says, that rule decides now (so a name
+        # that a deny rule refuses is never looked up just because a deny
+        # rule about addresses comes first).
+        undecided: set[Verdict] = set()
         for rule in self.rules:
             matched = rule.matches(query)
             if matched is None:
-                return None
+                undecided.add(rule.action)
+                continue
             if matched:
                 if group and rule.action is Verdict.ALLOW and not rule.names_address(address):  # type: ignore[arg-type]
                     continue
+                if undecided - {rule.action}:
+                    return None
                 return Decision(rule.action, rule)
+        if undecided - {self.default} or (undecided and group):
+            return None
         return GROUP_REFUSED if group else Decision(self.default, None)
 
     def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:

@@ -42,7 +42,7 @@ from . import codec, outbound, splice
 from .auth import ISOCKSUser
 from .bind import BindWaiter
 from .codec import Address, AddressType, Command, MalformedMessage, Method, Reply
-from .logsafe import escape
+from .logsafe import escape, field
 from .policy import IPAddress, describe, ip_of
 from .proxylistener import unvetted
 from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
@@ -92,6 +92,10 @@ PARSERS: dict[State, Any] = {
 # connecting, so this is reached only while a BIND waits, or by a transport
 # that cannot pause; past it the client is dropped.
 MAX_PENDING = 256 * 1024
+
+# Logins one client address may have in progress at once (checks of hashed
+# passwords take a shared pool's time).
+MAX_LOGINS_PER_CLIENT = 8
 
 COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
 
@@ -390,11 +394,27 @@ class SOCKS5ServerProtocol(Protocol):
         self._move(State.AUTH if wanted is Method.USERNAME_PASSWORD else State.REQUEST)
 
     def _authenticate(self, request: codec.AuthRequest) -> None:
-        assert self.factory.portal is not None
         self._move(State.AUTHENTICATING)
         self.transport.pauseProducing()
+        factory = self.factory
+        if not factory.login_started(self.client_ip):
+            # Costly checks are shared by all: one address may not queue
+            # more than a few of them (a flood of logins from one client
+            # would otherwise lock everyone else out).
+            factory.refusals.refused(
+                ("logins", self.client_ip),
+                "refused a login from {client}: {n} logins in progress from it",
+                client=self.client_text,
+                n=MAX_LOGINS_PER_CLIENT,
+            )
+            send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
+            self._close("too many logins in progress from this client")
+            return
         credentials = UsernamePassword(request.username, request.password)
-        d = self.factory.portal.login(credentials, None, ISOCKSUser)
+        assert factory.portal is not None
+        d = factory.portal.login(credentials, None, ISOCKSUser)
+        # Fires whatever happens (a cancelled login too): the count is exact.
+        d.addBoth(_passing, factory.login_ended, self.client_ip)
         self._pending = d
         d.addCallbacks(self._authenticated, self._unauthenticated, errbackArgs=(request.username,))
         d.addErrback(self._unexpected, "authentication")
@@ -421,7 +441,7 @@ class SOCKS5ServerProtocol(Protocol):
         self.log.info(
             "authentication failed for {client} user={user}: {why}",
             client=self.client_text,
-            user=escape(username),
+            user=field(username),
             why=_why(failure),
         )
         self.factory.auth_failed()
@@ -438,7 +458,7 @@ class SOCKS5ServerProtocol(Protocol):
                 "refused {command} for user {user} from {client}: "
                 "{n} sessions open (--max-sessions-per-user)",
                 command=request.command.name,
-                user=escape(self.user),
+                user=field(self.user),
                 client=self.client_text,
                 n=self.factory.max_sessions_per_user,
             )
@@ -500,7 +520,7 @@ class SOCKS5ServerProtocol(Protocol):
             command=self.command.name if self.command else "-",
             destination=_show(self.destination),
             client=self.client_text,
-            user=escape(self.user),
+            user=field(self.user),
             rule=decision.label,
         )
         self.factory.rule_denied(decision)
@@ -907,6 +927,11 @@ def _adopt(reactor: Any, sock: socket.socket) -> RemoteProtocol:
     reactor.adoptStreamConnection(sock.fileno(), sock.family, factory)
     sock.close()
     return remote
+
+
+def _passing(result: Any, call: Callable[[Any], None], argument: Any) -> Any:
+    call(argument)
+    return result
 
 
 def _wildcard_for(address: str | None) -> str:

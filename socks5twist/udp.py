@@ -97,6 +97,9 @@ class UDPAssociation:
         self._destinations: collections.OrderedDict[tuple[IPAddress, int], None] = (
             collections.OrderedDict()
         )
+        self._allowed: collections.OrderedDict[tuple[IPAddress, int, str | None], None] = (
+            collections.OrderedDict()
+        )
         self._names: collections.OrderedDict[str, IPAddress] = collections.OrderedDict()
         self._waiting: dict[str, list[tuple[int, bytes]]] = {}
         self._waiting_count = 0
@@ -222,12 +225,17 @@ class UDPAssociation:
             self.dropped["port 0"] += 1
             return
         key = (ip, port)
-        if key not in self._destinations and self._check is not None:
-            # Checked once per destination; the rules are asked again only
-            # for a destination the association has not sent to yet.
+        checked = (ip, port, name)
+        if self._check is not None and checked not in self._allowed:
+            # Checked once per destination and the name it was asked by (a
+            # name rule may deny a name that leads to an address already
+            # allowed by another name or as a literal).
             if not self._check(ip, port, name):
                 self.dropped["denied"] += 1
                 return
+            self._allowed[checked] = None
+            if len(self._allowed) > MAX_DESTINATIONS:
+                self._allowed.popitem(last=False)
         try:
             remote = self._remote_port(ip.version)
             remote.write(data, (str(ip), port))  # type: ignore[attr-defined]

@@ -128,7 +128,7 @@ def test_failed_logins_name_the_escaped_username(start_server) -> None:
         sock.sendall(b"\x01" + bytes([len(user)]) + user + b"\x06hunter")
         assert rawsocks.recv_exact(sock, 2) == b"\x01\x01"
     wait_until(lambda: "authentication failed" in server.log(), 5, "the failure line")
-    [line] = [ln for ln in server.log().splitlines() if "authentication failed" in ln]
+    [line] = [ln for ln in server.log().splitlines() if "authentication failed for" in ln]
     assert "user=mallory\\x0d\\x0a\\x1b[2Jroot" in line
     assert "hunter" not in server.log()
 

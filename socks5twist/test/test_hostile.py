@@ -6,20 +6,24 @@ lines, lock-outs, Unix-socket clients and BIND under name rules.
 
 from __future__ import annotations
 
+import ipaddress
 import struct
 from typing import Any
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.checkers import ICredentialsChecker, InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import IUsernamePassword
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from socks5twist import codec, rules
 from socks5twist.auth import portal_for_checkers
 from socks5twist.codec import Method, Reply
-from socks5twist.session import State
+from socks5twist.session import MAX_LOGINS_PER_CLIENT, State
 
 from .helpers import NO_AUTH_GREETING, connect_request, make_session, memory_portal
 from .test_operations import resolving_reactor
@@ -152,7 +156,7 @@ class LogLineTests(SynchronousTestCase):
         lines = [formatEvent(e) for e in logs]
         failed = [line for line in lines if "authentication failed" in line]
         self.assertEqual(len(failed), 1, lines)
-        self.assertIn("user=x\\x0a2026 session forged\\x1b[2J", failed[0])
+        self.assertIn("user=x\\x0a2026\\x20session\\x20forged\\x1b[2J:", failed[0])
         self.assertNotIn("pw", failed[0].split("user=")[1].split(":")[0])
 
     def test_the_session_line_escapes_what_a_checker_returned(self) -> None:
@@ -233,6 +237,7 @@ def _connect(factory: Any, host: str) -> Any:
     protocol = factory.buildProtocol(peer)
     transport = HalfCloseTransport(hostAddress=PROXY_HOST, peerAddress=peer)
     protocol.makeConnection(transport)
+    transport.protocol = protocol  # type: ignore[attr-defined]
     return transport
 
 
@@ -264,3 +269,44 @@ class BindNameRuleTests(SynchronousTestCase):
         self.assertIs(s.protocol.state, State.BINDING)
         waiter = s.protocol._bind
         self.assertIsNotNone(waiter.buildProtocol(IPv4Address("TCP", "127.0.0.1", 20)))
+
+
+@implementer(ICredentialsChecker)
+class _SlowChecker:
+    """A checker whose answers never come (a pool busy with hashes)."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self) -> None:
+        self.asked: list[Any] = []
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        d: Any = defer.Deferred()
+        self.asked.append(d)
+        return d
+
+
+class LoginFloodTests(SynchronousTestCase):
+    def login(self, factory: Any, host: str) -> Any:
+        transport = _connect(factory, host)
+        protocol = transport.protocol
+        protocol.dataReceived(codec.build_greeting([Method.USERNAME_PASSWORD]))
+        protocol.dataReceived(codec.build_auth_request(b"mallory", b"x"))
+        return transport
+
+    def test_one_address_cannot_queue_more_than_a_few_logins(self) -> None:
+        checker = _SlowChecker()
+        s = make_session(portal_for_checkers([checker]))
+        waiting = [self.login(s.factory, "192.0.2.1") for _ in range(MAX_LOGINS_PER_CLIENT)]
+        self.assertEqual(len(checker.asked), MAX_LOGINS_PER_CLIENT)
+        refused = self.login(s.factory, "192.0.2.1")
+        self.assertEqual(refused.value()[-2:], b"\x01\x01")
+        self.assertTrue(refused.disconnecting)
+        self.assertEqual(len(checker.asked), MAX_LOGINS_PER_CLIENT, "no check was queued")
+        other = self.login(s.factory, "192.0.2.2")
+        self.assertFalse(other.disconnecting)
+        # Clients that leave release their place (their checks are cancelled).
+        for transport in waiting:
+            transport.protocol.connectionLost()
+        self.assertTrue(all(d.called for d in checker.asked[:MAX_LOGINS_PER_CLIENT]))
+        self.assertEqual(dict(s.factory.logins), {ipaddress.ip_address("192.0.2.2"): 1})

@@ -232,16 +232,50 @@ class CheckerTests(TestCase):
             pending.append(d)
             return d
 
-        self.path.setContent(b"alice:secret\nbob:" + BCRYPT + b"\n")
+        self.path.setContent(b"alice:secret\ncarol:other\n")
         checker = PasswordFile(self.path.path, self.clock, later)
         checker.load()
         self.successResultOf(self.login(checker, b"alice", b"secret"))
-        self.assertEqual(calls, [])
+        self.assertEqual(calls, [], "a file of plain passwords needs no thread")
+        self.path.setContent(b"alice:secret\nbob:" + BCRYPT + b"\n")
+        checker.load()
         result = self.login(checker, b"bob", b"bc:secret")
         self.assertNoResult(result)
         self.assertEqual(len(calls), 1)
         pending[0].callback(True)
         self.assertEqual(self.successResultOf(result), b"bob")
+
+    def test_plain_users_cost_a_dummy_check_where_the_file_holds_hashes(self) -> None:
+        """Timing tells a plain user apart neither from an unknown nor a hashed one."""
+        checked: list[Any] = []
+
+        def spy(f: Any, *args: Any) -> defer.Deferred[Any]:
+            checked.append(args[0])
+            return run_now(f, *args)
+
+        self.path.setContent(b"alice:secret\nbob:" + SHA512 + b"\n")
+        checker = PasswordFile(self.path.path, self.clock, spy)
+        checker.load()
+        self.assertEqual(self.successResultOf(self.login(checker, b"alice", b"secret")), b"alice")
+        self.failureResultOf(self.login(checker, b"alice", b"wrong"), error.UnauthorizedLogin)
+        self.assertEqual([s.value for s in checked], [SHA512, SHA512])
+
+    def test_a_cancelled_check_costs_nothing_when_its_turn_comes(self) -> None:
+        queued: list[tuple[Any, tuple[Any, ...]]] = []
+
+        def later(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            queued.append((f, args))
+            return d
+
+        self.path.setContent(b"bob:" + BCRYPT + b"\n")
+        checker = PasswordFile(self.path.path, self.clock, later)
+        checker.load()
+        login = self.login(checker, b"bob", b"bc:secret")
+        login.cancel()
+        self.failureResultOf(login, defer.CancelledError)
+        f, args = queued[0]
+        self.assertFalse(f(*args), "a cancelled check ran the hash")
 
     def test_too_many_waiting_hash_checks_fail_at_once(self) -> None:
         def never(f: Any, *args: Any) -> defer.Deferred[Any]:

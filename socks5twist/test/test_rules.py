@@ -144,7 +144,21 @@ class MatchTests(SynchronousTestCase):
     def test_an_unknown_destination_is_undecided_only_by_destination_rules(self) -> None:
         parsed = rules.parse('default = "allow"\n[[rule]]\naction = "deny"\ncommands = ["udp"]\n')
         self.assertEqual(parsed.decide(q(command="udp", port=None)).verdict, Verdict.DENY)  # type: ignore[union-attr]
-        self.assertIsNone(self.parsed.decide(q(command="udp", port=None)))
+        # Rule #1 (deny, by destination) cannot decide, but every rule that
+        # could allow UDP is out, so the default (deny) decides at once.
+        self.assertEqual(self.parsed.decide(q(command="udp", port=None)).label, "default")  # type: ignore[union-attr]
+        allowing = rules.parse(EXAMPLE.replace('default = "deny"', 'default = "allow"'))
+        self.assertIsNone(allowing.decide(q(command="udp", port=None)))
+
+    def test_a_name_a_deny_rule_refuses_is_not_looked_up_first(self) -> None:
+        """An undecided deny rule before a deny by name: the name is refused at once."""
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["127.0.0.0/8"]\n'
+            '[[rule]]\naction = "deny"\nnames = ["*.blocked.test"]\n'
+            '[[rule]]\naction = "allow"\nnames = ["ok.test"]\n'
+        )
+        self.assertEqual(parsed.decide(q(name="x.blocked.test")).label, "#2")  # type: ignore[union-attr]
+        self.assertIsNone(parsed.decide(q(name="ok.test")), "#1 may still deny its addresses")
 
     def test_auth_rules(self) -> None:
         ip = ipaddress.ip_address

@@ -10,7 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from socks5twist import codec
+from socks5twist import codec, rules
 from socks5twist.codec import Address, AddressType, Command
 from socks5twist.session import State
 
@@ -244,3 +244,28 @@ class AssociateTests(SynchronousTestCase):
         self.assertEqual((line["up"], line["down"]), (5, 7))
         self.assertEqual(line["extra"], " datagrams=1/1 dropped=malformed:1")
         self.assertEqual(line["bound"], "127.0.0.1:50000")
+
+
+class UDPRuleTests(SynchronousTestCase):
+    def test_a_denied_name_is_dropped_even_to_an_address_already_allowed(self) -> None:
+        """The rules are asked per destination and name, not per address alone."""
+        parsed = rules.parse(
+            'default = "allow"\n[[rule]]\naction = "deny"\ndestinations = ["10.9.9.9/32"]\n'
+            '[[rule]]\naction = "deny"\nnames = ["localhost"]\n'
+        )
+        s, relay = associate(rules=parsed)
+        relay.receive(datagram("127.0.0.1", 53, b"literal"), CLIENT)
+        relay.receive(
+            codec.build_udp_datagram(Address(AddressType.DOMAIN, "localhost", 53), b"named"),
+            CLIENT,
+        )
+        remote = s.reactor.udp[1]
+        self.assertEqual(remote.sent, [(b"literal", ("127.0.0.1", 53))])
+        self.assertEqual(s.protocol.udp.dropped["denied"], 1)
+
+    def test_the_unspecified_address_and_multicast_are_dropped(self) -> None:
+        s, relay = associate()
+        for host in ("0.0.0.0", "::", "239.255.255.250", "255.255.255.255"):
+            relay.receive(datagram(host, 1900, b"m-search"), CLIENT)
+        self.assertEqual(s.protocol.udp.dropped["denied"], 4)
+        self.assertEqual(len(s.reactor.udp), 1, "no socket towards a destination was opened")
