@@ -23,6 +23,7 @@ from zope.interface import implementer
 from socks5twist import codec, rules
 from socks5twist.auth import portal_for_checkers
 from socks5twist.codec import Method, Reply
+from socks5twist.names import InvalidName, canonical
 from socks5twist.session import MAX_LOGINS_PER_CLIENT, State
 
 from .helpers import NO_AUTH_GREETING, connect_request, make_session, memory_portal
@@ -310,3 +311,39 @@ class LoginFloodTests(SynchronousTestCase):
             transport.protocol.connectionLost()
         self.assertTrue(all(d.called for d in checker.asked[:MAX_LOGINS_PER_CLIENT]))
         self.assertEqual(dict(s.factory.logins), {ipaddress.ip_address("192.0.2.2"): 1})
+
+
+class ResolverPropertyTests(SynchronousTestCase):
+    @settings(max_examples=300)
+    @given(
+        st.one_of(
+            st.binary(min_size=1, max_size=255),
+            st.from_regex(r"[A-Za-z0-9_.-]{1,60}", fullmatch=True).map(str.encode),
+        )
+    )
+    def test_only_valid_canonical_names_reach_the_resolver(self, raw: bytes) -> None:
+        seen: list[str] = []
+        reactor, resolver = resolving_reactor("192.0.2.1")
+        original = resolver.resolveHostName
+
+        def recording(receiver: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+            seen.append(name)
+            return original(receiver, name, *args, **kwargs)
+
+        resolver.resolveHostName = recording  # type: ignore[method-assign,assignment]
+        s = make_session(reactor=reactor)
+        s.send(NO_AUTH_GREETING + raw_request(raw))
+        try:
+            expected = canonical(raw)
+        except InvalidName:
+            event("invalid: never looked up")
+            self.assertEqual(seen, [])
+            self.assertEqual(reply_code(s.take()), Reply.HOST_UNREACHABLE)
+            return
+        if seen:
+            event("looked up")
+            self.assertEqual(seen, [expected])
+            self.assertTrue(expected.isascii() and expected == expected.lower())
+        else:
+            event("an address: never looked up")
+            self.assertTrue(":" in expected or expected.rpartition(".")[2].isdigit())
