@@ -1,0 +1,310 @@
+"""
+The server side of a SOCKS5 connection's negotiation, sans I/O.
+
+In the spirit of h11 and socksio: a L{ServerConnection} takes the bytes a
+client sent (L{ServerConnection.receive_data}), hands out typed events
+(L{ServerConnection.next_event}) and builds the bytes the server sends
+(L{ServerConnection.select_method}, L{ServerConnection.reply}, ...).  It
+owns the negotiation buffer, its bound and the client's EOF; it does no I/O
+and imports nothing from Twisted, so every step can be tested on its own.
+
+Everything that moves the negotiation from one state to the next lives in
+this file, in one table, L{TRANSITIONS}: (state, event) -> next state.  An
+event comes from the client (a message parsed from the buffer, EOF, a
+protocol violation) or from the server (a method chosen, a login decided, a
+reply sent).  A pair that is not in the table is illegal: from the client it
+is a violation the server answers; from the server it is a bug of ours and
+raises L{LocalProtocolError}.
+
+    GREETING ─offer─► CHOOSING ─no-auth─────────────────► REQUEST ─request─► REPLYING
+                          │─password─► AUTH ─credentials─► LOGIN ─ok─┘          │
+                          └─none acceptable─► CLOSED                             │
+    REPLYING ─success─► OPEN   (BIND: ─first success─► BINDING ─success─► OPEN)  │
+             ─failure─► CLOSED                        (any state ─close/EOF/violation─► CLOSED)
+
+A new authentication method (GSSAPI, RFC 1961) is a method state and its
+rows in the table, and its messages in the codec: nothing else here changes.
+After OPEN the bytes are the tunnel's, not the negotiation's:
+L{ServerConnection.take_data} hands over what the client sent early.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import codec
+from .codec import Address, Command, MalformedMessage, Method, Reply
+
+__all__ = [
+    "TRANSITIONS",
+    "ClientClosed",
+    "CommandRequested",
+    "CredentialsReceived",
+    "Kind",
+    "LocalProtocolError",
+    "MethodsOffered",
+    "NeedData",
+    "ProtocolViolation",
+    "ServerConnection",
+    "State",
+]
+
+# Bytes a client may send before its tunnel opens (it pipelines, or sends
+# early data while a CONNECT is under way or a BIND waits); past it the
+# connection is a violation.
+MAX_PENDING = 256 * 1024
+
+
+class State(enum.StrEnum):
+    """Where the negotiation is."""
+
+    GREETING = "greeting"  # waiting for the client's offer of methods
+    CHOOSING = "choosing"  # the server chooses a method
+    AUTH = "auth"  # waiting for RFC 1929 username/password
+    LOGIN = "authenticating"  # the server checks the credentials
+    REQUEST = "request"  # waiting for the command
+    REPLYING = "replying"  # the server works on the command
+    BINDING = "binding"  # BIND: first reply sent, waiting for the peer
+    OPEN = "open"  # negotiation over: the bytes are the tunnel's
+    CLOSED = "closed"
+
+
+class Kind(enum.Enum):
+    """What moved the negotiation: the keys of L{TRANSITIONS}."""
+
+    # From the client.
+    OFFER = "offer"
+    CREDENTIALS = "credentials"
+    REQUEST = "request"
+    EOF = "eof"
+    VIOLATION = "violation"
+    # From the server.
+    SELECT_NONE = "select no authentication"
+    SELECT_PASSWORD = "select username/password"
+    REFUSE_METHODS = "no acceptable method"
+    LOGIN_OK = "login accepted"
+    LOGIN_FAILED = "login refused"
+    REPLY_SUCCESS = "success reply"
+    BIND_FIRST_REPLY = "BIND's first reply"
+    REPLY_FAILURE = "failure reply"
+    CLOSE = "close"
+
+
+S, K = State, Kind
+TRANSITIONS: dict[tuple[State, Kind], State] = {
+    (S.GREETING, K.OFFER): S.CHOOSING,
+    (S.CHOOSING, K.SELECT_NONE): S.REQUEST,
+    (S.CHOOSING, K.SELECT_PASSWORD): S.AUTH,
+    (S.CHOOSING, K.REFUSE_METHODS): S.CLOSED,
+    (S.AUTH, K.CREDENTIALS): S.LOGIN,
+    (S.LOGIN, K.LOGIN_OK): S.REQUEST,
+    (S.LOGIN, K.LOGIN_FAILED): S.CLOSED,
+    (S.REQUEST, K.REQUEST): S.REPLYING,
+    (S.REPLYING, K.REPLY_SUCCESS): S.OPEN,
+    (S.REPLYING, K.BIND_FIRST_REPLY): S.BINDING,
+    (S.REPLYING, K.REPLY_FAILURE): S.CLOSED,
+    (S.BINDING, K.REPLY_SUCCESS): S.OPEN,
+    (S.BINDING, K.REPLY_FAILURE): S.CLOSED,
+    # A client that stops sending, or sends what cannot be a message, ends
+    # the negotiation wherever it is; the server may close at any time.
+    **{(state, K.EOF): S.CLOSED for state in State if state is not S.CLOSED},
+    **{(state, K.VIOLATION): S.CLOSED for state in State if state is not S.CLOSED},
+    **{(state, K.CLOSE): S.CLOSED for state in State},
+}
+
+# The states in which the client's bytes are a negotiation message, and the
+# parser and event of each.
+_PARSING = {
+    S.GREETING: (codec.parse_greeting, K.OFFER),
+    S.AUTH: (codec.parse_auth_request, K.CREDENTIALS),
+    S.REQUEST: (codec.parse_request, K.REQUEST),
+}
+# The method each selection event picks.
+_SELECTED = {Method.NO_AUTHENTICATION: K.SELECT_NONE, Method.USERNAME_PASSWORD: K.SELECT_PASSWORD}
+
+
+class LocalProtocolError(Exception):
+    """A bug of ours: the server tried a move that L{TRANSITIONS} does not allow."""
+
+
+# -- events ----------------------------------------------------------------
+
+
+class NeedData:
+    """Nothing more can be decided until the client sends more."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class MethodsOffered:
+    methods: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsReceived:
+    username: bytes
+    password: bytes
+
+    def __repr__(self) -> str:
+        return f"CredentialsReceived(username={self.username!r}, password=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequested:
+    command: Command
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ClientClosed:
+    """EOF while the client still had to send a message (in C{phase})."""
+
+    phase: State
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """
+    The client sent what can never be a message (C{why} is safe to log).
+    C{response} is what the server sends before it closes (the reply code
+    RFC 1928 gives the case, a failed RFC 1929 status, or nothing).
+    """
+
+    phase: State
+    why: str
+    response: bytes
+
+
+Event = (
+    NeedData | MethodsOffered | CredentialsReceived | CommandRequested | ClientClosed
+) | ProtocolViolation
+
+
+class ServerConnection:
+    """One client's negotiation: bytes in, events out, bytes to send built."""
+
+    __slots__ = ("_buffer", "_eof", "state")
+
+    def __init__(self) -> None:
+        self.state = S.GREETING
+        self._buffer = b""
+        self._eof = False
+
+    # -- the client's side ---------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client; C{b""} means EOF (nothing more will come)."""
+        if not data:
+            self._eof = True
+        elif self.state is not S.CLOSED:
+            self._buffer += data
+
+    @property
+    def pending(self) -> int:
+        """Bytes received and not yet taken by a message."""
+        return len(self._buffer)
+
+    def next_event(self) -> Event:
+        """
+        The next thing the client did, or L{NEED_DATA}.  Bytes that arrive
+        while the server has to act (choosing, checking a login, working on
+        the command) are kept, in order, for later.
+        """
+        state = self.state
+        if len(self._buffer) > MAX_PENDING:
+            return self._violation(f"more than {MAX_PENDING} bytes before the tunnel opened", b"")
+        parsing = _PARSING.get(state)
+        if parsing is None:
+            return NEED_DATA
+        parse, kind = parsing
+        try:
+            parsed = parse(self._buffer) if self._buffer else None
+        except MalformedMessage as e:
+            return self._violation(e.why, self._response_to(e))
+        if parsed is None:
+            if self._eof:
+                self._move(K.EOF)
+                return ClientClosed(state)
+            return NEED_DATA
+        message, consumed = parsed
+        self._buffer = self._buffer[consumed:]
+        self._move(kind)
+        if isinstance(message, codec.Greeting):
+            return MethodsOffered(message.methods)
+        if isinstance(message, codec.AuthRequest):
+            return CredentialsReceived(message.username, message.password)
+        assert isinstance(message, codec.Request)
+        return CommandRequested(message.command, message.address)
+
+    @property
+    def client_eof(self) -> bool:
+        """Whether the client has sent EOF."""
+        return self._eof
+
+    def _response_to(self, e: MalformedMessage) -> bytes:
+        if self.state is S.REQUEST and e.reply is not None:
+            return codec.build_reply(e.reply)
+        if self.state is S.AUTH:
+            return codec.build_auth_response(codec.AuthStatus.FAILURE)
+        return b""
+
+    def _violation(self, why: str, response: bytes) -> ProtocolViolation:
+        phase = self.state
+        self._move(K.VIOLATION)
+        return ProtocolViolation(phase, why, response)
+
+    # -- the server's side ---------------------------------------------------
+
+    def select_method(self, method: Method) -> bytes:
+        """The method selection message; the negotiation goes on with C{method}."""
+        kind = _SELECTED.get(method)
+        if kind is None:
+            raise LocalProtocolError(f"no negotiation for method {method!r}")
+        self._move(kind)
+        return codec.build_method_selection(method)
+
+    def refuse_methods(self) -> bytes:
+        """X'FF': none of the offered methods is acceptable (then close)."""
+        self._move(K.REFUSE_METHODS)
+        return codec.build_method_selection(Method.NO_ACCEPTABLE)
+
+    def login_decided(self, accepted: bool) -> bytes:
+        """The RFC 1929 status for the credentials received."""
+        self._move(K.LOGIN_OK if accepted else K.LOGIN_FAILED)
+        status = codec.AuthStatus.SUCCESS if accepted else codec.AuthStatus.FAILURE
+        return codec.build_auth_response(status)
+
+    def reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> bytes:
+        """A reply to the request; a success opens the tunnel, a failure ends."""
+        self._move(K.REPLY_SUCCESS if reply is Reply.SUCCEEDED else K.REPLY_FAILURE)
+        return codec.build_reply(reply, address)
+
+    def bind_listening(self, address: Address) -> bytes:
+        """BIND's first reply: the server listens at C{address} for the peer."""
+        self._move(K.BIND_FIRST_REPLY)
+        return codec.build_reply(Reply.SUCCEEDED, address)
+
+    def take_data(self) -> bytes:
+        """What the client sent after its request (early tunnel bytes), once."""
+        data, self._buffer = self._buffer, b""
+        return data
+
+    def close(self) -> None:
+        """The server closes (from any state)."""
+        self._move(K.CLOSE)
+
+    # -- the one place that moves the state ------------------------------------
+
+    def _move(self, kind: Kind) -> None:
+        new = TRANSITIONS.get((self.state, kind))
+        if new is None:
+            raise LocalProtocolError(f"{kind.value} in state {self.state.value}")
+        self.state = new
+        if new is S.CLOSED:
+            self._buffer = b""
