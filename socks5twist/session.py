@@ -1,9 +1,12 @@
 """
 The SOCKS5 session: one client connection, from greeting to relay.
 
-Everything that moves a session from one state to the next lives in this
-file.  The state is one L{State}; L{TRANSITIONS} lists every allowed move,
-and L{SOCKS5ServerProtocol._move} is the only place that changes it.
+The negotiation (greeting, authentication, request, replies) is the sans-I/O
+L{socks5twist.connection.ServerConnection}'s: this protocol feeds it the
+client's bytes, acts on its events and writes the bytes it builds.  After the
+request, the session's own phase (CONNECTING, BINDING, ASSOCIATED, RELAYING)
+is moved here, by L{SOCKS5ServerProtocol._move} only; L{TRANSITIONS} lists the
+allowed moves, and L{SOCKS5ServerProtocol.state} shows either.
 
     GREETING ──► AUTH ──► AUTHENTICATING ──┐
         │                                  ▼
@@ -41,7 +44,17 @@ from zope.interface import implementer
 from . import codec, outbound, splice
 from .auth import ISOCKSUser
 from .bind import BindWaiter
-from .codec import Address, AddressType, Command, MalformedMessage, Method, Reply
+from .codec import Address, AddressType, Command, Method, Reply
+from .connection import (
+    NEED_DATA,
+    ClientClosed,
+    CommandRequested,
+    CredentialsReceived,
+    MethodsOffered,
+    ProtocolViolation,
+    ServerConnection,
+)
+from .connection import State as Wire
 from .logsafe import escape, field
 from .policy import IPAddress, describe, ip_of
 from .proxylistener import unvetted
@@ -68,30 +81,35 @@ class State(enum.StrEnum):
     CLOSED = "closed"  # closing or gone; input is ignored
 
 
+# The session's own moves; GREETING to REQUEST are the connection's states.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.GREETING: frozenset({State.AUTH, State.REQUEST, State.CLOSED}),
-    State.AUTH: frozenset({State.AUTHENTICATING, State.CLOSED}),
-    State.AUTHENTICATING: frozenset({State.REQUEST, State.CLOSED}),
+    State.GREETING: frozenset({State.CLOSED}),
+    State.AUTH: frozenset({State.CLOSED}),
+    State.AUTHENTICATING: frozenset({State.CLOSED}),
     State.REQUEST: frozenset({State.CONNECTING, State.BINDING, State.ASSOCIATED, State.CLOSED}),
     State.CONNECTING: frozenset({State.RELAYING, State.CLOSED}),
     State.BINDING: frozenset({State.RELAYING, State.CLOSED}),
     State.RELAYING: frozenset({State.CLOSED}),
     State.ASSOCIATED: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
+    # A negotiation that the connection ended (a refusal, a failure reply) is
+    # CLOSED already; the session's close follows it.
+    State.CLOSED: frozenset({State.CLOSED}),
 }
 
-# The states in which bytes from the client are negotiation messages, and the
-# parser for each.
-PARSERS: dict[State, Any] = {
-    State.GREETING: codec.parse_greeting,
-    State.AUTH: codec.parse_auth_request,
-    State.REQUEST: codec.parse_request,
+# How the session shows its connection's negotiation states.
+_NEGOTIATING = {
+    Wire.GREETING: State.GREETING,
+    Wire.CHOOSING: State.GREETING,
+    Wire.AUTH: State.AUTH,
+    Wire.LOGIN: State.AUTHENTICATING,
+    Wire.REQUEST: State.REQUEST,
+    Wire.REPLYING: State.REQUEST,
+    Wire.BINDING: State.BINDING,
+    Wire.OPEN: State.RELAYING,
+    Wire.CLOSED: State.CLOSED,
 }
-
-# Bytes a client may send before its tunnel opens.  Reading is paused while
-# connecting, so this is reached only while a BIND waits, or by a transport
-# that cannot pause; past it the client is dropped.
-MAX_PENDING = 256 * 1024
+# How log lines and outcomes name the phase a violation happened in.
+_PHASE_NAMES = {Wire.GREETING: "greeting", Wire.AUTH: "authentication", Wire.REQUEST: "request"}
 
 # Logins one client address may have in progress at once (checks of hashed
 # passwords take a shared pool's time).
@@ -123,16 +141,15 @@ class SOCKS5ServerProtocol(Protocol):
     # two dozen entries.  (Twisted's Protocol still gives each instance a
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
-        "_bind", "_buffer", "_client_eof", "_in_handshake", "_logout", "_pending",
-        "_udp_client_ip", "bound", "client", "client_ip", "client_text", "command",
-        "connected_to", "counted", "destination", "limit_keys", "outcome", "relay",
-        "replies", "started", "state", "udp", "user",
+        "_bind", "_in_handshake", "_logout", "_pending", "_phase", "_udp_client_ip",
+        "bound", "client", "client_ip", "client_text", "command", "connected_to",
+        "connection", "counted", "destination", "limit_keys", "outcome", "relay",
+        "replies", "started", "udp", "user",
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.state = State.GREETING
-        self._buffer = b""
-        self._client_eof = False
+        self.connection = ServerConnection()
+        self._phase: State | None = None  # None while the connection negotiates
         self._in_handshake = False  # the handshake timeout is running
         self._pending: defer.Deferred[Any] | None = None
         self._logout: Callable[[], None] | None = None
@@ -175,16 +192,22 @@ class SOCKS5ServerProtocol(Protocol):
 
     # -- state ---------------------------------------------------------------
 
+    @property
+    def state(self) -> State:
+        """Where the session is: its own phase, or its connection's negotiation."""
+        return self._phase or _NEGOTIATING[self.connection.state]
+
     def _move(self, new: State) -> None:
         if new not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.state.name} -> {new.name}")
-        self.state = new
+        self._phase = new
 
     def _close(self, outcome: str) -> None:
         """Close the client connection (after flushing what was written)."""
-        if self.state is State.CLOSED:
+        if self._phase is State.CLOSED:
             return
         self._move(State.CLOSED)
+        self.connection.close()
         self.outcome = self.outcome or outcome
         self._cancel_handshake_timer()
         self._stop_bind()
@@ -214,13 +237,10 @@ class SOCKS5ServerProtocol(Protocol):
             else:
                 transport.loseConnection()
 
-    def _reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> None:
-        self.replies.append(reply)
-        send_now(self.transport, codec.build_reply(reply, address))
-
     def _fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""
-        self._reply(reply)
+        self.replies.append(reply)
+        send_now(self.transport, self.connection.reply(reply))
         self._close(outcome)
 
     # -- connection events -----------------------------------------------------
@@ -269,28 +289,27 @@ class SOCKS5ServerProtocol(Protocol):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.state is State.RELAYING:
+        phase = self._phase
+        if phase is State.RELAYING:
             assert isinstance(self.relay, StreamRelay)
             self.relay.from_client(data)
             return
-        if self.state in (State.CLOSED, State.ASSOCIATED):
+        if phase is State.CLOSED or phase is State.ASSOCIATED:
             # The control connection of a UDP association carries nothing.
             return
-        self._buffer += data
-        if len(self._buffer) > MAX_PENDING:
-            self._close("client sent too much before the tunnel opened")
-            return
+        self.connection.receive_data(data)
         self._process()
 
     def readConnectionLost(self) -> None:
-        if self.state is State.RELAYING:
+        if self._phase is State.RELAYING:
             assert isinstance(self.relay, StreamRelay)
             self.relay.eof(Side.CLIENT)
             return
-        self._client_eof = True
-        if self.state in PARSERS:
-            # Everything the client sent has been parsed and it wants more.
-            self._close("client closed during negotiation")
+        self.connection.receive_data(b"")
+        if self._phase is None:
+            # Whatever whole messages are left are acted on; then the
+            # connection reports the EOF.
+            self._process()
         elif self.state is State.BINDING:
             # A FIN cannot be told from a hang-up; a client waiting for a
             # peer has nothing to half-close for, so take it as leaving.
@@ -303,7 +322,8 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self.state
-        self.state = State.CLOSED
+        self._phase = State.CLOSED
+        self.connection.close()
         self._cancel_handshake_timer()
         self._stop_bind()
         self._stop_udp()
@@ -325,42 +345,45 @@ class SOCKS5ServerProtocol(Protocol):
     # -- negotiation -----------------------------------------------------------
 
     def _process(self) -> None:
-        """Parse and act on as many whole messages as the buffer holds."""
-        while self.state in PARSERS and self._buffer:
-            try:
-                parsed = PARSERS[self.state](self._buffer)
-            except MalformedMessage as e:
-                self._malformed(e)
+        """Act on every event the client's bytes make, until more are needed."""
+        connection = self.connection
+        while True:
+            # (Once the command is under way, the connection only checks
+            # that what the client sends early stays within its bound.)
+            event = connection.next_event()
+            if event is NEED_DATA:
                 return
-            if parsed is None:
-                break
-            message, consumed = parsed
-            self._buffer = self._buffer[consumed:]
-            if isinstance(message, codec.Greeting):
-                self._greeting(message)
-            elif isinstance(message, codec.AuthRequest):
-                self._authenticate(message)
+            if isinstance(event, MethodsOffered):
+                self._greeting(event)
+            elif isinstance(event, CredentialsReceived):
+                self._authenticate(event)
+            elif isinstance(event, CommandRequested):
+                self._request(event)
+            elif isinstance(event, ClientClosed):
+                self._close("client closed during negotiation")
             else:
-                self._request(message)
-        if self._client_eof and self.state in PARSERS:
-            self._close("client closed during negotiation")
+                assert isinstance(event, ProtocolViolation)
+                self._violation(event)
 
-    def _malformed(self, e: MalformedMessage) -> None:
+    def _violation(self, event: ProtocolViolation) -> None:
+        phase = _PHASE_NAMES.get(event.phase)
+        if phase is None:
+            # Bytes piled up while the server was busy with the command.
+            self._close("client sent too much before the tunnel opened")
+            return
         self.log.info(
             "malformed {phase} from {client}: {why}",
-            phase=self.state.value,
+            phase=event.phase.value,
             client=self.client_text,
-            why=e.why,
+            why=event.why,
         )
-        if self.state is State.REQUEST and e.reply is not None:
-            self._fail(e.reply, f"malformed request: {e.why}")
-        elif self.state is State.AUTH:
-            send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
-            self._close(f"malformed authentication: {e.why}")
-        else:
-            self._close(f"malformed {self.state.value}: {e.why}")
+        if event.response:
+            if event.phase is Wire.REQUEST:
+                self.replies.append(event.response[1])
+            send_now(self.transport, event.response)
+        self._close(f"malformed {phase}: {event.why}")
 
-    def _greeting(self, greeting: codec.Greeting) -> None:
+    def _greeting(self, greeting: MethodsOffered) -> None:
         # The client's address is read again here: behind a PROXY-protocol
         # listener it is only known once the header is read.  (A transport
         # of Twisted's own has one peer for life.)
@@ -373,7 +396,7 @@ class SOCKS5ServerProtocol(Protocol):
                 "refused client {client}: not in the allowed client networks",
                 client=self.client_text,
             )
-            send_now(self.transport, codec.build_method_selection(Method.NO_ACCEPTABLE))
+            send_now(self.transport, self.connection.refuse_methods())
             self._close("client not allowed")
             return
         has_checkers = self.factory.portal is not None
@@ -387,14 +410,12 @@ class SOCKS5ServerProtocol(Protocol):
                 acceptable.append(Method.USERNAME_PASSWORD)
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
-            send_now(self.transport, codec.build_method_selection(Method.NO_ACCEPTABLE))
+            send_now(self.transport, self.connection.refuse_methods())
             self._close(f"no acceptable method (offered {list(greeting.methods)})")
             return
-        send_now(self.transport, codec.build_method_selection(wanted))
-        self._move(State.AUTH if wanted is Method.USERNAME_PASSWORD else State.REQUEST)
+        send_now(self.transport, self.connection.select_method(wanted))
 
-    def _authenticate(self, request: codec.AuthRequest) -> None:
-        self._move(State.AUTHENTICATING)
+    def _authenticate(self, request: CredentialsReceived) -> None:
         self.transport.pauseProducing()
         factory = self.factory
         if not factory.login_started(self.client_ip):
@@ -407,7 +428,7 @@ class SOCKS5ServerProtocol(Protocol):
                 client=self.client_text,
                 n=MAX_LOGINS_PER_CLIENT,
             )
-            send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
+            send_now(self.transport, self.connection.login_decided(False))
             self._close("too many logins in progress from this client")
             return
         credentials = UsernamePassword(request.username, request.password)
@@ -427,8 +448,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = None
         self.user = avatar.name
         self._logout = logout
-        send_now(self.transport, codec.build_auth_response(codec.AuthStatus.SUCCESS))
-        self._move(State.REQUEST)
+        send_now(self.transport, self.connection.login_decided(True))
         self.transport.resumeProducing()
         self._process()
 
@@ -445,10 +465,10 @@ class SOCKS5ServerProtocol(Protocol):
             why=_why(failure),
         )
         self.factory.auth_failed()
-        send_now(self.transport, codec.build_auth_response(codec.AuthStatus.FAILURE))
+        send_now(self.transport, self.connection.login_decided(False))
         self._close("authentication failed")
 
-    def _request(self, request: codec.Request) -> None:
+    def _request(self, request: CommandRequested) -> None:
         self.command = request.command
         self.destination = request.address
         self._cancel_handshake_timer()
@@ -725,7 +745,8 @@ class SOCKS5ServerProtocol(Protocol):
             return
         advertised = Address.for_ip(external or interface, host.port)  # type: ignore[attr-defined]
         self.bound = _show(Address.for_ip(interface, host.port))  # type: ignore[attr-defined]
-        self._reply(Reply.SUCCEEDED, advertised)
+        self.replies.append(Reply.SUCCEEDED)
+        send_now(self.transport, self.connection.bind_listening(advertised))
 
     def _bind_peer_connected(self, remote: RemoteProtocol) -> None:
         assert remote.transport is not None
@@ -808,7 +829,9 @@ class SOCKS5ServerProtocol(Protocol):
         port = host.port  # type: ignore[attr-defined]
         self.bound = _show(Address.for_ip(local, port))
         external = self.factory.external_address
-        self._reply(Reply.SUCCEEDED, Address.for_ip(external or local, port))
+        advertised = Address.for_ip(external or local, port)
+        self.replies.append(Reply.SUCCEEDED)
+        send_now(self.transport, self.connection.reply(Reply.SUCCEEDED, advertised))
 
     def _udp_allowed(self, ip: IPAddress | None, port: int, name: str | None) -> bool | None:
         """
@@ -843,8 +866,8 @@ class SOCKS5ServerProtocol(Protocol):
         relay.
         """
         self.replies.append(Reply.SUCCEEDED)
-        reply = codec.build_reply(Reply.SUCCEEDED, bound)
-        early, self._buffer = self._buffer, b""
+        reply = self.connection.reply(Reply.SUCCEEDED, bound)
+        early = self.connection.take_data()
         factory = self.factory
         relay: StreamRelay | SpliceRelay
         remote_end = remote if isinstance(remote, socket.socket) else remote.transport
@@ -886,7 +909,7 @@ class SOCKS5ServerProtocol(Protocol):
         relay.start()
         if early:
             relay.from_client(early)
-        if self._client_eof:
+        if self.connection.client_eof:
             relay.eof(Side.CLIENT)
         else:
             self.transport.resumeProducing()

@@ -12,7 +12,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist import codec
 from socks5twist.codec import Address, AddressType, Command, Reply
-from socks5twist.session import MAX_PENDING, State
+from socks5twist.connection import MAX_PENDING
+from socks5twist.session import State
 
 from .helpers import NO_AUTH_GREETING, HalfCloseTransport, Session, make_session
 

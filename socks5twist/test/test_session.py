@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist import codec
 from socks5twist.codec import Method, Reply
-from socks5twist.session import MAX_PENDING, State
+from socks5twist.connection import MAX_PENDING
+from socks5twist.session import State
 
 from .helpers import (
     NO_AUTH_GREETING,
