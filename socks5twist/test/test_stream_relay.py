@@ -177,6 +177,7 @@ def pipe(
 
 @dataclass
 class Tunnel:
+    reactor: MemoryReactorClock
     session: Any
     client: Peer
     destination: Peer
@@ -199,14 +200,16 @@ class Tunnel:
         return bool(self.proxy_client_end.disconnected and self.proxy_remote_end.disconnected)
 
 
-def open_tunnel(test: SynchronousTestCase, early: bytes = b"", client_eof: bool = False) -> Tunnel:
+def open_tunnel(
+    test: SynchronousTestCase, early: bytes = b"", client_eof: bool = False, **options: Any
+) -> Tunnel:
     """
     A client that sends its greeting, a CONNECT and C{early} at once (and a
     FIN if C{client_eof}), through to a destination that accepted: the
-    session is RELAYING once this returns.
+    session is RELAYING once this returns.  C{options} go to the factory.
     """
     reactor = MemoryReactorClock()
-    factory = SOCKS5ServerFactory(splice=False, reactor=reactor)
+    factory = SOCKS5ServerFactory(splice=False, reactor=reactor, **options)
     session: Any = factory.buildProtocol(LOCAL_CLIENT)
     client = Peer()
     proxy_client_end, client_end, client_pump = pipe(
@@ -227,6 +230,7 @@ def open_tunnel(test: SynchronousTestCase, early: bytes = b"", client_eof: bool 
     test.assertIs(session.state, State.RELAYING)
     test.assertIsInstance(session.relay, StreamRelay)
     tunnel = Tunnel(
+        reactor,
         session,
         client,
         destination,
@@ -420,3 +424,27 @@ class ResetTests(SynchronousTestCase):
         self.assertGreater(t.session.relay.down, 0)
         self.assertEqual(t.client.received, REPLIES + data[: t.session.relay.down])
         self.assertEqual(len(t.session_lines()), 1)
+
+
+class StalledReaderTests(SynchronousTestCase):
+    def test_idle_timeout_ends_a_tunnel_whose_client_stopped_reading(self) -> None:
+        """
+        Nothing moves for the idle timeout because the client reads nothing:
+        the tunnel must end.  Today the relay closes with loseConnection,
+        which waits for the client to read what the proxy holds, and stops
+        the idle clock: the session (a --max-clients slot, up to L{BOUND}
+        bytes) is held for as long as the client keeps its window shut.
+        """
+        t = open_tunnel(self, idle_timeout=60)
+        t.client_end.pauseProducing()
+        t.destination_end.write(pattern(10_000, 31))
+        t.settle()
+        for _ in range(3):
+            t.reactor.advance(61)
+            t.settle()
+        self.assertEqual(t.session.outcome, "idle timeout")
+        self.assertTrue(t.closed(), "a client that never reads holds the session")
+
+    test_idle_timeout_ends_a_tunnel_whose_client_stopped_reading.todo = (  # type: ignore[attr-defined]
+        "relay.close() waits for a flush that a stalled reader never allows"
+    )
