@@ -76,6 +76,10 @@ class IdleClock:
             self._call = self._reactor.callLater(self._timeout - idle_for, self._check)
 
 
+# Seconds an idle tunnel's clean close may take before what is left is reset.
+FLUSH_GRACE = 5.0
+
+
 class StreamRelay:
     """
     Relays bytes between C{client} and C{remote} transports.
@@ -88,7 +92,10 @@ class StreamRelay:
     """
 
     kind = "stream"
-    __slots__ = ("_eof", "_idle", "_lost", "_on_idle", "_transports", "down", "up")
+    __slots__ = (
+        "_eof", "_idle", "_lost", "_on_idle", "_reactor", "_reset_call", "_transports", "down",
+        "up",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -102,6 +109,8 @@ class StreamRelay:
         self._eof: set[Side] = set()
         self._lost: set[Side] = set()
         self._on_idle = on_idle
+        self._reactor = reactor
+        self._reset_call: Any = None  # after an idle close: resets what has not closed
         self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
         self.up = 0
         self.down = 0
@@ -149,6 +158,9 @@ class StreamRelay:
         if side in self._lost:
             return
         self._lost.add(side)
+        if len(self._lost) == 2 and self._reset_call is not None:
+            self._reset_call.cancel()
+            self._reset_call = None
         self._close_all()
 
     def close(self) -> None:
@@ -168,6 +180,16 @@ class StreamRelay:
         if self._on_idle is not None:
             self._on_idle()
         self._close_all()
+        # A clean close waits for the peers to take what is buffered; a peer
+        # that reads nothing (why the tunnel went idle, maybe) would hold the
+        # session forever.  What has not closed after a short grace is reset.
+        self._reset_call = self._reactor.callLater(FLUSH_GRACE, self._abort_open_sides)
+
+    def _abort_open_sides(self) -> None:
+        self._reset_call = None
+        for side, transport in self._transports.items():
+            if side not in self._lost:
+                transport.abortConnection()
 
 
 def no_delay(transport: Any) -> None:

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socks5twist import codec
 from socks5twist.codec import Method, Reply
 from socks5twist.connection import MAX_PENDING
+from socks5twist.relay import FLUSH_GRACE
 from socks5twist.session import State
 
 from .helpers import (
@@ -342,6 +343,12 @@ class RelayTests(SynchronousTestCase):
         s.reactor.advance(0.2)
         self.assertTrue(s.transport.disconnecting)
         self.assertTrue(remote.transport.disconnecting)
+        # Only the reset of what does not close within the grace is left,
+        # and it goes once both sides are gone.
+        [reset] = s.reactor.getDelayedCalls()
+        self.assertEqual(reset.getTime(), s.reactor.seconds() + FLUSH_GRACE)
+        s.protocol.connectionLost()
+        remote.connectionLost(error.ConnectionDone())
         self.assertEqual(s.reactor.getDelayedCalls(), [])
 
     def test_no_idle_timeout_by_default(self) -> None:

@@ -430,10 +430,11 @@ class StalledReaderTests(SynchronousTestCase):
     def test_idle_timeout_ends_a_tunnel_whose_client_stopped_reading(self) -> None:
         """
         Nothing moves for the idle timeout because the client reads nothing:
-        the tunnel must end.  Today the relay closes with loseConnection,
-        which waits for the client to read what the proxy holds, and stops
-        the idle clock: the session (a --max-clients slot, up to L{BOUND}
-        bytes) is held for as long as the client keeps its window shut.
+        the tunnel must end.  The relay closes with loseConnection, which
+        waits for the client to read what the proxy holds; what has not closed
+        L{FLUSH_GRACE} seconds later is reset, so the session (a --max-clients
+        slot, up to L{BOUND} bytes) is not held for as long as the client
+        keeps its window shut.
         """
         t = open_tunnel(self, idle_timeout=60)
         t.client_end.pauseProducing()
@@ -444,7 +445,3 @@ class StalledReaderTests(SynchronousTestCase):
             t.settle()
         self.assertEqual(t.session.outcome, "idle timeout")
         self.assertTrue(t.closed(), "a client that never reads holds the session")
-
-    test_idle_timeout_ends_a_tunnel_whose_client_stopped_reading.todo = (  # type: ignore[attr-defined]
-        "relay.close() waits for a flush that a stalled reader never allows"
-    )
