@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress
 
-from .codec import ip_text, parse_ip
+from .codec import Address, AddressType, ip_text, parse_ip
 from .logsafe import escape
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -115,6 +115,15 @@ def describe(address: IAddress) -> str:
     if isinstance(address, UNIXAddress):
         return f"unix:{escape(address.name) if address.name else '?'}"
     return escape(str(address))
+
+
+def show(address: Address | None) -> str:
+    """A SOCKS address for logs: C{host:port}, C{[v6]:port}, or C{-}."""
+    if address is None:
+        return "-"
+    if address.type is AddressType.IPV6:
+        return f"[{address.host}]:{address.port}"
+    return f"{address.host}:{address.port}"
 
 
 class ClientPolicy:

@@ -268,7 +268,7 @@ class BindNameRuleTests(SynchronousTestCase):
         s.send(NO_AUTH_GREETING + raw_request(b"ftp.allowed.test", 21, command=2))
         self.assertEqual(reply_code(s.take()), Reply.SUCCEEDED)
         self.assertIs(s.protocol.state, State.BINDING)
-        waiter = s.protocol._bind
+        waiter = s.protocol.handler.waiter
         self.assertIsNotNone(waiter.buildProtocol(IPv4Address("TCP", "127.0.0.1", 20)))
 
 

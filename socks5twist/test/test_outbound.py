@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from socks5twist import outbound
 from socks5twist.codec import Reply
 from socks5twist.relay import RemoteProtocol, Side
-from socks5twist.session import _adopt
+from socks5twist.tunnel import adopt as _adopt
 
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 

@@ -336,7 +336,7 @@ class SessionBehindTheListenerTests(ProxyTestCase):
         self.assertEqual(transport.value(), b"\x05\x00")
         [session] = factory.sessions
         self.assertEqual(session.client_text, "192.0.2.7:40123")
-        self.assertEqual(str(session._local_ip()), "127.0.0.1")
+        self.assertEqual(str(session.local_ip()), "127.0.0.1")
 
     def test_the_factory_keyword_without_proxies_refuses_everyone(self) -> None:
         factory = self.socks_factory()

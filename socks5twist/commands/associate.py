@@ -1,0 +1,95 @@
+"""
+UDP ASSOCIATE (RFC 1928 section 7): open the datagram relay for this client.
+
+The relay's client-facing port is opened on the address the client reached
+(or C{--udp-interface}) and named in the reply; the association lives as long
+as the control connection.  Each destination a datagram goes to is checked by
+the rules when the association first sends there (see L{socks5twist.udp}).
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+
+from ..codec import Address, Reply
+from ..policy import IPAddress, show
+from ..states import State
+from ..udp import UDPAssociation
+from .context import Context, wildcard_for
+
+log = Logger()
+
+
+class Associate:
+    """One UDP ASSOCIATE request and the association it holds."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.association: UDPAssociation | None = None
+        self._client_ip: IPAddress | None = None
+
+    def start(self, expected: Address) -> None:
+        ctx, config = self.ctx, self.ctx.config
+        client_ip = ctx.client_ip
+        if client_ip is None:
+            ctx.fail(Reply.GENERAL_FAILURE, "UDP ASSOCIATE needs a client with an IP address")
+            return
+        if not config.udp_association_started(client_ip):
+            log.warn(
+                "refused UDP ASSOCIATE from {client}: {n} associations open (--max-udp-per-client)",
+                client=ctx.client_text,
+                n=config.max_udp_per_client,
+            )
+            ctx.fail(Reply.NOT_ALLOWED, "too many UDP associations for this client")
+            return
+        self._client_ip = client_ip
+        local_ip = config.udp_interface or ctx.local_ip()
+        local = str(local_ip) if local_ip is not None else wildcard_for(str(client_ip))
+        association = UDPAssociation(
+            config.reactor,
+            client_ip,
+            expected,
+            local,
+            any_source=config.udp_any_source,
+            idle_timeout=config.idle_timeout,
+            on_idle=self._idle,
+            resolve_timeout=config.connect_timeout or 10.0,
+            resolver=config.resolver,
+            check=self._allowed,
+            outgoing=config.outgoing,
+        )
+        try:
+            host = association.open()
+        except Exception as e:
+            config.udp_association_ended(client_ip)
+            log.warn("UDP ASSOCIATE could not listen on {local}: {e}", local=local, e=e)
+            ctx.fail(Reply.GENERAL_FAILURE, f"UDP listen failed: {e}")
+            return
+        self.association = ctx.udp = association
+        ctx.enter(State.ASSOCIATED)
+        port = host.port  # type: ignore[attr-defined]
+        ctx.bound = show(Address.for_ip(local, port))
+        ctx.reply_associated(Address.for_ip(config.external_address or local, port))
+
+    def stop(self) -> None:
+        """Close every socket of the association (the session closes)."""
+        association = self.association
+        if association is not None and not association.closed:
+            association.close()
+            assert self._client_ip is not None  # set with the association
+            self.ctx.config.udp_association_ended(self._client_ip)
+
+    def _allowed(self, ip: IPAddress | None, port: int, name: str | None) -> bool | None:
+        """
+        Whether the rules let a datagram go to C{ip} (or to C{name}, before
+        it is resolved: C{None} means "resolve and ask again").
+        """
+        decision = self.ctx.decide(ip, port, name)
+        if decision is None:
+            return None
+        if not decision.allowed:
+            self.ctx.config.rule_denied(decision)
+        return decision.allowed
+
+    def _idle(self) -> None:
+        self.ctx.close("idle timeout")
