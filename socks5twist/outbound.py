@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer, error
-from twisted.internet._resolver import HostResolution
 from twisted.internet.address import IPv4Address as TwistedIPv4Address
 from twisted.internet.address import IPv6Address as TwistedIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint
@@ -35,6 +34,7 @@ from zope.interface import implementer
 
 from .codec import Address, AddressType, Reply, ip_text, parse_ip
 from .policy import IPAddress
+from .twistedinternals import HostResolution
 
 
 def literal_ip(address: Address) -> IPAddress | None:

@@ -38,10 +38,6 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-
-# Twisted internals: the one private name this module (and the project) uses
-# for PROXY listeners: Twisted's own wrapper, so that unvetted() can refuse it.
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
@@ -49,6 +45,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 from . import proxyheader
 from .logsafe import escape
 from .policy import LOOPBACK_NETWORKS, IPNetwork, describe, ip_of, parse_network
+from .twistedinternals import HAProxyProtocolWrapper
 
 __all__ = ["ProxyHeaderFactory", "ProxyHeaderProtocol", "Refusals", "unvetted"]
 

@@ -18,7 +18,6 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -28,6 +27,18 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from .twistedinternals import plain_and_idle, write_to_socket
+
+__all__ = [
+    "IdleClock",
+    "RemoteProtocol",
+    "Side",
+    "StreamRelay",
+    "no_delay",
+    "plain_and_idle",  # (for splice.py: the check lives in twistedinternals)
+    "send_now",
+]
 
 
 class Side(enum.StrEnum):
@@ -167,6 +178,11 @@ class StreamRelay:
         """Close both sides (flushing what is already buffered)."""
         self._close_all()
 
+    def abort(self) -> None:
+        """Reset both sides at once, dropping what is unsent."""
+        self._close_all()
+        self._abort_open_sides()
+
     def _close_all(self) -> None:
         if self._idle is not None:
             self._idle.stop()
@@ -205,22 +221,6 @@ def no_delay(transport: Any) -> None:
             pass
 
 
-def plain_and_idle(transport: Any) -> bool:
-    """
-    Whether C{transport} is one of Twisted's own TCP connections (no TLS),
-    connected and not closing, with nothing of its own waiting to be sent:
-    its socket may then be written to (or taken over) directly.
-    """
-    return bool(
-        isinstance(transport, tcp.Connection)
-        and not getattr(transport, "TLS", False)
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.dataBuffer
-        and not transport._tempDataLen
-    )
-
-
 def send_now(transport: Any, data: bytes) -> None:
     """
     Write C{data} to C{transport}: straight to the socket when it is one of
@@ -234,11 +234,7 @@ def send_now(transport: Any, data: bytes) -> None:
     reordered: the transport's buffer is empty when the socket is used.
     """
     if plain_and_idle(transport):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # the transport's own write finds out what is wrong
-        data = data[sent:]
+        data = data[write_to_socket(transport, data) :]
         if not data:
             return
     transport.write(data)

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from .factory import SOCKS5ServerFactory
 from .passwords import PasswordFile
 from .rules import RulesError, load
+from .twistedinternals import listening_port
 from .workers import WorkerPool
 
 log = Logger()
@@ -92,23 +93,12 @@ class SOCKS5Service(service.MultiService):
     def _start_workers(self) -> None:
         listeners = []
         for child in self:
-            waiting = getattr(child, "_waitingForPort", None)
             description = getattr(child, "_description", None)
-            if (
-                waiting is None
-                or description is None
-                or not description.startswith(("tcp", "unix", "haproxy:"))
-            ):
+            if description is None or not description.startswith(("tcp", "unix", "haproxy:")):
                 continue  # the metrics endpoint, or a kind that cannot be shared
-            ports: list[Any] = []
-
-            def keep(port: Any, ports: list[Any] = ports) -> Any:
-                ports.append(port)
-                return port
-
-            waiting.addCallback(keep)
-            if ports and hasattr(ports[0], "fileno"):
-                listeners.append((ports[0].fileno(), description))
+            port = listening_port(child)
+            if port is not None and hasattr(port, "fileno"):
+                listeners.append((port.fileno(), description))
         self.workers = WorkerPool(
             self.factory.reactor,
             self.worker_count - 1,

@@ -59,8 +59,8 @@ from .policy import IPAddress, describe, ip_of, show
 from .proxylistener import unvetted
 from .relay import RemoteProtocol, Side, StreamRelay, no_delay, send_now
 from .rules import Decision, Query
-from .splice import SpliceRelay
 from .states import NEGOTIATING, TRANSITIONS, IllegalTransition, State
+from .tunnel import Relay
 from .udp import UDPAssociation
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class SOCKS5ServerProtocol(Protocol):
         self._logout: Callable[[], None] | None = None
         self.handler: Handler | None = None  # the command's, once requested
         self.udp: UDPAssociation | None = None  # UDP ASSOCIATE's, for the record
-        self.relay: StreamRelay | SpliceRelay | None = None
+        self.relay: Relay | None = None
         self.counted = False
         self.limit_keys: tuple[tuple[str, Any], ...] = ()  # what the limits counted
         # For the session's log line.
@@ -190,22 +190,19 @@ class SOCKS5ServerProtocol(Protocol):
     def abort(self, outcome: str) -> None:
         """Close the session at once, both sides, dropping what is unsent."""
         self.outcome = self.outcome or outcome
-        transports = [self.transport]
-        if isinstance(self.relay, SpliceRelay):
-            # The relay thread holds the client's socket: the relay ends the
-            # tunnel and then resets the client's connection itself.
-            self.relay.abort()
+        relay = self.relay
+        if relay is not None:
+            # The relay resets both ends (a splice relay may hold the
+            # client's socket in its thread: it resets it when it lets go).
+            relay.abort()
             self._close(outcome)
             return
-        if self.relay is not None:
-            transports.append(self.relay.remote_transport)
         self._close(outcome)
-        for transport in transports:
-            abort = getattr(transport, "abortConnection", None)
-            if abort is not None:
-                abort()
-            else:
-                transport.loseConnection()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
 
     def fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""

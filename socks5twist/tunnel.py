@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.protocol import Factory
 
@@ -18,7 +18,33 @@ from .splice import SpliceRelay
 
 __all__ = ["Relay", "adopt", "join", "start"]
 
-Relay = StreamRelay | SpliceRelay
+
+class Relay(Protocol):
+    """
+    What the session and the factory need of a relay, whichever it is
+    (L{StreamRelay} or L{SpliceRelay}).  (The stream relay is also fed the
+    client's bytes by the session, as C{from_client} and C{eof}; the splice
+    relay reads the client's socket itself.)
+    """
+
+    kind: str
+
+    @property
+    def up(self) -> int:
+        """Bytes relayed from the client to the remote side."""
+
+    @property
+    def down(self) -> int:
+        """Bytes relayed from the remote side to the client."""
+
+    def close(self) -> None:
+        """Close both sides, flushing what is buffered."""
+
+    def abort(self) -> None:
+        """Reset both sides at once."""
+
+    def lost(self, side: Side) -> None:
+        """C{side}'s connection is gone."""
 
 
 def join(
@@ -30,7 +56,7 @@ def join(
     splice_on: bool,
     idle_timeout: float,
     on_idle: Callable[[], None],
-) -> Relay:
+) -> StreamRelay | SpliceRelay:
     """
     The relay between the client's transport and C{remote} (a protocol, or
     a bare socket from L{socks5twist.outbound.connect_socket}), not started
@@ -44,7 +70,7 @@ def join(
         and splice.can_splice(client)
         and (isinstance(remote_end, socket.socket) or splice.can_splice(remote_end))
     ):
-        relay: Relay = SpliceRelay(
+        relay: StreamRelay | SpliceRelay = SpliceRelay(
             reactor,
             client,
             remote_end,  # type: ignore[arg-type]
@@ -72,7 +98,7 @@ def join(
     return relay
 
 
-def start(relay: Relay, client: Any, early: bytes, client_eof: bool) -> None:
+def start(relay: StreamRelay | SpliceRelay, client: Any, early: bytes, client_eof: bool) -> None:
     """
     Start C{relay}.  The stream relay is passed C{early} (what the client
     sent after its request; the splice relay had it from L{join}) and an EOF
