@@ -27,7 +27,7 @@ from .policy import (
     IPNetwork,
     parse_network,
 )
-from .record import SessionRecord
+from .record import SessionRecord, log_record
 from .rules import ALLOW_ALL, Decision, Rules
 from .session import MAX_LOGINS_PER_CLIENT, SOCKS5ServerProtocol
 from .splice import available as splice_available
@@ -336,9 +336,7 @@ class SOCKS5ServerFactory(ServerFactory):
         if self.access_log is not None:
             self.access_log.write(record.line())
         else:
-            # The fields go in the event too, for observers that want them
-            # (JSON logs).
-            self.log.info("{session_line}", **record.fields())
+            log_record(self.log, record)
 
 
 def _handshake_timed_out(session: Any) -> None:

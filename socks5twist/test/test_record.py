@@ -5,10 +5,22 @@ from __future__ import annotations
 import collections
 from typing import Any, cast
 
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    capturedLogs,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    jsonFileLogObserver,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist.codec import Address, AddressType, Command
-from socks5twist.record import SessionRecord
+from socks5twist.factory import SOCKS5ServerFactory
+from socks5twist.record import SessionRecord, log_record
 from socks5twist.session import SOCKS5ServerProtocol
 
 
@@ -126,3 +138,69 @@ class SessionRecordTests(SynchronousTestCase):
                 "outcome": "closed",
             },
         )
+
+
+class LogRecordTests(SynchronousTestCase):
+    """L{log_record}: the session's event through Twisted's log, built cheaply."""
+
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.source = object()
+        observer = cast(ILogObserver, self.events.append)
+        self.logger = Logger("socks5twist.factory", self.source, observer)
+        self.record = SessionRecord.of(ended_connect(), now=1000.25)
+
+    def both_events(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The event of L{log_record}, and the one C{Logger.info} would emit."""
+        log_record(self.logger, self.record)
+        self.logger.info("{session_line}", **self.record.fields())
+        ours, theirs = self.events
+        return ours, theirs
+
+    def test_event_is_the_one_logger_info_would_emit(self) -> None:
+        ours, theirs = self.both_events()
+        self.assertEqual(set(ours) - {"log_flattened"}, set(theirs))
+        for key, value in theirs.items():
+            if key != "log_time":
+                self.assertEqual(ours[key], value, key)
+        self.assertIs(ours["log_level"], LogLevel.info)
+        self.assertIs(ours["log_source"], self.source)
+        self.assertEqual(ours["session_line"], self.record.line())
+
+    def test_log_file_line_is_identical_to_logger_info(self) -> None:
+        ours, theirs = self.both_events()
+        ours["log_time"] = theirs["log_time"]
+        text = formatEventAsClassicLogText(ours)
+        self.assertEqual(text, formatEventAsClassicLogText(theirs))
+        self.assertEqual(formatEvent(ours), self.record.line())
+
+    def test_json_log_keeps_the_line_and_every_field(self) -> None:
+        ours, theirs = self.both_events()
+        again = eventFromJSON(eventAsJSON(ours))
+        self.assertEqual(formatEvent(again), self.record.line())
+        self.assertEqual(
+            again["log_flattened"], eventFromJSON(eventAsJSON(theirs))["log_flattened"]
+        )
+        for key, value in self.record.fields().items():
+            self.assertEqual(again[key], value, key)
+
+    def test_json_file_observer_writes_the_event(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            log_record(Logger(observer=jsonFileLogObserver(f)), self.record)
+        with open(path) as f:
+            written = eventFromJSON(f.read().strip("\x1e\n"))
+        self.assertEqual(written["session_line"], self.record.line())
+        self.assertEqual(written["up"], 517)
+
+    def test_session_line_reaches_the_log_before_session_ended_returns(self) -> None:
+        """Nothing waits in a buffer: a server that stops loses no line."""
+        factory = SOCKS5ServerFactory(reactor=cast(Any, object()))
+        session = ended_connect()
+        with capturedLogs() as logs:
+            factory.session_ended(session)
+        [event] = [e for e in logs if "session_line" in e]
+        self.assertEqual(formatEvent(event), event["session_line"])
+        self.assertTrue(event["session_line"].startswith("session 127.0.0.1:45066 user=alice"))
+        self.assertEqual(event["log_namespace"], "socks5twist.factory.SOCKS5ServerFactory")
+        self.assertIs(event["log_source"], factory)
