@@ -2,6 +2,7 @@
 The socks5twist benchmark: socks5twist beside its peers, in one run.
 
     python bench/run.py [--rounds 3] [--pairs 7] [--quick] [--only NAME] [--json FILE]
+                        [--baseline REF]
 
 Measures, for a direct connection (the limit) and for each SOCKS5 server:
 throughput (1 and 8 streams, upload and download, 512 MiB per test), latency
@@ -21,6 +22,13 @@ alternations alone).  Everything runs on 127.0.0.1, every process started
 here is stopped here by its PID, and every step is bounded in bytes and
 time.  Peers that are not installed are left out, with a note:
 Debian's microsocks and dante-server, PyPI's pproxy.
+
+socks5twist is measured as a user runs it (C{twistd -n socks5
+--logfile=FILE}: each session's line through Twisted's log) and with
+C{--access-log}; the C{--workers 2} and C{--no-splice} variants write an
+access log too.  C{--baseline REF} also measures the socks5twist of an earlier
+commit (C{git archive REF}), both ways, in the same rounds and alternations:
+a change's before and after, side by side.
 """
 
 from __future__ import annotations
@@ -88,9 +96,11 @@ class Peer:
         command: Callable[[int, Path], list[str]] | None,
         idle: bool = True,
         bulk: bool = True,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.command = command
+        self.cwd = cwd  # where it starts (a checkout's socks5twist is imported from there)
         self.idle = idle  # measure memory per idle tunnel
         self.bulk = bulk  # measure throughput
         self.proc: subprocess.Popen[bytes] | None = None
@@ -106,6 +116,7 @@ class Peer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            cwd=self.cwd,
         )
         wait_listening(self.port, self.proc)
         time.sleep(0.3)
@@ -129,16 +140,23 @@ class Peer:
         return [] if self.command is None else ["--proxy", f"127.0.0.1:{self.port}"]
 
 
-def twistd(*extra: str) -> Callable[[int, Path], list[str]]:
-    # Every session's line is written, to an access log as a busy server's
-    # operator would (see the README's Logs); the peers log no sessions.
+def twistd(*extra: str, access_log: bool = True) -> Callable[[int, Path], list[str]]:
+    """
+    How to start socks5twist.  Every session's line is written: by default
+    (C{access_log=False}) through Twisted's log to the log file, as a user
+    runs C{twistd -n socks5 --logfile=FILE}; with C{access_log}, to an
+    access log, as a busy server's operator would (see the README's Logs).
+    The peers log no sessions.  (twistd is started with C{-c}, so the
+    socks5twist of the directory it starts in is imported first.)
+    """
+
     def command(port: int, workdir: Path) -> list[str]:
+        tuned = ["--access-log", str(workdir / f"access-{port}.log")] if access_log else []
         return [
             sys.executable, "-c",
             "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
             "-n", "--pidfile=", f"--logfile={workdir / f'socks5twist-{port}.log'}",
-            "socks5", "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--access-log", str(workdir / f"access-{port}.log"), *extra,
+            "socks5", "--port", f"tcp:{port}:interface=127.0.0.1", *tuned, *extra,
         ]  # fmt: skip
 
     return command
@@ -156,12 +174,23 @@ def dante(port: int, workdir: Path) -> list[str]:
     return [shutil.which("danted") or "danted", "-f", str(conf)]
 
 
-def peers(loadgen: str) -> tuple[list[Peer], list[str]]:
+def peers(loadgen: str, baseline: Path | None = None) -> tuple[list[Peer], list[str]]:
     found = [
         Peer("direct", None, idle=False),
-        Peer("socks5twist", twistd()),
-        Peer("socks5twist --workers 2", twistd("--workers", "2")),
-        Peer("socks5twist --no-splice", twistd("--no-splice")),
+        # As a user runs it: session lines through Twisted's log.
+        Peer("socks5twist", twistd(access_log=False)),
+        Peer("socks5twist --access-log", twistd()),
+        Peer("socks5twist --access-log --workers 2", twistd("--workers", "2")),
+        Peer("socks5twist --access-log --no-splice", twistd("--no-splice")),
+    ]
+    if baseline is not None:
+        # Another checkout of socks5twist (an earlier commit), measured in the
+        # same run: a change's before and after, side by side.
+        found += [
+            Peer("baseline", twistd(access_log=False), cwd=baseline),
+            Peer("baseline --access-log", twistd(), cwd=baseline),
+        ]
+    found += [
         Peer(
             "threads", lambda port, _: [sys.executable, str(HERE / "threaded_socks.py"), str(port)]
         ),
@@ -307,7 +336,13 @@ def idle_memory(peer: Peer, loadgen: str, common: list[str], count: int) -> floa
 # is "a p50 no higher than Dante's" under the same conditions, and a direct
 # figure taken at another moment would only add its own noise.
 PAIRED_FIGURES = ("sessions/s, concurrency 32", "latency 1 B p50 (us)")
-PAIRED_OURS = ("socks5twist", "socks5twist --workers 2")
+PAIRED_OURS = (
+    "socks5twist",
+    "socks5twist --access-log",
+    "socks5twist --access-log --workers 2",
+    "baseline",
+    "baseline --access-log",
+)
 PAIRED_PEERS = ("dante", "pproxy")
 # The README's targets for those figures: (figure, peer) -> the ratio to reach
 # (sessions: at least this; latency: at most this).
@@ -462,6 +497,12 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="measure only these peers (and direct)")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also measure socks5twist as of this git commit (before a change), by and "
+        "with --access-log, in the rounds and the alternations",
+    )
+    parser.add_argument(
         "--pairs",
         type=int,
         default=7,
@@ -479,7 +520,17 @@ def main() -> None:
             assert server.stdout is not None
             server.stdout.readline()
             target = f"127.0.0.1:{server_port}"
-            candidates, missing = peers(loadgen)
+            baseline = None
+            if args.baseline:
+                baseline = workdir / "baseline"
+                baseline.mkdir()
+                archive = subprocess.run(
+                    ["git", "-C", str(HERE.parent), "archive", args.baseline],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+                subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
+            candidates, missing = peers(loadgen, baseline)
             if args.only:
                 candidates = [p for p in candidates if p.name in ("direct", *args.only)]
             for note in missing:

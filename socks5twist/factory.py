@@ -19,9 +19,6 @@ from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .bursts import BurstLog
-from .codec import HEX_BYTE, Command
-from .logsafe import field as log_field
-from .logsafe import printable
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -30,8 +27,9 @@ from .policy import (
     IPNetwork,
     parse_network,
 )
+from .record import SessionRecord, log_record
 from .rules import ALLOW_ALL, Decision, Rules
-from .session import MAX_LOGINS_PER_CLIENT, SOCKS5ServerProtocol, _show
+from .session import MAX_LOGINS_PER_CLIENT, SOCKS5ServerProtocol
 from .splice import available as splice_available
 from .timers import Deadlines
 
@@ -325,59 +323,20 @@ class SOCKS5ServerFactory(ServerFactory):
         self._release(session)
         if not self.sessions and self.on_idle is not None:
             self.reactor.callLater(0, self._idle_now)
-        relay, udp = session.relay, session.udp
+        udp = session.udp
         stats = self.stats
         stats.ended[(session.command_label, session.reply_label)] += 1
         if udp is not None:
             stats.udp_datagrams["up"] += udp.up_datagrams
             stats.udp_datagrams["down"] += udp.down_datagrams
             stats.udp_dropped.update(udp.dropped)
-            up, down = udp.up_bytes, udp.down_bytes
-            extra = (
-                f" datagrams={udp.up_datagrams}/{udp.down_datagrams} dropped={udp.describe_drops()}"
-            )
-        else:
-            up, down = (relay.up, relay.down) if relay is not None else (0, 0)
-            extra = ""
-        stats.bytes_up += up
-        stats.bytes_down += down
-        client, user = session.client_text, log_field(session.user)
-        command = session.command.name if isinstance(session.command, Command) else "-"
-        destination = _show(session.destination)
-        connected, bound = session.connected_to or "-", session.bound or "-"
-        reply = "/".join([HEX_BYTE[r] for r in session.replies]) or "-"
-        kind = relay.kind if relay is not None else "-"
-        duration = time.time() - session.started
-        outcome = printable(session.outcome)
-        # The line is formatted here with an f-string: Twisted's format-string
-        # engine costs more than the rest of a short session.
-        line = (
-            f"session {client} user={user} {command} {destination} -> {connected} "
-            f"bound={bound} reply={reply} up={up} down={down}{extra} "
-            f"duration={duration:.3f}s relay={kind} ({outcome})"
-        )
+        record = SessionRecord.of(session)
+        stats.bytes_up += record.up
+        stats.bytes_down += record.down
         if self.access_log is not None:
-            self.access_log.write(line)
+            self.access_log.write(record.line())
         else:
-            # The fields go in the event too, for observers that want them
-            # (JSON logs).
-            self.log.info(
-                "{session_line}",
-                session_line=line,
-                client=client,
-                user=user,
-                command=command,
-                destination=destination,
-                connected=connected,
-                bound=bound,
-                reply=reply,
-                up=up,
-                down=down,
-                extra=extra,
-                relay=kind,
-                duration=duration,
-                outcome=outcome,
-            )
+            log_record(self.log, record)
 
 
 def _handshake_timed_out(session: Any) -> None:

@@ -1,0 +1,178 @@
+"""
+A session's record and its log line, built in one place.
+
+When a session ends, L{SessionRecord.of} reads what the session kept for its
+line (client, user, command, destination, the address connected to and the
+proxy's own end, the replies, the bytes and datagrams each way, the relay)
+into one immutable record, escaping every value that came from the network
+(L{socks5twist.logsafe}); L{SessionRecord.line} formats the line that the
+README's "Logs" section shows, and L{SessionRecord.fields} gives the same
+facts as the fields of a Twisted log event, for observers that want them
+(JSON logs), and L{log_record} sends it through Twisted's log at the least
+cost that log allows.  The factory counts the session (statistics, limits)
+and writes the line where the configuration says.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger, LogLevel
+
+from .codec import HEX_BYTE, Command
+from .logsafe import field, printable
+from .session import _show
+
+if TYPE_CHECKING:
+    from .session import SOCKS5ServerProtocol
+
+__all__ = ["SESSION_FORMAT", "SessionRecord", "log_record", "show_address"]
+
+# How a session's destination and bound addresses are shown ("host:port",
+# "[v6]:port"); it lives in the session module, which formats the addresses
+# it keeps as it goes.
+show_address = _show
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """
+    The facts of one ended session, each already printable ASCII as the line
+    shows it (C{-} for a missing value).
+
+    @ivar datagrams: for UDP ASSOCIATE, datagrams relayed C{(up, down)};
+        C{None} for the other commands.
+    @ivar dropped: for UDP ASSOCIATE, the dropped datagrams by reason
+        (C{reason:count,...}, or C{0}); C{None} otherwise.
+    """
+
+    client: str
+    user: str
+    command: str
+    destination: str
+    connected: str
+    bound: str
+    reply: str
+    up: int
+    down: int
+    datagrams: tuple[int, int] | None
+    dropped: str | None
+    duration: float
+    relay: str
+    outcome: str
+
+    @classmethod
+    def of(cls, session: SOCKS5ServerProtocol, now: float | None = None) -> SessionRecord:
+        """
+        The record of C{session}, ended at C{now} (by default: the current
+        time).  The user passes L{field} (it stands between fields) and the
+        outcome L{printable} (our own text that quotes escaped values); the
+        destination is canonical already.
+        """
+        relay, udp = session.relay, session.udp
+        if udp is not None:
+            up, down = udp.up_bytes, udp.down_bytes
+            datagrams: tuple[int, int] | None = (udp.up_datagrams, udp.down_datagrams)
+            dropped: str | None = udp.describe_drops()
+        else:
+            up, down = (relay.up, relay.down) if relay is not None else (0, 0)
+            datagrams = dropped = None
+        command = session.command
+        return cls(
+            client=session.client_text,
+            user=field(session.user),
+            command=command.name if isinstance(command, Command) else "-",
+            destination=_show(session.destination),
+            connected=session.connected_to or "-",
+            bound=session.bound or "-",
+            reply="/".join([HEX_BYTE[r] for r in session.replies]) or "-",
+            up=up,
+            down=down,
+            datagrams=datagrams,
+            dropped=dropped,
+            duration=(time.time() if now is None else now) - session.started,
+            relay=relay.kind if relay is not None else "-",
+            outcome=printable(session.outcome),
+        )
+
+    @property
+    def extra(self) -> str:
+        """What only a UDP association's line has (with its leading space), or C{""}."""
+        if self.datagrams is None:
+            return ""
+        up, down = self.datagrams
+        return f" datagrams={up}/{down} dropped={self.dropped}"
+
+    def line(self) -> str:
+        """
+        The session's log line.  Formatted with an f-string: Twisted's
+        format-string engine cost more than the rest of a short session.
+        """
+        return (
+            f"session {self.client} user={self.user} {self.command} {self.destination} "
+            f"-> {self.connected} bound={self.bound} reply={self.reply} "
+            f"up={self.up} down={self.down}{self.extra} "
+            f"duration={self.duration:.3f}s relay={self.relay} ({self.outcome})"
+        )
+
+    def fields(self) -> dict[str, object]:
+        """
+        The record as the fields of a log event (the names every release
+        has used: C{connected}, C{reply}, C{extra} for the UDP part), with
+        the line itself under C{session_line}.
+        """
+        return {
+            "session_line": self.line(),
+            "client": self.client,
+            "user": self.user,
+            "command": self.command,
+            "destination": self.destination,
+            "connected": self.connected,
+            "bound": self.bound,
+            "reply": self.reply,
+            "up": self.up,
+            "down": self.down,
+            "extra": self.extra,
+            "relay": self.relay,
+            "duration": self.duration,
+            "outcome": self.outcome,
+        }
+
+
+def log_record(logger: Logger, record: SessionRecord) -> None:
+    """
+    Send C{record} to Twisted's log as one event: the event that
+    C{logger.info("{session_line}", **record.fields())} would emit (same
+    namespace, source, level, format and fields), built here and handed
+    straight to the logger's observer.
+
+    Why not C{logger.info}: under load a session's line through Twisted's
+    log cost several times what the rest of its logging did.  The event
+    skips C{Logger.emit}'s checks (it lists every log level on each call), and
+    carries C{log_flattened}, the pre-rendered form that Twisted's own JSON
+    logs carry: an observer that formats it (twistd's log file, syslog) then
+    copies the line instead of running the format-string engine over it,
+    and one that flattens it (JSON) finds the work done.  The rest (the
+    timestamp, the write and flush per line) is the observer's, and stays.
+    """
+    line = record.line()
+    event = record.fields()
+    event.update(
+        log_logger=logger,
+        log_level=LogLevel.info,
+        log_namespace=logger.namespace,
+        log_source=logger.source,
+        log_format=SESSION_FORMAT,
+        log_flattened={_FLAT_KEY: line, _STRUCTURED_KEY: line},
+        log_time=time.time(),
+    )
+    logger.observer(event)
+
+
+# The event's format, and the keys under which Twisted's flattening
+# (twisted.logger.flattenEvent) keeps its one field rendered and as it is.
+SESSION_FORMAT = "{session_line}"
+_FLAT_KEY = "session_line!s:"
+_STRUCTURED_KEY = "session_line!:"
