@@ -21,6 +21,10 @@ from twisted.trial.unittest import TestCase
 
 from socks5twist import splice
 from socks5twist.splice import SpliceRelay
+from socks5twist.splice.poller import SharedPoller
+from socks5twist.splice.pump import End, Pump
+from socks5twist.splice.relay import state_for
+from socks5twist.splice.thread import RelayThread
 
 
 class _Keep(protocol.Protocol):
@@ -107,7 +111,7 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_bytes_flow_in_the_relay_thread_and_nothing_is_left(self) -> Any:
-        direct = splice._Poller.SHARED_FROM
+        direct = SharedPoller.SHARED_FROM
         tunnels = yield self._tunnels(direct + 2)
         readers_before = set(reactor.getReaders())
         for _, relay, _, _ in tunnels:
@@ -118,13 +122,16 @@ class RelayThreadTests(TestCase):
         added = set(reactor.getReaders()) - readers_before
         self.assertEqual(transports & added, set())
         self.assertEqual(len(added), 2 * direct + 1)
-        (poller,) = [r for r in added if isinstance(r, splice._Poller)]
-        self.assertEqual([r.poller for _, r, _, _ in tunnels], [None] * direct + [poller] * 2)
+        (poller,) = [r for r in added if isinstance(r, SharedPoller)]
+        on_reactor = state_for(reactor).direct
+        self.assertEqual(
+            [r.scheduler for _, r, _, _ in tunnels], [on_reactor] * direct + [poller] * 2
+        )
         for _, relay, _, _ in tunnels:
             relay.move_to_thread()
-        loop = tunnels[0][1].loop
+        loop = tunnels[0][1].thread
         assert loop is not None
-        self.assertTrue(all(relay.loop is loop for _, relay, _, _ in tunnels))
+        self.assertTrue(all(relay.thread is loop for _, relay, _, _ in tunnels))
         # The reactor no longer watches the tunnels' sockets; the relay thread does.
         self.assertEqual(set(reactor.getReaders()) - readers_before, set())
         self.assertEqual(set(reactor.getWriters()) & (transports | added), set())
@@ -163,13 +170,13 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_shared_set_closes_when_the_last_relay_leaves_the_reactor(self) -> Any:
-        direct = splice._Poller.SHARED_FROM
+        direct = SharedPoller.SHARED_FROM
         tunnels = yield self._tunnels(direct + 1)
         for _, relay, _, _ in tunnels:
             relay.start()
         last = tunnels[-1][1]
-        poller = last.poller
-        assert poller is not None
+        poller = last.scheduler
+        assert isinstance(poller, SharedPoller)
         epoll_fd = poller.fileno()
         self.assertNotEqual(epoll_fd, -1)
         # The shared tunnel ends: its set holds no socket, but relays are
@@ -208,7 +215,7 @@ class RelayThreadTests(TestCase):
         for _, relay, _, _ in tunnels:
             relay.start()
             relay.move_to_thread()
-        loop = tunnels[0][1].loop
+        loop = tunnels[0][1].thread
         assert loop is not None
         fds = {end.fd for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
         yield _until(lambda: fds <= set(loop.ends), "the relay thread to watch the sockets")
@@ -226,9 +233,9 @@ class RelayThreadTests(TestCase):
         # The next tunnel gets a new relay thread.
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=True)
-        assert relay.loop is not None
-        self.assertIsNot(relay.loop, loop)
-        self.assertTrue(relay.loop.running)
+        assert relay.thread is not None
+        self.assertIsNot(relay.thread, loop)
+        self.assertTrue(relay.thread.running)
         client.sendall(b"ping")
         self.assertEqual((yield _read(remote, 4)), b"ping")
         relay.close()
@@ -236,11 +243,11 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_thread_ends_when_no_tunnel_is_left(self) -> Any:
-        self.patch(splice._Loop, "LINGER", 0.05)
+        self.patch(RelayThread, "LINGER", 0.05)
         [(client, relay, _, proto)] = yield self._tunnels(1)
         relay.start()
         relay.move_to_thread()
-        loop = relay.loop
+        loop = relay.thread
         assert loop is not None
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
@@ -250,7 +257,7 @@ class RelayThreadTests(TestCase):
             loop._epoll.fileno()  # closed
         [(client, relay, _, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=True)
-        self.assertIsNot(relay.loop, loop)
+        self.assertIsNot(relay.thread, loop)
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
 
@@ -259,12 +266,12 @@ class RelayThreadTests(TestCase):
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=False)
         for index in range(splice.MOVE_AFTER // 2):  # a round trip is two reads
-            self.assertIsNone(relay.loop)
+            self.assertIsNone(relay.thread)
             client.sendall(b"%03d" % index)
             self.assertEqual((yield _read(remote, 3)), b"%03d" % index)
             remote.sendall(b"ok")
             self.assertEqual((yield _read(client, 2)), b"ok")
-        self.assertIsNotNone(relay.loop)
+        self.assertIsNotNone(relay.thread)
         self.assertNotIn(relay._client, reactor.getReaders())
         client.sendall(b"after")
         self.assertEqual((yield _read(remote, 5)), b"after")
@@ -292,20 +299,20 @@ class RelayThreadTests(TestCase):
         the relay thread's, and the reactor thread must not write to it.
         """
         writers: list[int] = []
-        do_write = splice._End.do_write
+        do_write = End.do_write
 
         def recording(end: Any) -> None:
             writers.append(threading.get_ident())
             do_write(end)
 
-        self.patch(splice._End, "do_write", recording)
+        self.patch(End, "do_write", recording)
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=False)
         relay.reads = splice.MOVE_AFTER - 1
         client.sendall(b"x")  # on loopback, readable as sendall returns
         end = relay._client
         reactor._doReadOrWrite(end, end.fd, select.EPOLLIN | select.EPOLLOUT)  # type: ignore[attr-defined]
-        self.assertIsNotNone(relay.loop)
+        self.assertIsNotNone(relay.thread)
         self.assertNotIn(threading.get_ident(), writers)
         self.assertEqual((yield _read(remote, 1)), b"x")
         relay.close()
@@ -317,14 +324,14 @@ class RelayThreadTests(TestCase):
         for client, relay, _, _ in tunnels:
             yield self._open(client, relay, move=True)
         (bad_client, bad, _, bad_proto), (client, good, remote, proto) = tunnels
-        copy = splice._Pump.copy
+        copy = Pump.copy
 
         def failing(pump: Any) -> None:
             if pump.relay is bad:
                 raise RuntimeError("a bug in a pump")
             copy(pump)
 
-        self.patch(splice._Pump, "copy", failing)
+        self.patch(Pump, "copy", failing)
         bad_client.sendall(b"boom")
         yield _until(lambda: bad_proto.lost is not None, "the failed tunnel to end")
         assert bad_proto.lost is not None
@@ -332,6 +339,6 @@ class RelayThreadTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         client.sendall(b"still")
         self.assertEqual((yield _read(remote, 5)), b"still")
-        self.assertTrue(good.loop is not None and good.loop._thread.is_alive())
+        self.assertTrue(good.thread is not None and good.thread._thread.is_alive())
         good.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
