@@ -9,22 +9,28 @@ tests/test_server.py.)
 
 from __future__ import annotations
 
+import gc
+import os
 import select
 import socket
 import threading
-from typing import Any
+import weakref
+from typing import Any, cast
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from socks5twist import splice
 from socks5twist.splice import SpliceRelay
+from socks5twist.splice import relay as splice_relay
 from socks5twist.splice.poller import SharedPoller
 from socks5twist.splice.pump import End, Pump
 from socks5twist.splice.relay import state_for
-from socks5twist.splice.thread import RelayThread
+from socks5twist.splice.thread import RelayThread, ThreadState
 
 
 class _Keep(protocol.Protocol):
@@ -77,7 +83,7 @@ class RelayThreadTests(TestCase):
         skip = "no splice(2) on this platform"
 
     @defer.inlineCallbacks
-    def _tunnels(self, count: int) -> Any:
+    def _tunnels(self, count: int, **options: Any) -> Any:
         """C{count} tunnels: (client socket, relay, remote socket, server protocol)."""
         connected: list[_Keep] = []
         factory = protocol.Factory.forProtocol(lambda: _Keep(connected))
@@ -96,7 +102,7 @@ class RelayThreadTests(TestCase):
             mine.setblocking(False)
             theirs.setblocking(False)
             self.addCleanup(theirs.close)
-            relay = SpliceRelay(reactor, proto.transport, mine, to_client=b"hi")  # type: ignore[arg-type]
+            relay = SpliceRelay(reactor, proto.transport, mine, to_client=b"hi", **options)  # type: ignore[arg-type]
             tunnels.append((client, relay, theirs, proto))
         return tunnels
 
@@ -342,3 +348,98 @@ class RelayThreadTests(TestCase):
         self.assertTrue(good.thread is not None and good.thread._thread.is_alive())
         good.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_a_join_that_times_out_leaves_the_threads_tunnels_alone(self) -> Any:
+        """
+        At shutdown the reactor joins the relay thread; if the thread has not
+        ended in time, its tunnels are still its own: the reactor closes
+        nothing of theirs and says so, and the thread ends them when it can.
+        """
+        self.patch(RelayThread, "JOIN_TIMEOUT", 0.05)
+        seen: list[LogEvent] = []
+        observer = cast(ILogObserver, seen.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        yield self._open(client, relay, move=True)
+        relay_thread = relay.thread
+        assert relay_thread is not None
+        # The thread is stuck in a step (bounded, for the test's sake).
+        entered, gate = threading.Event(), threading.Event()
+        self.addCleanup(gate.set)
+
+        def stuck() -> None:
+            entered.set()
+            gate.wait(10)
+
+        relay_thread.call(stuck)
+        self.assertTrue(entered.wait(5))
+        relay_thread.stop()
+        self.assertTrue(relay_thread._thread.is_alive())
+        self.assertEqual(relay_thread.state, ThreadState.ABANDONED)
+        warnings = [formatEvent(e) for e in seen if "did not stop" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        # Nothing of the tunnel's was closed from here.
+        self.assertIsNone(proto.lost)
+        os.fstat(relay._client.fd)
+        with self.assertRaises(BlockingIOError):
+            remote.recv(1)  # (the relay's bare socket is still open)
+        # Once unstuck, the thread ends the tunnel itself and hands it back.
+        gate.set()
+        yield _until(lambda: not relay_thread._thread.is_alive(), "the relay thread to end")
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionAborted)
+        self.assertEqual(proto.lost_in, threading.get_ident())
+        self.assertEqual((yield _read(remote, 1)), b"")
+
+    @defer.inlineCallbacks
+    def test_an_idle_tunnel_in_the_thread_is_ended_by_its_owner(self) -> Any:
+        """
+        The idle timer is the reactor's, the verdict the relay thread's:
+        bytes keep the tunnel open; silence ends it, and the session hears
+        of the timeout before connectionLost, in the reactor thread.
+        """
+        calls: list[tuple[str, int]] = []
+
+        def on_idle() -> None:
+            calls.append(("idle", threading.get_ident()))
+
+        [(client, relay, remote, proto)] = yield self._tunnels(1, idle_timeout=0.5, on_idle=on_idle)
+        yield self._open(client, relay, move=True)
+        for _ in range(12):  # 1.2 s of traffic, a byte every 0.1 s
+            client.sendall(b".")
+            self.assertEqual((yield _read(remote, 1)), b".")
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertIsNone(proto.lost)
+        self.assertEqual(calls, [])
+        yield _until(lambda: proto.lost is not None, "the idle timeout")
+        self.assertEqual(calls, [("idle", threading.get_ident())])
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionDone)
+        self.assertEqual((yield _read(remote, 1)), b"")
+
+
+class ReactorStateTests(TestCase):
+    """What the splice relays of a reactor share lives no longer than the reactor."""
+
+    def test_the_state_goes_with_its_reactor(self) -> None:
+        before = len(splice_relay._states)
+        fake = MemoryReactor()
+        state = state_for(fake)
+        self.assertIs(state_for(fake), state)
+        self.assertEqual(len(splice_relay._states), before + 1)
+        gone = weakref.ref(fake)
+        del fake, state
+        gc.collect()
+        self.assertIsNone(gone())
+        self.assertEqual(len(splice_relay._states), before)
+
+    def test_the_state_is_dropped_when_its_reactor_shuts_down(self) -> None:
+        fake = MemoryReactor()
+        state = state_for(fake)
+        for trigger, args, kwargs in fake.triggers["during"]["shutdown"]:
+            trigger(*args, **kwargs)
+        self.assertNotIn(fake, splice_relay._states)
+        self.assertIsNot(state_for(fake), state)
