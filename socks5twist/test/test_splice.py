@@ -9,18 +9,28 @@ tests/test_server.py.)
 
 from __future__ import annotations
 
+import gc
+import os
 import select
 import socket
 import threading
-from typing import Any
+import weakref
+from typing import Any, cast
 
 from twisted.internet import defer, error, protocol, reactor
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from socks5twist import splice
 from socks5twist.splice import SpliceRelay
+from socks5twist.splice import relay as splice_relay
+from socks5twist.splice.poller import SharedPoller
+from socks5twist.splice.pump import End, Pump
+from socks5twist.splice.relay import state_for
+from socks5twist.splice.thread import RelayThread, ThreadState
 
 
 class _Keep(protocol.Protocol):
@@ -73,7 +83,7 @@ class RelayThreadTests(TestCase):
         skip = "no splice(2) on this platform"
 
     @defer.inlineCallbacks
-    def _tunnels(self, count: int) -> Any:
+    def _tunnels(self, count: int, **options: Any) -> Any:
         """C{count} tunnels: (client socket, relay, remote socket, server protocol)."""
         connected: list[_Keep] = []
         factory = protocol.Factory.forProtocol(lambda: _Keep(connected))
@@ -92,7 +102,7 @@ class RelayThreadTests(TestCase):
             mine.setblocking(False)
             theirs.setblocking(False)
             self.addCleanup(theirs.close)
-            relay = SpliceRelay(reactor, proto.transport, mine, to_client=b"hi")  # type: ignore[arg-type]
+            relay = SpliceRelay(reactor, proto.transport, mine, to_client=b"hi", **options)  # type: ignore[arg-type]
             tunnels.append((client, relay, theirs, proto))
         return tunnels
 
@@ -107,7 +117,7 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_bytes_flow_in_the_relay_thread_and_nothing_is_left(self) -> Any:
-        direct = splice._Poller.SHARED_FROM
+        direct = SharedPoller.SHARED_FROM
         tunnels = yield self._tunnels(direct + 2)
         readers_before = set(reactor.getReaders())
         for _, relay, _, _ in tunnels:
@@ -118,13 +128,16 @@ class RelayThreadTests(TestCase):
         added = set(reactor.getReaders()) - readers_before
         self.assertEqual(transports & added, set())
         self.assertEqual(len(added), 2 * direct + 1)
-        (poller,) = [r for r in added if isinstance(r, splice._Poller)]
-        self.assertEqual([r.poller for _, r, _, _ in tunnels], [None] * direct + [poller] * 2)
+        (poller,) = [r for r in added if isinstance(r, SharedPoller)]
+        on_reactor = state_for(reactor).direct
+        self.assertEqual(
+            [r.scheduler for _, r, _, _ in tunnels], [on_reactor] * direct + [poller] * 2
+        )
         for _, relay, _, _ in tunnels:
             relay.move_to_thread()
-        loop = tunnels[0][1].loop
+        loop = tunnels[0][1].thread
         assert loop is not None
-        self.assertTrue(all(relay.loop is loop for _, relay, _, _ in tunnels))
+        self.assertTrue(all(relay.thread is loop for _, relay, _, _ in tunnels))
         # The reactor no longer watches the tunnels' sockets; the relay thread does.
         self.assertEqual(set(reactor.getReaders()) - readers_before, set())
         self.assertEqual(set(reactor.getWriters()) & (transports | added), set())
@@ -163,13 +176,13 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_shared_set_closes_when_the_last_relay_leaves_the_reactor(self) -> Any:
-        direct = splice._Poller.SHARED_FROM
+        direct = SharedPoller.SHARED_FROM
         tunnels = yield self._tunnels(direct + 1)
         for _, relay, _, _ in tunnels:
             relay.start()
         last = tunnels[-1][1]
-        poller = last.poller
-        assert poller is not None
+        poller = last.scheduler
+        assert isinstance(poller, SharedPoller)
         epoll_fd = poller.fileno()
         self.assertNotEqual(epoll_fd, -1)
         # The shared tunnel ends: its set holds no socket, but relays are
@@ -208,7 +221,7 @@ class RelayThreadTests(TestCase):
         for _, relay, _, _ in tunnels:
             relay.start()
             relay.move_to_thread()
-        loop = tunnels[0][1].loop
+        loop = tunnels[0][1].thread
         assert loop is not None
         fds = {end.fd for _, relay, _, _ in tunnels for end in (relay._client, relay._remote)}
         yield _until(lambda: fds <= set(loop.ends), "the relay thread to watch the sockets")
@@ -226,9 +239,9 @@ class RelayThreadTests(TestCase):
         # The next tunnel gets a new relay thread.
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=True)
-        assert relay.loop is not None
-        self.assertIsNot(relay.loop, loop)
-        self.assertTrue(relay.loop.running)
+        assert relay.thread is not None
+        self.assertIsNot(relay.thread, loop)
+        self.assertTrue(relay.thread.running)
         client.sendall(b"ping")
         self.assertEqual((yield _read(remote, 4)), b"ping")
         relay.close()
@@ -236,11 +249,11 @@ class RelayThreadTests(TestCase):
 
     @defer.inlineCallbacks
     def test_the_thread_ends_when_no_tunnel_is_left(self) -> Any:
-        self.patch(splice._Loop, "LINGER", 0.05)
+        self.patch(RelayThread, "LINGER", 0.05)
         [(client, relay, _, proto)] = yield self._tunnels(1)
         relay.start()
         relay.move_to_thread()
-        loop = relay.loop
+        loop = relay.thread
         assert loop is not None
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
@@ -250,7 +263,7 @@ class RelayThreadTests(TestCase):
             loop._epoll.fileno()  # closed
         [(client, relay, _, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=True)
-        self.assertIsNot(relay.loop, loop)
+        self.assertIsNot(relay.thread, loop)
         relay.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
 
@@ -259,12 +272,12 @@ class RelayThreadTests(TestCase):
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=False)
         for index in range(splice.MOVE_AFTER // 2):  # a round trip is two reads
-            self.assertIsNone(relay.loop)
+            self.assertIsNone(relay.thread)
             client.sendall(b"%03d" % index)
             self.assertEqual((yield _read(remote, 3)), b"%03d" % index)
             remote.sendall(b"ok")
             self.assertEqual((yield _read(client, 2)), b"ok")
-        self.assertIsNotNone(relay.loop)
+        self.assertIsNotNone(relay.thread)
         self.assertNotIn(relay._client, reactor.getReaders())
         client.sendall(b"after")
         self.assertEqual((yield _read(remote, 5)), b"after")
@@ -292,20 +305,20 @@ class RelayThreadTests(TestCase):
         the relay thread's, and the reactor thread must not write to it.
         """
         writers: list[int] = []
-        do_write = splice._End.do_write
+        do_write = End.do_write
 
         def recording(end: Any) -> None:
             writers.append(threading.get_ident())
             do_write(end)
 
-        self.patch(splice._End, "do_write", recording)
+        self.patch(End, "do_write", recording)
         [(client, relay, remote, proto)] = yield self._tunnels(1)
         yield self._open(client, relay, move=False)
         relay.reads = splice.MOVE_AFTER - 1
         client.sendall(b"x")  # on loopback, readable as sendall returns
         end = relay._client
         reactor._doReadOrWrite(end, end.fd, select.EPOLLIN | select.EPOLLOUT)  # type: ignore[attr-defined]
-        self.assertIsNotNone(relay.loop)
+        self.assertIsNotNone(relay.thread)
         self.assertNotIn(threading.get_ident(), writers)
         self.assertEqual((yield _read(remote, 1)), b"x")
         relay.close()
@@ -317,14 +330,14 @@ class RelayThreadTests(TestCase):
         for client, relay, _, _ in tunnels:
             yield self._open(client, relay, move=True)
         (bad_client, bad, _, bad_proto), (client, good, remote, proto) = tunnels
-        copy = splice._Pump.copy
+        copy = Pump.copy
 
         def failing(pump: Any) -> None:
             if pump.relay is bad:
                 raise RuntimeError("a bug in a pump")
             copy(pump)
 
-        self.patch(splice._Pump, "copy", failing)
+        self.patch(Pump, "copy", failing)
         bad_client.sendall(b"boom")
         yield _until(lambda: bad_proto.lost is not None, "the failed tunnel to end")
         assert bad_proto.lost is not None
@@ -332,6 +345,101 @@ class RelayThreadTests(TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         client.sendall(b"still")
         self.assertEqual((yield _read(remote, 5)), b"still")
-        self.assertTrue(good.loop is not None and good.loop._thread.is_alive())
+        self.assertTrue(good.thread is not None and good.thread._thread.is_alive())
         good.close()
         yield _until(lambda: proto.lost is not None, "connectionLost")
+
+    @defer.inlineCallbacks
+    def test_a_join_that_times_out_leaves_the_threads_tunnels_alone(self) -> Any:
+        """
+        At shutdown the reactor joins the relay thread; if the thread has not
+        ended in time, its tunnels are still its own: the reactor closes
+        nothing of theirs and says so, and the thread ends them when it can.
+        """
+        self.patch(RelayThread, "JOIN_TIMEOUT", 0.05)
+        seen: list[LogEvent] = []
+        observer = cast(ILogObserver, seen.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        [(client, relay, remote, proto)] = yield self._tunnels(1)
+        yield self._open(client, relay, move=True)
+        relay_thread = relay.thread
+        assert relay_thread is not None
+        # The thread is stuck in a step (bounded, for the test's sake).
+        entered, gate = threading.Event(), threading.Event()
+        self.addCleanup(gate.set)
+
+        def stuck() -> None:
+            entered.set()
+            gate.wait(10)
+
+        relay_thread.call(stuck)
+        self.assertTrue(entered.wait(5))
+        relay_thread.stop()
+        self.assertTrue(relay_thread._thread.is_alive())
+        self.assertEqual(relay_thread.state, ThreadState.ABANDONED)
+        warnings = [formatEvent(e) for e in seen if "did not stop" in formatEvent(e)]
+        self.assertEqual(len(warnings), 1, warnings)
+        # Nothing of the tunnel's was closed from here.
+        self.assertIsNone(proto.lost)
+        os.fstat(relay._client.fd)
+        with self.assertRaises(BlockingIOError):
+            remote.recv(1)  # (the relay's bare socket is still open)
+        # Once unstuck, the thread ends the tunnel itself and hands it back.
+        gate.set()
+        yield _until(lambda: not relay_thread._thread.is_alive(), "the relay thread to end")
+        yield _until(lambda: proto.lost is not None, "connectionLost")
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionAborted)
+        self.assertEqual(proto.lost_in, threading.get_ident())
+        self.assertEqual((yield _read(remote, 1)), b"")
+
+    @defer.inlineCallbacks
+    def test_an_idle_tunnel_in_the_thread_is_ended_by_its_owner(self) -> Any:
+        """
+        The idle timer is the reactor's, the verdict the relay thread's:
+        bytes keep the tunnel open; silence ends it, and the session hears
+        of the timeout before connectionLost, in the reactor thread.
+        """
+        calls: list[tuple[str, int]] = []
+
+        def on_idle() -> None:
+            calls.append(("idle", threading.get_ident()))
+
+        [(client, relay, remote, proto)] = yield self._tunnels(1, idle_timeout=0.5, on_idle=on_idle)
+        yield self._open(client, relay, move=True)
+        for _ in range(12):  # 1.2 s of traffic, a byte every 0.1 s
+            client.sendall(b".")
+            self.assertEqual((yield _read(remote, 1)), b".")
+            yield deferLater(reactor, 0.1, lambda: None)
+        self.assertIsNone(proto.lost)
+        self.assertEqual(calls, [])
+        yield _until(lambda: proto.lost is not None, "the idle timeout")
+        self.assertEqual(calls, [("idle", threading.get_ident())])
+        assert proto.lost is not None
+        proto.lost.trap(error.ConnectionDone)
+        self.assertEqual((yield _read(remote, 1)), b"")
+
+
+class ReactorStateTests(TestCase):
+    """What the splice relays of a reactor share lives no longer than the reactor."""
+
+    def test_the_state_goes_with_its_reactor(self) -> None:
+        before = len(splice_relay._states)
+        fake = MemoryReactor()
+        state = state_for(fake)
+        self.assertIs(state_for(fake), state)
+        self.assertEqual(len(splice_relay._states), before + 1)
+        gone = weakref.ref(fake)
+        del fake, state
+        gc.collect()
+        self.assertIsNone(gone())
+        self.assertEqual(len(splice_relay._states), before)
+
+    def test_the_state_is_dropped_when_its_reactor_shuts_down(self) -> None:
+        fake = MemoryReactor()
+        state = state_for(fake)
+        for trigger, args, kwargs in fake.triggers["during"]["shutdown"]:
+            trigger(*args, **kwargs)
+        self.assertNotIn(fake, splice_relay._states)
+        self.assertIsNot(state_for(fake), state)

@@ -1,0 +1,370 @@
+"""
+The splice relay as the session sees it (L{SpliceRelay}, L{can_splice},
+L{available}), and what the splice relays of one reactor share
+(L{ReactorState}: the lock, the shared poller, the relay thread).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..relay import Side, plain_and_idle
+from .poller import ReactorInterest, SharedPoller
+from .pump import AGAIN, End, Pump, Scheduler
+from .thread import RelayThread, ThreadState
+
+# Reads (both ways) a tunnel makes through the reactor before it moves to
+# the relay thread: short sessions never pay for the move (see SpliceRelay).
+MOVE_AFTER = 8
+
+log = Logger()
+
+
+def available() -> bool:
+    """Whether this platform can splice."""
+    return hasattr(os, "splice")
+
+
+def can_splice(transport: Any) -> bool:
+    """
+    Whether a transport can be handed to the splice relay: one of Twisted's
+    own TCP connections, connected, with an empty write buffer, no TLS and
+    no registered producer.
+    """
+    return (
+        plain_and_idle(transport)
+        and transport.producer is None
+        and transport.socket.family in (socket.AF_INET, socket.AF_INET6)
+    )
+
+
+class ReactorState:
+    """
+    What the splice relays of one reactor share: the lock between the
+    reactor's thread and the relay thread, the two schedulers on the
+    reactor, and the relay thread (while there is one).
+
+    Kept in L{_states} by a weak reference to the reactor, and holding the
+    reactor only weakly itself, so an entry goes when its reactor does; and
+    removed when the reactor shuts down, after its relay thread is stopped.
+    """
+
+    __slots__ = ("direct", "lock", "poller", "thread")
+
+    def __init__(self, reactor: Any) -> None:
+        ref = weakref.ref(reactor)
+        # Guards what both threads touch (the ownership protocol in
+        # socks5twist.splice): each RelayThread's state, relays, _inbox,
+        # _outbox and _posted, and every Pump's moved; nothing else.
+        self.lock = threading.Lock()
+        self.direct = ReactorInterest(ref)
+        self.poller = SharedPoller(ref)
+        self.thread: RelayThread | None = None  # the reactor thread's (set under the lock)
+        reactor.addSystemEventTrigger("during", "shutdown", self._shutdown, reactor)
+
+    def enter(self, relay: SpliceRelay) -> RelayThread:
+        """The relay thread (started if none is running), with C{relay} counted in it."""
+        with self.lock:
+            thread = self.thread
+            if thread is None or thread.state is not ThreadState.RUNNING:
+                thread = self.thread = RelayThread(relay.reactor, self.lock)
+            thread.relays.add(relay)
+        return thread
+
+    def _shutdown(self, reactor: Any) -> None:
+        # In the "during" phase: a server's graceful stop has had its "before".
+        if self.thread is not None:
+            self.thread.stop()
+        with _states_lock:
+            if _states.get(reactor) is self:
+                del _states[reactor]
+
+
+# Per reactor, without keeping any reactor alive (an id() could be reused).
+_states: weakref.WeakKeyDictionary[Any, ReactorState] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()  # guards _states (a reactor per thread is allowed)
+
+
+def state_for(reactor: Any) -> ReactorState:
+    """The splice relays' shared state for C{reactor} (made on first use)."""
+    with _states_lock:
+        state = _states.get(reactor)
+        if state is None:
+            state = _states[reactor] = ReactorState(reactor)
+        return state
+
+
+class SpliceRelay:
+    """
+    Relays a client's TCP connection and a destination with C{splice(2)}.
+
+    The client is one of Twisted's TCP transports; the destination is one
+    too, or a bare connected socket, which the relay then owns and closes.
+    Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
+    C{down}, L{close}, L{abort}, L{lost}, all called from the reactor
+    thread.  C{to_client} and C{to_remote} are bytes to send before anything
+    relayed (the CONNECT reply, data the client sent early).
+
+    A tunnel starts in the reactor's thread, its sockets the reactor's
+    readers and writers (or, while four or more tunnels are, in the shared
+    set of L{SharedPoller}); after L{MOVE_AFTER} reads (four round trips) it
+    moves to the relay thread (L{RelayThread}), where each event costs a
+    third of the Python.  Most sessions are over in a few reads and never
+    pay for the move (two wake-ups across threads, and the threads' turns at
+    the GIL: moving every tunnel at once cost about a quarter of the
+    sessions per second); an interactive or bulk tunnel moves in its first
+    round trips.  Which thread may touch which attribute is written in
+    L{socks5twist.splice}; the comments here say it per attribute.
+    """
+
+    kind = "splice"
+    # An idle tunnel is mostly these objects: no per-instance dictionaries.
+    __slots__ = (
+        "_client", "_down", "_early", "_handed_back", "_idle_call", "_idle_timeout",
+        "_lost", "_on_idle", "_remote", "_state", "_up", "active_at", "clock", "finished",
+        "idled", "lock", "reactor", "reads", "scheduler", "thread",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        reactor: Any,
+        client: tcp.Connection,
+        remote: tcp.Connection | socket.socket,
+        to_client: bytes = b"",
+        to_remote: bytes = b"",
+        idle_timeout: float = 0.0,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        # Fixed from here on: reactor, lock, clock, _state, _client,
+        # _remote, _up, _down, _early, _on_idle, _idle_timeout.
+        self.reactor = reactor
+        state = self._state = state_for(reactor)
+        self.lock = state.lock
+        poller = state.poller
+        # Set by the reactor thread, before the tunnel moves (never after):
+        self.scheduler: Scheduler = poller if poller.open >= poller.SHARED_FROM else state.direct
+        poller.open += 1  # until the tunnel moves or ends on the reactor
+        self.thread: RelayThread | None = None
+        # The reactor thread's alone:
+        self.reads = 0
+        self._lost: set[Side] = set()
+        self._idle_call: IDelayedCall | None = None
+        self._handed_back = False
+        # The owner's (the reactor thread, then the relay thread once moved):
+        # these, the ends and the pumps (but for Pump.moved: under the lock).
+        self.finished = False
+        self.idled = False
+        self.active_at = 0.0
+        self._client = End(self, client)
+        self._remote = End(self, remote)
+        self._early = len(to_remote)  # counted as relayed, as the stream relay does
+        self._up = Pump(self, self._client, self._remote, to_remote)
+        self._down = Pump(self, self._remote, self._client, to_client)
+        self._client.outgoing = self._remote.incoming = self._up
+        self._remote.outgoing = self._client.incoming = self._down
+        self._on_idle = on_idle
+        self._idle_timeout = idle_timeout
+        # (reactor.seconds reads the system clock: no state of the reactor's.)
+        self.clock: Callable[[], float] | None = reactor.seconds if idle_timeout > 0 else None
+
+    @property
+    def up(self) -> int:
+        with self.lock:
+            return self._up.moved + self._early
+
+    @property
+    def down(self) -> int:
+        with self.lock:
+            return self._down.moved
+
+    def start(self) -> None:
+        """Take both sockets from their transports and start moving bytes."""
+        for end in (self._client, self._remote):
+            if end.transport is not None:
+                end.transport.stopReading()
+                end.transport.stopWriting()
+        if self.clock is not None:
+            self.active_at = self.clock()
+            self._idle_call = self.reactor.callLater(self._idle_timeout, self._idle_due)
+        self._step(self._start)
+
+    def _start(self) -> None:
+        for pump in (self._down, self._up):
+            pump.drain()  # sends what is pending (the reply first), then starts reading
+
+    # -- on the reactor, while the tunnel is there (End's IReadWriteDescriptor) --
+
+    def read_on_reactor(self, end: End) -> None:
+        if self.thread is None and self._step(end.do_read):
+            self.reads += 1
+            if self.reads == MOVE_AFTER:
+                self.move_to_thread()
+
+    def write_on_reactor(self, end: End) -> None:
+        # (The reactor calls this right after a read when an event says
+        # writable too: if that read moved the tunnel to the relay thread,
+        # the socket is no longer this thread's.)
+        if self.thread is None:
+            self._step(end.do_write)
+
+    def lost_on_reactor(self) -> None:
+        if self.thread is None:
+            self._release(abort=True)
+
+    def move_to_thread(self) -> None:
+        """Hand the tunnel to the relay thread: reactor → thread."""
+        if self.finished or self.thread is not None:
+            return
+        on_reactor = self.scheduler
+        assert isinstance(on_reactor, ReactorInterest | SharedPoller)
+        for end in (self._client, self._remote):
+            on_reactor.forget(end)
+        state = self._state
+        state.poller.left()
+        # Both set before the thread hears of the tunnel (through its queue),
+        # and never again.
+        thread = self.thread = state.enter(self)
+        self.scheduler = thread
+        thread.call(self._resume)
+
+    def _resume(self) -> None:
+        # In the relay thread, now the owner: the same interest, in its set.
+        if not self.finished:
+            assert self.thread is not None
+            for end in (self._client, self._remote):
+                self.thread.watch(end)
+
+    def _step(self, step: Callable[[], None]) -> bool:
+        """
+        Run a pump step on the reactor; any socket error ends the tunnel
+        (both sides).  Whether it ran, to the end.
+        """
+        if self.finished:
+            return False
+        try:
+            step()
+        except OSError as e:
+            if e.errno not in AGAIN:
+                self._release(abort=True)
+            return False
+        return True
+
+    # -- from the owner ---------------------------------------------------------
+
+    def log_info(self, message: str, **fields: object) -> None:
+        """Log, in the reactor thread."""
+        if self.thread is None:
+            log.info(message, **fields)
+        else:
+            self.reactor.callFromThread(log.info, message, **fields)
+
+    def other(self, pump: Pump) -> Pump:
+        """The pump of the other direction."""
+        return self._down if pump is self._up else self._up
+
+    def direction_done(self) -> None:
+        if self._up.done and self._down.done:
+            self._release(abort=False)
+
+    # -- from the reactor thread ------------------------------------------------
+
+    def close(self) -> None:
+        """Close both sides."""
+        self._end(abort=False)
+
+    def abort(self) -> None:
+        self._end(abort=True)
+
+    def lost(self, side: Side) -> None:
+        """A transport reported C{connectionLost}: make sure the other goes too."""
+        self._lost.add(side)
+        self._end(abort=False)
+
+    def _end(self, abort: bool) -> None:
+        if self.thread is None:
+            self._release(abort)
+        else:
+            self.thread.call(lambda: self._release(abort))
+
+    # -- the idle timeout: the timer is the reactor's, the verdict the owner's --
+
+    def _idle_due(self) -> None:
+        self._idle_call = None
+        if self.thread is None:
+            self._check_idle()
+        else:
+            self.thread.call(self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.finished:
+            return
+        assert self.clock is not None
+        remaining = self._idle_timeout - (self.clock() - self.active_at)
+        if remaining <= 0:
+            self.idled = True
+            self._release(abort=False)
+        elif self.thread is None:
+            self._rearm(remaining)
+        else:
+            self.reactor.callFromThread(self._rearm, remaining)
+
+    def _rearm(self, delay: float) -> None:
+        if not self._handed_back:
+            self._idle_call = self.reactor.callLater(delay, self._idle_due)
+
+    # -- ending: _release by the owner, then finish_on_reactor ------------------
+
+    def _release(self, abort: bool) -> None:
+        """Let go of the sockets and pipes, then hand the transports back."""
+        if self.finished:
+            return
+        self.finished = True
+        for end in (self._client, self._remote):
+            end.stop_reading()
+            end.stop_writing()
+        for pump in (self._up, self._down):
+            pump.close_pipe()
+        for end in (self._client, self._remote):
+            if end.transport is None:
+                end.sock.close()  # a bare socket is the relay's own
+        if self.thread is None:
+            self._state.poller.left()
+            self.finish_on_reactor(abort)
+        else:
+            self.thread.hand_back(self, abort)  # thread → reactor
+
+    def finish_on_reactor(self, abort: bool) -> None:
+        """
+        In the reactor thread, once the tunnel is back: give the sockets
+        back to their transports to close, so that the protocols see
+        connectionLost and Twisted closes the descriptors.  Nothing was ever
+        written through these transports while splicing, so there is nothing
+        of theirs to flush: they close at once, instead of waiting a reactor
+        turn for a writable event.
+        """
+        self._handed_back = True
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+        if self.idled and self._on_idle is not None:
+            self._on_idle()
+        for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
+            transport = end.transport
+            if transport is None or side in self._lost:
+                continue
+            if transport.connected and not transport.disconnected:
+                # (ConnectionAborted: Twisted resets the connection.)
+                transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)
