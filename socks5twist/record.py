@@ -23,17 +23,12 @@ from twisted.logger import Logger, LogLevel
 
 from .codec import HEX_BYTE, Command
 from .logsafe import field, printable
-from .session import _show
+from .policy import show
 
 if TYPE_CHECKING:
     from .session import SOCKS5ServerProtocol
 
-__all__ = ["SESSION_FORMAT", "SessionRecord", "log_record", "show_address"]
-
-# How a session's destination and bound addresses are shown ("host:port",
-# "[v6]:port"); it lives in the session module, which formats the addresses
-# it keeps as it goes.
-show_address = _show
+__all__ = ["SESSION_FORMAT", "SessionRecord", "log_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +79,7 @@ class SessionRecord:
             client=session.client_text,
             user=field(session.user),
             command=command.name if isinstance(command, Command) else "-",
-            destination=_show(session.destination),
+            destination=show(session.destination),
             connected=session.connected_to or "-",
             bound=session.bound or "-",
             reply="/".join([HEX_BYTE[r] for r in session.replies]) or "-",

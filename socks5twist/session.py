@@ -583,6 +583,3 @@ class SOCKS5ServerProtocol(Protocol):
 def _passing(result: Any, call: Callable[[Any], None], argument: Any) -> Any:
     call(argument)
     return result
-
-
-_show = show  # (the factory builds session lines with it)
