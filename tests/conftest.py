@@ -171,17 +171,29 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., SocksServer]]:
         connect_to: tuple[Any, ...] | None = None,
         preexec_fn: Callable[[], None] | None = None,
     ) -> SocksServer:
-        argv = list(args)
-        if connect_to is None:
-            port = port or free_port(host)
-            if host == "::1":
-                argv = ["--port", f"tcp6:{port}:interface=\\:\\:1", *argv]
-            else:
-                argv = ["--port", f"tcp:{port}:interface={host}", *argv]
-            connect_to = (host, port)
-        server = SocksServer(tmp_path / f"twistd-{len(started)}.log", argv, connect_to, preexec_fn)
-        started.append(server)
-        return server
+        chosen = connect_to is None and port is None
+        for attempt in range(3):
+            argv = list(args)
+            target = connect_to
+            if target is None:
+                number = port or free_port(host)
+                if host == "::1":
+                    argv = ["--port", f"tcp6:{number}:interface=\\:\\:1", *argv]
+                else:
+                    argv = ["--port", f"tcp:{number}:interface={host}", *argv]
+                target = (host, number)
+            log_path = tmp_path / f"twistd-{len(started)}-{attempt}.log"
+            try:
+                server = SocksServer(log_path, argv, target, preexec_fn)
+            except AssertionError as e:
+                # A free port can be taken by another process between
+                # free_port() and twistd's bind: pick another one.
+                if chosen and "Address already in use" in str(e) and attempt < 2:
+                    continue
+                raise
+            started.append(server)
+            return server
+        raise AssertionError("unreachable")
 
     yield start
     for server in started:
