@@ -137,10 +137,14 @@ class Accounts:
     @ivar dummy: a hash to check an unknown user's password against (the
         first of the most common cost class in the file), so that it costs
         what a known user's does; C{None} when the file holds no hash.
+    @ivar cost_classes: how many different hash schemes and costs the file
+        holds: past one, a user whose hash costs more or less than the
+        dummy's can be told apart by timing (a warning says so at load).
     """
 
     users: dict[bytes, Secret] = field(repr=False)
     dummy: Secret | None = field(default=None, repr=False)
+    cost_classes: int = 0
 
     def __repr__(self) -> str:
         return f"<Accounts: {len(self.users)} users>"
@@ -227,7 +231,7 @@ def parse(data: bytes, path: str) -> Accounts:
     if classes:
         common = classes.most_common(1)[0][0]
         dummy = next(s for s in users.values() if s.cost_class() == common)
-    return Accounts(users, dummy)
+    return Accounts(users, dummy, len(classes))
 
 
 def _first(lines: list[bytes], user: bytes) -> str:
@@ -358,6 +362,16 @@ class PasswordFile:
         """Read the file now, on this thread; raise L{PasswordFileError} (start-up)."""
         self.accounts, self._stat = read(self.path)
         self._checked_at = self.reactor.seconds()
+        self._warn_of_mixed_costs()
+
+    def _warn_of_mixed_costs(self) -> None:
+        if self.accounts.cost_classes > 1:
+            log.warn(
+                "{path}: hashes of {n} different schemes or costs; a user whose hash costs"
+                " more or less than most can be told apart by timing (hash them alike)",
+                path=self.path,
+                n=self.accounts.cost_classes,
+            )
 
     def reload(self) -> defer.Deferred[bool]:
         """
@@ -378,6 +392,7 @@ class PasswordFile:
         if isinstance(result, tuple):
             self.accounts, self._stat = result
             self._last_error = None
+            self._warn_of_mixed_costs()
             log.info(
                 "passwords reloaded from {path}: {n} users",
                 path=self.path,

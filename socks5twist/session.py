@@ -16,11 +16,13 @@ allowed moves, and L{SOCKS5ServerProtocol.state} shows either.
                                            └──────► ASSOCIATED
     (any state) ──► CLOSED
 
-While the session waits on the portal or an outbound connection it pauses
-reading from the client, so the bytes a client pipelines are kept in order
-but never pile up beyond one read.  While a BIND waits for its peer (which
-may take minutes) it keeps reading, so that a client hanging up is seen at
-once, and drops a client that sends more than L{MAX_PENDING} meanwhile.
+While the session waits on an outbound connection it pauses reading from
+the client, so the bytes a client pipelines are kept in order but never pile
+up beyond one read.  While the portal checks a login, and while a BIND waits
+for its peer (which may take minutes), it keeps reading, so that a client
+hanging up is seen at once (its password check is then cancelled); the
+connection drops a client that sends more than
+L{socks5twist.connection.MAX_PENDING} meanwhile.
 """
 
 from __future__ import annotations
@@ -273,7 +275,13 @@ class SOCKS5ServerProtocol(Protocol):
             self.relay.eof(Side.CLIENT)
             return
         self.connection.receive_data(b"")
-        if self._phase is None:
+        if self.state is State.AUTHENTICATING:
+            if not self.connection.pending:
+                # Nothing pipelined after the credentials: a client that
+                # half-closes now has nothing left to ask; it left, and its
+                # (maybe costly) password check is cancelled as it closes.
+                self._close("client left during authentication")
+        elif self._phase is None:
             # Whatever whole messages are left are acted on; then the
             # connection reports the EOF.
             self._process()
@@ -289,7 +297,7 @@ class SOCKS5ServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self.state
-        self._phase = State.CLOSED
+        self._move(State.CLOSED)
         self.connection.close()
         self._cancel_handshake_timer()
         if self.handler is not None:
@@ -383,7 +391,8 @@ class SOCKS5ServerProtocol(Protocol):
         send_now(self.transport, self.connection.select_method(wanted))
 
     def _authenticate(self, request: CredentialsReceived) -> None:
-        self.transport.pauseProducing()
+        # Reading goes on meanwhile (see the module docstring): a client that
+        # leaves is seen, and its check cancelled.
         factory = self.factory
         if not factory.login_started(self.client_ip):
             # Costly checks are shared by all: one address may not queue
@@ -416,7 +425,6 @@ class SOCKS5ServerProtocol(Protocol):
         self.user = avatar.name
         self._logout = logout
         send_now(self.transport, self.connection.login_decided(True))
-        self.transport.resumeProducing()
         self._process()
 
     def _unauthenticated(self, failure: Failure, username: bytes) -> None:
@@ -518,6 +526,8 @@ class SOCKS5ServerProtocol(Protocol):
     def reply_associated(self, address: Address) -> None:
         self.replies.append(Reply.SUCCEEDED)
         send_now(self.transport, self.connection.reply(Reply.SUCCEEDED, address))
+        # The control connection carries nothing more: drop what came early.
+        self.connection.take_data()
 
     def local_ip(self) -> IPAddress | None:
         """
@@ -541,19 +551,22 @@ class SOCKS5ServerProtocol(Protocol):
         Send the success reply naming C{bound} and join the client and
         C{remote}, passing on what the client sent early (see L{tunnel.join}).
         """
-        self.replies.append(Reply.SUCCEEDED)
         factory = self.factory
+        # The connection opens: the success reply, and what the client sent
+        # after its request, are the tunnel's now.
+        reply = self.connection.reply(Reply.SUCCEEDED, bound)
         early = self.connection.take_data()
         relay = tunnel.join(
             factory.reactor,
             self.transport,
             remote,
-            reply=self.connection.reply(Reply.SUCCEEDED, bound),
+            reply=reply,
             early=early,
             splice_on=factory.splice,
             idle_timeout=factory.idle_timeout,
             on_idle=self._idle,
         )
+        self.replies.append(Reply.SUCCEEDED)
         self.relay = relay
         self._move(State.RELAYING)
         tunnel.start(relay, self.transport, early, self.connection.client_eof)

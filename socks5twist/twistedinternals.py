@@ -4,9 +4,14 @@ Every use socks5twist makes of Twisted's private API, in one room.
 Twisted keeps no promise about these names; each is used here for a reason
 given beside it, and `socks5twist/test/test_twistedinternals.py` pins the
 behaviour relied on, so that a Twisted upgrade that changes it fails a test
-instead of corrupting a tunnel.  (The splice relay's own touches of a TCP
-transport, which must happen where its ownership protocol says, are listed
-in L{socks5twist.splice}'s docstring and pinned by its tests.)
+instead of corrupting a tunnel.
+
+Not yet moved here (they must happen where the splice relay's ownership
+protocol says, and its tests pin them): the splice package takes a TCP
+transport's socket (C{transport.socket}, in C{splice/relay.py} and
+C{splice/pump.py}), stops the reactor watching it (C{stopReading},
+C{stopWriting}) and ends the transport by calling its C{connectionLost}
+(C{splice/relay.py}).
 """
 
 from __future__ import annotations

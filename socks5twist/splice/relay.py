@@ -20,7 +20,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..relay import Side, plain_and_idle
+from ..relay import Side
+from ..twistedinternals import plain_and_idle
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
 from .thread import RelayThread, ThreadState

@@ -347,3 +347,32 @@ class ResolverPropertyTests(SynchronousTestCase):
         else:
             event("an address: never looked up")
             self.assertTrue(":" in expected or expected.rpartition(".")[2].isdigit())
+
+
+class MidLoginTests(SynchronousTestCase):
+    def login(self, factory: Any, host: str) -> Any:
+        return LoginFloodTests.login(self, factory, host)  # type: ignore[arg-type]
+
+    def test_a_client_that_leaves_mid_login_cancels_its_check(self) -> None:
+        checker = _SlowChecker()
+        s = make_session(portal_for_checkers([checker]))
+        transport = self.login(s.factory, "192.0.2.1")
+        protocol = transport.protocol
+        self.assertEqual(len(checker.asked), 1)
+        protocol.readConnectionLost()  # the client half-closes: it left
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost()
+        self.assertTrue(checker.asked[0].called, "the check was cancelled")
+        self.assertEqual(dict(s.factory.logins), {})
+        self.assertEqual(protocol.outcome, "client left during authentication")
+
+    def test_a_client_that_pipelined_its_request_may_half_close_during_login(self) -> None:
+        checker = _SlowChecker()
+        s = make_session(portal_for_checkers([checker]))
+        transport = self.login(s.factory, "192.0.2.1")
+        protocol = transport.protocol
+        protocol.dataReceived(connect_request("192.0.2.9", 80))
+        protocol.readConnectionLost()
+        self.assertFalse(transport.disconnecting, "its request is still to be served")
+        checker.asked[0].callback(b"mallory")
+        self.assertIs(protocol.state, State.CONNECTING)

@@ -198,6 +198,15 @@ class CheckerTests(TestCase):
     def errors(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("log_level") == LogLevel.error]
 
+    def test_a_file_of_mixed_hash_costs_is_warned_of_at_load(self) -> None:
+        self.checker(b"alice:" + BCRYPT + b"\nbob:" + SHA512 + b"\n")
+        warnings = [e for e in self.events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("told apart by timing", warnings[0]["log_format"])
+        self.events.clear()
+        self.checker(b"alice:" + BCRYPT + b"\nbob:plain\n")
+        self.assertEqual([e for e in self.events if e.get("log_level") == LogLevel.warn], [])
+
     def test_avatar_id_is_the_username_bytes(self) -> None:
         checker = self.checker(b"alice:secret\nbob:" + BCRYPT + b"\n")
         self.assertEqual(self.successResultOf(self.login(checker, b"alice", b"secret")), b"alice")
