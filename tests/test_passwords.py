@@ -61,9 +61,15 @@ def curl(
     )
 
 
-def auth_status(server: tuple[str, int], user: bytes, password: bytes) -> bytes:
-    """The RFC 1929 status the server answers to these credentials."""
-    with rawsocks.open_socket(server) as sock:
+def auth_status(
+    server: tuple[str, int], user: bytes, password: bytes, source: str | None = None
+) -> bytes:
+    """The RFC 1929 status the server answers to these credentials (from C{source})."""
+    if source is None:
+        sock = rawsocks.open_socket(server)
+    else:
+        sock = socket.create_connection(server, timeout=10, source_address=(source, 0))
+    with sock:
         sock.sendall(b"\x05\x01\x02")
         assert rawsocks.recv_exact(sock, 2) == b"\x05\x02"
         sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
