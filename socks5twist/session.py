@@ -6,15 +6,8 @@ L{socks5twist.connection.ServerConnection}'s: this protocol feeds it the
 client's bytes, acts on its events and writes the bytes it builds.  After the
 request, the session's own phase (CONNECTING, BINDING, ASSOCIATED, RELAYING)
 is moved here, by L{SOCKS5ServerProtocol._move} only; L{TRANSITIONS} lists the
-allowed moves, and L{SOCKS5ServerProtocol.state} shows either.
-
-    GREETING ──► AUTH ──► AUTHENTICATING ──┐
-        │                                  ▼
-        └────────────────────────────► REQUEST ──► CONNECTING ──► RELAYING
-                                           │                         ▲
-                                           ├──────► BINDING ─────────┘
-                                           └──────► ASSOCIATED
-    (any state) ──► CLOSED
+allowed moves (L{socks5twist.states} draws them), and
+L{SOCKS5ServerProtocol.state} shows either.
 
 While the session waits on an outbound connection it pauses reading from
 the client, so the bytes a client pipelines are kept in order but never pile

@@ -50,6 +50,20 @@ def raw_request(name: bytes, port: int = 80, command: int = 1) -> bytes:
     )
 
 
+def session_recording_lookups() -> tuple[Any, list[str]]:
+    """A session whose resolver answers 192.0.2.1 and notes each name it is asked."""
+    seen: list[str] = []
+    reactor, resolver = resolving_reactor("192.0.2.1")
+    original = resolver.resolveHostName
+
+    def recording(receiver: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(name)
+        return original(receiver, name, *args, **kwargs)
+
+    resolver.resolveHostName = recording  # type: ignore[method-assign,assignment]
+    return make_session(reactor=reactor), seen
+
+
 def reply_code(wire: bytes) -> int:
     """The REP of the reply after the method selection."""
     return wire[3]
@@ -100,16 +114,7 @@ class HostileNameTests(SynchronousTestCase):
             self.assertEqual(resolver.lookups, 0)
 
     def test_the_resolver_sees_the_canonical_name(self) -> None:
-        seen: list[str] = []
-        reactor, resolver = resolving_reactor("192.0.2.1")
-        original = resolver.resolveHostName
-
-        def recording(receiver: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-            seen.append(name)
-            return original(receiver, name, *args, **kwargs)
-
-        resolver.resolveHostName = recording  # type: ignore[method-assign,assignment]
-        s = make_session(reactor=reactor)
+        s, seen = session_recording_lookups()
         s.send(NO_AUTH_GREETING + raw_request("Bücher.TEST.".encode()))
         self.assertEqual(seen, ["xn--bcher-kva.test"])
 
@@ -322,16 +327,7 @@ class ResolverPropertyTests(SynchronousTestCase):
         )
     )
     def test_only_valid_canonical_names_reach_the_resolver(self, raw: bytes) -> None:
-        seen: list[str] = []
-        reactor, resolver = resolving_reactor("192.0.2.1")
-        original = resolver.resolveHostName
-
-        def recording(receiver: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-            seen.append(name)
-            return original(receiver, name, *args, **kwargs)
-
-        resolver.resolveHostName = recording  # type: ignore[method-assign,assignment]
-        s = make_session(reactor=reactor)
+        s, seen = session_recording_lookups()
         s.send(NO_AUTH_GREETING + raw_request(raw))
         try:
             expected = canonical(raw)
