@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from .names import InvalidName, canonical
+from .names import InvalidName, canonical, is_address
 
 SOCKS_VERSION = 5
 AUTH_VERSION = 1
@@ -173,11 +173,6 @@ def _ip_form(host: str) -> tuple[AddressType, str]:
     return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
 
 
-def _looks_numeric(host: str) -> bool:
-    """Whether a canonical name is an IP address (no host name has an all-digit last label)."""
-    return ":" in host or host.rpartition(".")[2].isdigit()
-
-
 UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
 
 # How logs and metrics show a reply code: 0x00 ... 0xff.
@@ -218,7 +213,7 @@ def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
             # RFC 1928 has no code for a malformed name; no host can be
             # reached by it.
             raise MalformedMessage(e.why, Reply.HOST_UNREACHABLE) from None
-        if _looks_numeric(host):
+        if is_address(host):
             kind, host = _ip_form(host)
         else:
             kind = AddressType.DOMAIN

@@ -283,9 +283,7 @@ class SOCKS5ServerFactory(ServerFactory):
         return True
 
     def login_ended(self, client: IPAddress | None) -> None:
-        self.logins[client] -= 1
-        if self.logins[client] <= 0:
-            del self.logins[client]
+        _count_out(self.logins, client)
 
     def auth_failed(self) -> None:
         self.stats.auth_failures += 1
@@ -299,9 +297,7 @@ class SOCKS5ServerFactory(ServerFactory):
         return True
 
     def udp_association_ended(self, client: IPAddress) -> None:
-        self.udp_associations[client] -= 1
-        if self.udp_associations[client] <= 0:
-            del self.udp_associations[client]
+        _count_out(self.udp_associations, client)
 
     def session_refused(self, session: SOCKS5ServerProtocol) -> None:
         """Count out a connection a limit refused before it became a session."""
@@ -312,9 +308,7 @@ class SOCKS5ServerFactory(ServerFactory):
             counter: collections.Counter[Any] = (
                 self.client_sessions if kind == "client" else self.user_sessions
             )
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+            _count_out(counter, key)
         session.limit_keys = ()
 
     def session_ended(self, session: SOCKS5ServerProtocol) -> None:
@@ -337,6 +331,13 @@ class SOCKS5ServerFactory(ServerFactory):
             self.access_log.write(record.line())
         else:
             log_record(self.log, record)
+
+
+def _count_out(counter: collections.Counter[Any], key: Any) -> None:
+    """One less under C{key}; a key counted down to nothing is forgotten."""
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def _handshake_timed_out(session: Any) -> None:

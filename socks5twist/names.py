@@ -45,7 +45,7 @@ import idna
 
 from .logsafe import escape
 
-__all__ = ["MAX_NAME", "InvalidName", "canonical", "canonical_pattern"]
+__all__ = ["MAX_NAME", "InvalidName", "canonical", "canonical_pattern", "is_address"]
 
 MAX_NAME = 253  # bytes, without a trailing dot (RFC 1035 as resolvers count it)
 MAX_LABEL = 63
@@ -97,7 +97,7 @@ def canonical_pattern(pattern: str) -> str:
     wildcard = pattern.startswith("*.")
     body = pattern[2:] if wildcard else pattern
     name = canonical(body.encode("utf-8", "surrogatepass"))
-    if _is_ip(name):
+    if is_address(name):
         raise InvalidName(pattern, "an IP address (use destinations = [...] for addresses)")
     return f"*.{name}" if wildcard else name
 
@@ -195,9 +195,10 @@ def _problem(e: Exception) -> str:
     return escape(str(e) or type(e).__name__)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+def is_address(name: str) -> bool:
+    """
+    Whether a canonical form (what L{canonical} returns) is an IP address
+    rather than a host name: a host name's last label is never all digits
+    and holds no C{:}.
+    """
+    return ":" in name or name.rpartition(".")[2].isdigit()

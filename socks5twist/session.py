@@ -5,7 +5,7 @@ The negotiation (greeting, authentication, request, replies) is the sans-I/O
 L{socks5twist.connection.ServerConnection}'s: this protocol feeds it the
 client's bytes, acts on its events and writes the bytes it builds.  After the
 request, the session's own phase (CONNECTING, BINDING, ASSOCIATED, RELAYING)
-is moved here, by L{SOCKS5ServerProtocol._move} only; L{TRANSITIONS} lists the
+is moved here, by L{SOCKS5ServerProtocol.enter} only; L{TRANSITIONS} lists the
 allowed moves (L{socks5twist.states} draws them), and
 L{SOCKS5ServerProtocol.state} shows either.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -147,14 +147,6 @@ class SOCKS5ServerProtocol(Protocol):
         """The last reply code as metrics name it (none: no reply was sent)."""
         return codec.HEX_BYTE[self.replies[-1]] if self.replies else "none"
 
-    def _set_client(self, address: IAddress) -> None:
-        """Note the client's address, and what is derived from it once."""
-        if address == self.client:
-            return
-        self.client = address
-        self.client_ip = ip_of(address)
-        self.client_text = describe(address)
-
     # -- state ---------------------------------------------------------------
 
     @property
@@ -162,16 +154,16 @@ class SOCKS5ServerProtocol(Protocol):
         """Where the session is: its own phase, or its connection's negotiation."""
         return self._phase or NEGOTIATING[self.connection.state]
 
-    def _move(self, new: State) -> None:
+    def enter(self, new: State) -> None:
         if new not in TRANSITIONS[self.state]:
             raise IllegalTransition(f"{self.state.name} -> {new.name}")
         self._phase = new
 
-    def _close(self, outcome: str) -> None:
+    def close(self, outcome: str) -> None:
         """Close the client connection (after flushing what was written)."""
         if self._phase is State.CLOSED:
             return
-        self._move(State.CLOSED)
+        self.enter(State.CLOSED)
         self.connection.close()
         self.outcome = self.outcome or outcome
         self._cancel_handshake_timer()
@@ -190,20 +182,24 @@ class SOCKS5ServerProtocol(Protocol):
             # The relay resets both ends (a splice relay may hold the
             # client's socket in its thread: it resets it when it lets go).
             relay.abort()
-            self._close(outcome)
+            self.close(outcome)
             return
-        self._close(outcome)
+        self.close(outcome)
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
             abort()
         else:
             self.transport.loseConnection()
 
+    def _reply(self, code: int, wire: bytes) -> None:
+        """Send a reply the connection built, noting its code for the record."""
+        self.replies.append(code)
+        send_now(self.transport, wire)
+
     def fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""
-        self.replies.append(reply)
-        send_now(self.transport, self.connection.reply(reply))
-        self._close(outcome)
+        self._reply(reply, self.connection.reply(reply))
+        self.close(outcome)
 
     # -- connection events -----------------------------------------------------
 
@@ -212,10 +208,13 @@ class SOCKS5ServerProtocol(Protocol):
         no_delay(self.transport)
         if unvetted(self.transport):  # Twisted's PROXY wrapper: it believes anyone
             self.outcome = "PROXY header from an untrusted listener"
-            self._move(State.CLOSED)
+            self.enter(State.CLOSED)
             self.transport.abortConnection()
             return
-        self._set_client(self.transport.getPeer())
+        # The client's address, and what is derived from it once.
+        self.client = address = self.transport.getPeer()
+        self.client_ip = ip_of(address)
+        self.client_text = describe(address)
         factory = self.factory
         # A client's connections count against its own limit from the
         # moment they are accepted, before they count against everyone's:
@@ -245,7 +244,7 @@ class SOCKS5ServerProtocol(Protocol):
     def _refuse(self, key: object, outcome: str, format: str, **fields: object) -> None:
         """Close a connection a limit refuses, at once; logged once per burst."""
         self.outcome = outcome
-        self._move(State.CLOSED)
+        self.enter(State.CLOSED)
         self.factory.refusals.refused(key, format, client=self.client_text, **fields)
         self.factory.session_refused(self)
         self.transport.abortConnection()
@@ -273,7 +272,7 @@ class SOCKS5ServerProtocol(Protocol):
                 # Nothing pipelined after the credentials: a client that
                 # half-closes now has nothing left to ask; it left, and its
                 # (maybe costly) password check is cancelled as it closes.
-                self._close("client left during authentication")
+                self.close("client left during authentication")
         elif self._phase is None:
             # Whatever whole messages are left are acted on; then the
             # connection reports the EOF.
@@ -281,16 +280,16 @@ class SOCKS5ServerProtocol(Protocol):
         elif self.state is State.BINDING:
             # A FIN cannot be told from a hang-up; a client waiting for a
             # peer has nothing to half-close for, so take it as leaving.
-            self._close("client left while waiting for the BIND peer")
+            self.close("client left while waiting for the BIND peer")
         elif self.state is State.ASSOCIATED:
-            self._close("closed")
+            self.close("closed")
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self.state
-        self._move(State.CLOSED)
+        self.enter(State.CLOSED)
         self.connection.close()
         self._cancel_handshake_timer()
         if self.handler is not None:
@@ -328,7 +327,7 @@ class SOCKS5ServerProtocol(Protocol):
             elif isinstance(event, CommandRequested):
                 self._request(event)
             elif isinstance(event, ClientClosed):
-                self._close("client closed during negotiation")
+                self.close("client closed during negotiation")
             else:
                 assert isinstance(event, ProtocolViolation)
                 self._violation(event)
@@ -337,7 +336,7 @@ class SOCKS5ServerProtocol(Protocol):
         phase = _PHASE_NAMES.get(event.phase)
         if phase is None:
             # Bytes piled up while the server was busy with the command.
-            self._close("client sent too much before the tunnel opened")
+            self.close("client sent too much before the tunnel opened")
             return
         self.log.info(
             "malformed {phase} from {client}: {why}",
@@ -347,16 +346,14 @@ class SOCKS5ServerProtocol(Protocol):
         )
         if event.response:
             if event.phase is Wire.REQUEST:
-                self.replies.append(event.response[1])
-            send_now(self.transport, event.response)
-        self._close(f"malformed {phase}: {event.why}")
+                self._reply(event.response[1], event.response)
+            else:
+                send_now(self.transport, event.response)
+        self.close(f"malformed {phase}: {event.why}")
 
     def _greeting(self, greeting: MethodsOffered) -> None:
-        # The client's address is read again here: behind a PROXY-protocol
-        # listener it is only known once the header is read.  (A transport
-        # of Twisted's own has one peer for life.)
-        if not isinstance(self.transport, tcp.Connection):
-            self._set_client(self.transport.getPeer())
+        # (Behind a PROXY listener the client is the header's from
+        # connectionMade on: the wrapper starts the session only then.)
         assert self.client is not None
         if not self.factory.client_policy.allows(self.client, self.client_ip):
             self.factory.refusals.refused(
@@ -365,7 +362,7 @@ class SOCKS5ServerProtocol(Protocol):
                 client=self.client_text,
             )
             send_now(self.transport, self.connection.refuse_methods())
-            self._close("client not allowed")
+            self.close("client not allowed")
             return
         has_checkers = self.factory.portal is not None
         if self.factory.rules.password_required(self.client_ip, has_checkers):
@@ -379,7 +376,7 @@ class SOCKS5ServerProtocol(Protocol):
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
             send_now(self.transport, self.connection.refuse_methods())
-            self._close(f"no acceptable method (offered {list(greeting.methods)})")
+            self.close(f"no acceptable method (offered {list(greeting.methods)})")
             return
         send_now(self.transport, self.connection.select_method(wanted))
 
@@ -398,7 +395,7 @@ class SOCKS5ServerProtocol(Protocol):
                 n=MAX_LOGINS_PER_CLIENT,
             )
             send_now(self.transport, self.connection.login_decided(False))
-            self._close("too many logins in progress from this client")
+            self.close("too many logins in progress from this client")
             return
         credentials = UsernamePassword(request.username, request.password)
         assert factory.portal is not None
@@ -434,7 +431,7 @@ class SOCKS5ServerProtocol(Protocol):
         )
         self.factory.auth_failed()
         send_now(self.transport, self.connection.login_decided(False))
-        self._close("authentication failed")
+        self.close("authentication failed")
 
     def _request(self, request: CommandRequested) -> None:
         self.command = request.command
@@ -475,9 +472,6 @@ class SOCKS5ServerProtocol(Protocol):
     def config(self) -> SOCKS5ServerFactory:
         return self.factory
 
-    def enter(self, state: State) -> None:
-        self._move(state)
-
     def decide(self, ip: IPAddress | None, port: int | None, name: str | None) -> Decision | None:
         """What the rules say about this session's command to a destination."""
         assert self.command is not None
@@ -503,9 +497,6 @@ class SOCKS5ServerProtocol(Protocol):
         self.factory.rule_denied(decision)
         self.fail(Reply.NOT_ALLOWED, f"denied by rule {decision.label}")
 
-    def close(self, outcome: str) -> None:
-        self._close(outcome)
-
     def wait_for(self, d: defer.Deferred[Any]) -> None:
         self._pending = d
 
@@ -513,12 +504,10 @@ class SOCKS5ServerProtocol(Protocol):
         self._pending = None
 
     def reply_listening(self, address: Address) -> None:
-        self.replies.append(Reply.SUCCEEDED)
-        send_now(self.transport, self.connection.bind_listening(address))
+        self._reply(Reply.SUCCEEDED, self.connection.bind_listening(address))
 
     def reply_associated(self, address: Address) -> None:
-        self.replies.append(Reply.SUCCEEDED)
-        send_now(self.transport, self.connection.reply(Reply.SUCCEEDED, address))
+        self._reply(Reply.SUCCEEDED, self.connection.reply(Reply.SUCCEEDED, address))
         # The control connection carries nothing more: drop what came early.
         self.connection.take_data()
 
@@ -535,7 +524,7 @@ class SOCKS5ServerProtocol(Protocol):
     def unexpected(self, failure: Failure, phase: str) -> None:
         """A bug in our own callbacks: log it and close, never leave a hang."""
         self.log.failure("unexpected error during {phase}", failure, phase=phase)
-        self._close(f"internal error during {phase}")
+        self.close(f"internal error during {phase}")
 
     # -- the tunnel --------------------------------------------------------------
 
@@ -561,7 +550,7 @@ class SOCKS5ServerProtocol(Protocol):
         )
         self.replies.append(Reply.SUCCEEDED)
         self.relay = relay
-        self._move(State.RELAYING)
+        self.enter(State.RELAYING)
         tunnel.start(relay, self.transport, early, self.connection.client_eof)
 
     def _idle(self) -> None:
@@ -578,7 +567,7 @@ class SOCKS5ServerProtocol(Protocol):
         )
         # Negotiation replies are a few bytes that the socket buffer takes at
         # once, so a clean close cannot be held up by a client that won't read.
-        self._close("handshake timeout")
+        self.close("handshake timeout")
 
     def _cancel_handshake_timer(self) -> None:
         if self._in_handshake:
