@@ -11,6 +11,7 @@ a network exactly when that network holds a loopback address (127.0.0.1 or
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -44,7 +45,12 @@ def client_in(client: IPAddress | None, networks: Iterable[IPNetwork]) -> bool:
     client, which is in a network that holds a loopback address.
     """
     candidates = _LOCAL_STAND_INS if client is None else (client,)
-    return any(ip.version == n.version and ip in n for n in networks for ip in candidates)
+    return any(in_networks(ip, networks) for ip in candidates)
+
+
+def in_networks(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    """Whether C{ip} is in one of C{networks} (of its own IP version)."""
+    return any(ip.version == n.version and ip in n for n in networks)
 
 
 def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
@@ -68,8 +74,13 @@ def embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
 def spellings(ip: IPAddress) -> tuple[IPAddress, ...]:
-    """C{ip}, and the IPv4 address it carries if any (see L{embedded_ipv4})."""
+    """
+    C{ip}, and the IPv4 address it carries if any (see L{embedded_ipv4}).
+    Cached: every request's destination is checked, and a proxy sees the
+    same few addresses again and again.
+    """
     inner = embedded_ipv4(ip)
     return (ip,) if inner is None else (ip, inner)
 

@@ -36,7 +36,6 @@ __all__ = [
     "Side",
     "StreamRelay",
     "no_delay",
-    "plain_and_idle",  # (re-exported: the check lives in twistedinternals)
     "send_now",
 ]
 

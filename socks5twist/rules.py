@@ -37,7 +37,7 @@ import enum
 import ipaddress
 import re
 import tomllib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .names import InvalidName, canonical_pattern
@@ -45,6 +45,7 @@ from .policy import (
     IPAddress,
     IPNetwork,
     client_in,
+    in_networks,
     is_group_destination,
     is_unspecified_destination,
     spellings,
@@ -126,13 +127,13 @@ class Rule:
             if self.action is Verdict.DENY:
                 # A denied network is denied in every spelling that may
                 # lead to it (64:ff9b::7f00:1 for 127.0.0.1, 6to4, ...).
-                return any(_in_any(a, self.destinations) for a in spellings(query.address))
-            return _in_any(query.address, self.destinations)
+                return any(in_networks(a, self.destinations) for a in spellings(query.address))
+            return in_networks(query.address, self.destinations)
         return True
 
     def names_address(self, address: IPAddress) -> bool:
         """Whether this rule's C{destinations} name C{address} explicitly."""
-        return self.destinations is not None and _in_any(address, self.destinations)
+        return self.destinations is not None and in_networks(address, self.destinations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +220,6 @@ class Rules:
 
 
 ALLOW_ALL = Rules(Verdict.ALLOW)
-
-
-def _in_any(ip: IPAddress, networks: Iterable[IPNetwork]) -> bool:
-    return any(ip.version == n.version and ip in n for n in networks)
 
 
 def _name_matches(pattern: str, name: str) -> bool:

@@ -109,10 +109,9 @@ def test_htpasswd_and_mkpasswd_hashes_let_curl_through(
         assert secret not in server.log()
 
 
-def test_bad_file_stops_the_start_naming_the_line(tmp_path: Path) -> None:
-    passwords = tmp_path / "passwd"
-    passwords.write_text("alice:fine\n# ok\nbob:\n")
-    result = subprocess.run(
+def start_with(passwords: Path) -> subprocess.CompletedProcess[str]:
+    """Run C{twistd socks5 --auth file:PASSWORDS}, expected to stop at start-up."""
+    return subprocess.run(
         [
             *TWISTD,
             "-n",
@@ -127,6 +126,12 @@ def test_bad_file_stops_the_start_naming_the_line(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
+
+
+def test_bad_file_stops_the_start_naming_the_line(tmp_path: Path) -> None:
+    passwords = tmp_path / "passwd"
+    passwords.write_text("alice:fine\n# ok\nbob:\n")
+    result = start_with(passwords)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert f"twistd socks5: error: --auth file: {passwords}, line 3: empty password" in output
@@ -137,21 +142,7 @@ def test_bad_file_stops_the_start_naming_the_line(tmp_path: Path) -> None:
 def test_apache_md5_is_refused_at_start_up(tmp_path: Path) -> None:
     passwords = tmp_path / "passwd"
     htpasswd(passwords, "-m", "alice", "md5 pw")  # htpasswd's default: $apr1$
-    result = subprocess.run(
-        [
-            *TWISTD,
-            "-n",
-            "--pidfile=",
-            "socks5",
-            "--port",
-            f"tcp:{free_port()}:interface=127.0.0.1",
-            "--auth",
-            f"file:{passwords}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_with(passwords)
     assert result.returncode != 0
     assert "line 1: the password is an Apache MD5 hash" in result.stderr
     assert "htpasswd -B" in result.stderr
