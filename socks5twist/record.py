@@ -28,7 +28,7 @@ from .policy import show
 if TYPE_CHECKING:
     from .session import SOCKS5ServerProtocol
 
-__all__ = ["SESSION_FORMAT", "SessionRecord", "log_record"]
+__all__ = ["SESSION_FORMAT", "SessionRecord", "flattened", "log_record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +112,15 @@ class SessionRecord:
             f"duration={self.duration:.3f}s relay={self.relay} ({self.outcome})"
         )
 
-    def fields(self) -> dict[str, object]:
+    def fields(self, line: str | None = None) -> dict[str, object]:
         """
         The record as the fields of a log event (the names every release
         has used: C{connected}, C{reply}, C{extra} for the UDP part), with
-        the line itself under C{session_line}.
+        the line itself under C{session_line} (C{line}, if the caller made
+        it already).
         """
         return {
-            "session_line": self.line(),
+            "session_line": self.line() if line is None else line,
             "client": self.client,
             "user": self.user,
             "command": self.command,
@@ -153,14 +154,14 @@ def log_record(logger: Logger, record: SessionRecord) -> None:
     timestamp, the write and flush per line) is the observer's, and stays.
     """
     line = record.line()
-    event = record.fields()
+    event = record.fields(line)
     event.update(
         log_logger=logger,
         log_level=LogLevel.info,
         log_namespace=logger.namespace,
         log_source=logger.source,
         log_format=SESSION_FORMAT,
-        log_flattened={_FLAT_KEY: line, _STRUCTURED_KEY: line},
+        log_flattened=flattened(line),
         log_time=time.time(),
     )
     logger.observer(event)
@@ -171,3 +172,11 @@ def log_record(logger: Logger, record: SessionRecord) -> None:
 SESSION_FORMAT = "{session_line}"
 _FLAT_KEY = "session_line!s:"
 _STRUCTURED_KEY = "session_line!:"
+
+
+def flattened(line: str) -> dict[str, str]:
+    """
+    The C{log_flattened} of a session line event: what Twisted's
+    C{flattenEvent} would make of C{SESSION_FORMAT} over C{line}.
+    """
+    return {_FLAT_KEY: line, _STRUCTURED_KEY: line}

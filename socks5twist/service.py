@@ -20,11 +20,13 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, error
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 
+from . import textlog
 from .factory import SOCKS5ServerFactory
 from .passwords import PasswordFile
 from .rules import RulesError, load
+from .textlog import SessionLineObserver
 from .twistedinternals import listening_port
 from .workers import WorkerPool
 
@@ -44,10 +46,14 @@ class SOCKS5Service(service.MultiService):
     @ivar handle_signals: install the SIGHUP and second-SIGTERM handlers
         (C{twistd socks5} sets it; a program embedding the service keeps its
         own signal handling).
+    @ivar own_text_log: while running, write session lines to twistd's text
+        log through L{socks5twist.textlog} (C{twistd socks5} sets it; a
+        program embedding the service keeps its own observers).
     """
 
     exit_on_listen_failure = False
     handle_signals = False
+    own_text_log = False
     CLOSE_WAIT = 2.0  # seconds closed sessions have to report their end
 
     def __init__(
@@ -69,6 +75,7 @@ class SOCKS5Service(service.MultiService):
         self.worker_argv: list[str] = []
         # The --auth file: checkers, reread on SIGHUP.
         self.password_files: list[PasswordFile] = []
+        self._text_log: list[SessionLineObserver] = []
 
     # -- start -----------------------------------------------------------------
 
@@ -110,6 +117,10 @@ class SOCKS5Service(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.own_text_log:
+            self._text_log = textlog.install(
+                globalLogPublisher, self.factory.reactor, self.factory.log.namespace
+            )
         if self.handle_signals and (
             self.rules_path is not None
             or self.workers is not None
@@ -168,6 +179,8 @@ class SOCKS5Service(service.MultiService):
         def done(result: object) -> None:
             if self.factory.access_log is not None:
                 self.factory.access_log.flush()
+            textlog.uninstall(globalLogPublisher, self._text_log)
+            self._text_log = []
             if self._previous_term is not None:
                 signal.signal(signal.SIGTERM, self._previous_term)
                 self._previous_term = None

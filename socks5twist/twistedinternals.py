@@ -16,6 +16,7 @@ C{stopWriting}) and ends the transport by calling its C{connectionLost}
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -23,6 +24,7 @@ from twisted.internet import tcp
 # A name resolution result to hand to an IResolutionReceiver: Twisted has no
 # public class for it (outbound.py's resolver of checked addresses makes one).
 from twisted.internet._resolver import HostResolution
+from twisted.logger import FileLogObserver, LogEvent
 
 # Twisted's own PROXY-protocol wrapper, which believes any peer's header: a
 # session wrapped in it is refused (see socks5twist.proxylistener.unvetted).
@@ -31,8 +33,11 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 __all__ = [
     "HAProxyProtocolWrapper",
     "HostResolution",
+    "file_log_parts",
     "listening_port",
+    "log_observers",
     "plain_and_idle",
+    "replace_log_observer",
     "write_to_socket",
 ]
 
@@ -88,3 +93,50 @@ def listening_port(service: Any) -> Any:
 
     waiting.addCallback(keep)  # fires at once if it already listens
     return ports[0] if ports else None
+
+
+def log_observers(publisher: Any) -> list[Any]:
+    """
+    The observers of a L{twisted.logger.LogPublisher}, in the order it calls
+    them.  Private: C{_observers}, the list the publisher calls (it has no
+    public way to list them); L{socks5twist.textlog} looks for twistd's text
+    file observer among them.
+    """
+    return list(publisher._observers)
+
+
+def replace_log_observer(publisher: Any, old: Any, new: Any) -> None:
+    """
+    Put C{new} where C{old} is among C{publisher}'s observers (so the order
+    in which observers see an event stays), or do nothing if C{old} is not
+    one of them.  Private: C{_observers} (C{removeObserver} and
+    C{addObserver} would move the observer to the end).
+    """
+    observers = publisher._observers
+    for i, observer in enumerate(observers):
+        if observer is old:
+            observers[i] = new
+            return
+
+
+def file_log_parts(
+    observer: object,
+) -> tuple[Callable[[str], object], Callable[[], object], Callable[[LogEvent], str | None]] | None:
+    """
+    How a L{FileLogObserver} writes (text, encoded as it encodes it for a
+    file of bytes), flushes and formats its events, or C{None} for any other
+    observer.  Private: C{_outFile}, C{_encoding} and C{formatEvent}, set by
+    its constructor.
+    """
+    if not isinstance(observer, FileLogObserver):
+        return None
+    out = observer._outFile
+    encoding = observer._encoding
+    if encoding is None:
+        write: Callable[[str], object] = out.write
+    else:
+
+        def write(text: str) -> object:
+            return out.write(text.encode(encoding))
+
+    return write, out.flush, observer.formatEvent

@@ -6,6 +6,7 @@ it fails here first.
 
 from __future__ import annotations
 
+import io
 import socket
 from typing import Any
 
@@ -13,14 +14,26 @@ from twisted.application import strports
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import (
+    FileLogObserver,
+    LogEvent,
+    LogLevel,
+    LogPublisher,
+    eventAsJSON,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
 from twisted.trial.unittest import TestCase
 
 from socks5twist.outbound import resolve
 from socks5twist.twistedinternals import (
     HAProxyProtocolWrapper,
     HostResolution,
+    file_log_parts,
     listening_port,
+    log_observers,
     plain_and_idle,
+    replace_log_observer,
     write_to_socket,
 )
 
@@ -115,3 +128,77 @@ class ListeningPortTests(TestCase):
         from twisted.application.service import Service
 
         self.assertIsNone(listening_port(Service()))
+
+
+class LogPublisherTests(TestCase):
+    """A LogPublisher calls the list C{_observers}, in order."""
+
+    def test_observers_are_listed_and_replaced_in_place(self) -> None:
+        seen: list[str] = []
+        publisher = LogPublisher()
+
+        def first(event: LogEvent) -> None:
+            seen.append("first")
+
+        def second(event: LogEvent) -> None:
+            seen.append("second")
+
+        def third(event: LogEvent) -> None:
+            seen.append("third")
+
+        publisher.addObserver(first)  # type: ignore[arg-type]
+        publisher.addObserver(second)  # type: ignore[arg-type]
+        self.assertEqual(log_observers(publisher), [first, second])
+        replace_log_observer(publisher, first, third)
+        self.assertEqual(log_observers(publisher), [third, second])
+        publisher({"log_format": "x"})
+        self.assertEqual(seen, ["third", "second"])
+        replace_log_observer(publisher, first, second)  # not there: nothing happens
+        self.assertEqual(log_observers(publisher), [third, second])
+
+
+class FileLogObserverTests(TestCase):
+    """A FileLogObserver keeps its file, its encoding and its formatter."""
+
+    def event(self) -> LogEvent:
+        return {
+            "log_format": "hello {who}",
+            "who": "there",
+            "log_namespace": "ns",
+            "log_level": LogLevel.info,
+            "log_time": 1e9,
+        }
+
+    def test_a_text_file(self) -> None:
+        out = io.StringIO()
+        observer = textFileLogObserver(out)
+        self.assertIsInstance(observer, FileLogObserver)
+        parts = file_log_parts(observer)
+        assert parts is not None
+        write, flush, format_event = parts
+        self.assertEqual(format_event(self.event()), observer.formatEvent(self.event()))
+        observer(self.event())
+        write("more\n")
+        flush()
+        self.assertTrue(out.getvalue().endswith("hello there\nmore\n"))
+
+    def test_a_file_of_bytes_gets_utf8(self) -> None:
+        out = io.BytesIO()
+        observer = textFileLogObserver(out)  # type: ignore[arg-type]
+        parts = file_log_parts(observer)
+        assert parts is not None
+        write = parts[0]
+        observer(self.event())
+        write("caf\u00e9\n")
+        self.assertTrue(out.getvalue().endswith(b"hello there\ncaf\xc3\xa9\n"))
+
+    def test_a_json_log_is_a_file_observer_too(self) -> None:
+        # Which is why socks5twist.textlog compares formats before it
+        # replaces an observer, rather than trusting its class.
+        observer = jsonFileLogObserver(io.StringIO())
+        parts = file_log_parts(observer)
+        assert parts is not None
+        self.assertEqual(parts[2](self.event()), "\x1e" + eventAsJSON(self.event()) + "\n")
+
+    def test_another_observer_has_none(self) -> None:
+        self.assertIsNone(file_log_parts(lambda event: None))

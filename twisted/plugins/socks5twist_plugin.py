@@ -46,6 +46,7 @@ class _SOCKS5ServiceMaker:
         service = makeService(options)
         service.exit_on_listen_failure = True
         service.handle_signals = True
+        service.own_text_log = True
         return service
 
 
