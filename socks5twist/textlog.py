@@ -13,9 +13,11 @@ second for its log, where C{--access-log} (batched) paid almost nothing.
 L{SessionLineObserver} takes the text observer's place and writes exactly
 the text it would have written: for a session line (L{record.log_record}'s
 events) it reuses the timestamp of the second (the string changes once a
-second) and the C{[namespace#level]} prefix, writes to the same file, and
-flushes once per reactor turn rather than once per line; every other event
-goes to the original observer unchanged.  L{install} replaces only an
+second) and the C{[namespace#level]} prefix, and writes the lines of one
+reactor turn to the same file in one write and one flush (a file observer
+writes and flushes each line; twistd's C{LogFile} takes a lock and makes a
+system call for each); every other event goes to the original observer
+unchanged, after the lines kept so far, so the order stays.  L{install} replaces only an
 observer that formats a probe session event exactly as the replacement does,
 so a custom C{--logger}, a JSON log or syslog is left alone, and the log
 reads byte for byte as before.
@@ -33,7 +35,11 @@ from zope.interface import implementer
 from .record import SESSION_FORMAT, flattened
 from .twistedinternals import file_log_parts, log_observers, replace_log_observer
 
-__all__ = ["SessionLineObserver", "install"]
+__all__ = ["MAX_PENDING", "SessionLineObserver", "install", "uninstall"]
+
+# Characters of session lines kept for the end of the reactor's turn at
+# most; beyond, they are written at once.
+MAX_PENDING = 64 * 1024
 
 
 @implementer(ILogObserver)
@@ -60,17 +66,21 @@ class SessionLineObserver:
         self._second = -1
         self._stamp = ""
         self._systems: dict[tuple[str, LogLevel], str] = {}
-        self._flush_pending = False
+        self._pending: list[str] = []
+        self._pending_size = 0
 
     def __call__(self, event: LogEvent) -> None:
         text = self.format(event)
         if text is None:
+            self.flush()  # what came before is written before it
             self.original(event)
             return
-        self._write(text)
-        if not self._flush_pending:
-            self._flush_pending = True
+        if not self._pending:
             self._reactor.callLater(0, self.flush)
+        self._pending.append(text)
+        self._pending_size += len(text)
+        if self._pending_size >= MAX_PENDING:
+            self.flush()
 
     def format(self, event: LogEvent) -> str | None:
         """
@@ -99,9 +109,13 @@ class SessionLineObserver:
         return f"{self._stamp} {system} {event['session_line']}\n"
 
     def flush(self) -> None:
-        """Flush what was written since the last flush."""
-        self._flush_pending = False
-        self._flush()
+        """Write the lines kept since the last flush, in one write, and flush."""
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._pending_size = 0
+            self._write(text)
+            self._flush()
 
 
 def install(publisher: Any, reactor: Any, namespace: str) -> list[SessionLineObserver]:

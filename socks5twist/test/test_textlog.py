@@ -115,17 +115,39 @@ class SessionLineTests(TestCase):
             self.assertIn(f" [{NAMESPACE}#info] session 127.0.0.1:5555 user=alice", lines[0])
             self.assertIn("ValueError: boom", ours.getvalue())
 
-    def test_a_line_is_flushed_once_per_reactor_turn(self) -> None:
-        _, ours, _ = self.both()
+    def test_the_lines_of_a_reactor_turn_are_written_once(self) -> None:
+        plain, ours, _ = self.both()
         before = ours.flushes
         for _ in range(5):
             log_record(self.log, record())
-        self.assertEqual(ours.flushes, before)  # written, not flushed yet
+        self.assertEqual((ours.getvalue(), ours.flushes), ("", before))  # kept for now
         self.clock.advance(0)
         self.assertEqual(ours.flushes, before + 1)
         self.assertEqual(ours.getvalue().count("\n"), 5)
-        self.log.info("another event")  # Twisted's observer flushes it at once
-        self.assertEqual(ours.flushes, before + 2)
+        self.assertEqual(ours.getvalue(), plain.getvalue())
+
+    def test_another_event_comes_after_the_lines_kept(self) -> None:
+        plain, ours, _ = self.both()
+        log_record(self.log, record("first"))
+        self.log.info("then another event")
+        log_record(self.log, record("last"))
+        self.clock.advance(0)
+        self.assertEqual(ours.getvalue(), plain.getvalue())
+        lines = ours.getvalue().splitlines()
+        ends = ["(first)", "another event", "(last)"]
+        self.assertEqual(len(lines), 3)
+        self.assertTrue(all(line.endswith(end) for line, end in zip(lines, ends, strict=True)))
+
+    def test_at_most_max_pending_is_kept(self) -> None:
+        plain, ours, _ = self.both()
+        line_size = len(plain.getvalue())
+        log_record(self.log, record())
+        line_size = len(plain.getvalue()) - line_size
+        for _ in range(textlog.MAX_PENDING // line_size + 1):
+            log_record(self.log, record())
+        self.assertGreaterEqual(len(ours.getvalue()), textlog.MAX_PENDING)
+        self.clock.advance(0)
+        self.assertEqual(ours.getvalue(), plain.getvalue())
 
     def test_uninstall_flushes_and_restores(self) -> None:
         plain, ours, installed = self.both()
