@@ -9,11 +9,13 @@ import io
 import os
 import time
 
+from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.logger import (
     Logger,
     LogPublisher,
     formatEventAsClassicLogText,
+    globalLogPublisher,
     jsonFileLogObserver,
     textFileLogObserver,
 )
@@ -22,7 +24,10 @@ from twisted.trial.unittest import TestCase
 
 from socks5twist import textlog
 from socks5twist.record import SessionRecord, log_record
+from socks5twist.service import SOCKS5Service
 from socks5twist.twistedinternals import log_observers
+
+from .helpers import NO_AUTH_GREETING, connect_request, make_session
 
 NAMESPACE = "socks5twist.factory"
 
@@ -182,3 +187,38 @@ class SessionLineTests(TestCase):
             events.append, io.StringIO().write, lambda: None, self.clock
         )
         self.assertEqual(stand_in.format(events[0]), formatEventAsClassicLogText(events[0]))
+
+
+class ServiceTests(TestCase):
+    """C{twistd socks5}'s service stands in for twistd's text observer while it runs."""
+
+    def test_a_session_line_through_the_running_service(self) -> None:
+        out = io.StringIO()
+        observer = textFileLogObserver(out)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        s = make_session()
+        service = SOCKS5Service(s.factory, shutdown_grace=0)
+        service.own_text_log = True
+        service.startService()
+        [stand_in] = [
+            o
+            for o in log_observers(globalLogPublisher)
+            if isinstance(o, textlog.SessionLineObserver) and o.original is observer
+        ]
+        s.send(NO_AUTH_GREETING + connect_request("10.9.8.7", 80))
+        s.remote()
+        s.protocol.connectionLost(error.ConnectionDone())
+        self.assertNotIn("session ", out.getvalue())  # kept until the turn ends
+        s.reactor.advance(0)
+        [line] = [x for x in out.getvalue().splitlines() if " session " in x]
+        self.assertRegex(
+            line,
+            r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} "
+            r"\[socks5twist\.factory\.SOCKS5ServerFactory#info\] "
+            r"session 127\.0\.0\.1:\d+ user=- CONNECT 10\.9\.8\.7:80 -> ",
+        )
+        service.stopService()
+        s.reactor.advance(5)
+        self.assertNotIn(stand_in, log_observers(globalLogPublisher))
+        self.assertIn(observer, log_observers(globalLogPublisher))
