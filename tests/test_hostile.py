@@ -138,8 +138,12 @@ def test_one_client_cannot_lock_out_the_others(start_server) -> None:
     silent = []
     try:
         for _ in range(30):
-            sock = socket.create_connection(server.address, timeout=5)
-            silent.append(sock)
+            try:
+                silent.append(socket.create_connection(server.address, timeout=5))
+            except ConnectionResetError:
+                # Refused: reset as it was accepted, which a loaded machine
+                # may report before connect() itself has returned.
+                pass
         # Another client (127.0.0.2 stands in for another host) is served.
         other = socket.create_connection(server.address, timeout=5, source_address=("127.0.0.2", 0))
         with other:

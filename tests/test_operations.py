@@ -150,9 +150,10 @@ def test_limits_per_client_and_per_user(start_server, echo_server: Addr) -> None
     creds = (b"alice", b"pw")
     held = [connect_from("127.0.0.1", server, echo_server, creds) for _ in range(2)]
     assert [code for _, code in held] == [0, 0]
-    # A third session from the same IP is closed as it is accepted (reset).
-    third = socket.create_connection(server.address, timeout=5)
+    # A third session from the same IP is closed as it is accepted (reset;
+    # on a loaded machine, connect() itself may already report the reset).
     try:
+        third = socket.create_connection(server.address, timeout=5)
         third.sendall(b"\x05\x01\x02")
         assert third.recv(10) == b"", "the third session from one IP was not closed"
     except ConnectionResetError:
