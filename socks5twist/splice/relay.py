@@ -14,14 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..relay import Side
-from ..twistedinternals import plain_and_idle
+from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
 from .thread import RelayThread, ThreadState
@@ -46,8 +43,8 @@ def can_splice(transport: Any) -> bool:
     """
     return (
         plain_and_idle(transport)
-        and transport.producer is None
-        and transport.socket.family in (socket.AF_INET, socket.AF_INET6)
+        and not has_producer(transport)
+        and socket_of(transport).family in (socket.AF_INET, socket.AF_INET6)
     )
 
 
@@ -113,8 +110,9 @@ class SpliceRelay:
 
     The client is one of Twisted's TCP transports; the destination is one
     too, or a bare connected socket, which the relay then owns and closes.
-    Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
-    C{down}, L{close}, L{abort}, L{lost}, all called from the reactor
+    Same surface as L{socks5twist.relay.StreamRelay} for the session
+    (L{socks5twist.tunnel.Relay}): C{up}, C{down}, L{close}, L{abort},
+    L{lost}, L{from_client} and L{eof}, all called from the reactor
     thread.  C{to_client} and C{to_remote} are bytes to send before anything
     relayed (the CONNECT reply, data the client sent early).
 
@@ -194,8 +192,7 @@ class SpliceRelay:
         """Take both sockets from their transports and start moving bytes."""
         for end in (self._client, self._remote):
             if end.transport is not None:
-                end.transport.stopReading()
-                end.transport.stopWriting()
+                stop_watching(end.transport)
         if self.clock is not None:
             self.active_at = self.clock()
             self._idle_call = self.reactor.callLater(self._idle_timeout, self._idle_due)
@@ -293,6 +290,33 @@ class SpliceRelay:
         self._lost.add(side)
         self._end(abort=False)
 
+    def from_client(self, data: bytes) -> None:
+        """
+        Bytes the session read from the client, to relay (the L{Relay
+        <socks5twist.tunnel.Relay>} surface).  This relay reads the client's
+        socket itself, and from L{start} on the reactor no longer does, so
+        the session never has any: bytes here mean a bug upstream, and they
+        cannot be put back in order with what the pump already relayed.
+        Rather than drop them silently (a corrupt stream the peers would not
+        notice), log one line and abort the tunnel: both peers see a reset.
+        """
+        if data:
+            log.error(
+                "splice relay was given {count} bytes the client sent, but reads the"
+                " client's socket itself: aborting the tunnel (a bug)",
+                count=len(data),
+            )
+            self.abort()
+
+    def eof(self) -> None:
+        """
+        The session saw the client's EOF (the L{Relay
+        <socks5twist.tunnel.Relay>} surface): nothing to do.  The pump reads
+        the client's socket, where an EOF stays readable (every C{recv}
+        after it returns nothing, whoever read it first), so it finds the
+        EOF itself and passes it on in order, after the bytes before it.
+        """
+
     def _end(self, abort: bool) -> None:
         if self.thread is None:
             self._release(abort)
@@ -364,8 +388,5 @@ class SpliceRelay:
             self._on_idle()
         for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
             transport = end.transport
-            if transport is None or side in self._lost:
-                continue
-            if transport.connected and not transport.disconnected:
-                # (ConnectionAborted: Twisted resets the connection.)
-                transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)
+            if transport is not None and side not in self._lost:
+                end_transport(transport, abort)  # (abort: a reset)
