@@ -1,15 +1,13 @@
 """
 The splice relay as the session sees it (L{SpliceRelay}, L{can_splice},
-L{available}), and what the splice relays of one reactor share
-(L{ReactorState}: the lock, the shared poller, the relay thread).
+L{available}).  What the splice relays of one reactor share is in
+L{socks5twist.splice.shared}.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +19,8 @@ from ..relay import Side
 from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
-from .thread import RelayThread, ThreadState
+from .shared import state_for
+from .thread import RelayThread
 
 # Reads (both ways) a tunnel makes through the reactor before it moves to
 # the relay thread: short sessions never pay for the move (see SpliceRelay).
@@ -46,62 +45,6 @@ def can_splice(transport: Any) -> bool:
         and not has_producer(transport)
         and socket_of(transport).family in (socket.AF_INET, socket.AF_INET6)
     )
-
-
-class ReactorState:
-    """
-    What the splice relays of one reactor share: the lock between the
-    reactor's thread and the relay thread, the two schedulers on the
-    reactor, and the relay thread (while there is one).
-
-    Kept in L{_states} by a weak reference to the reactor, and holding the
-    reactor only weakly itself, so an entry goes when its reactor does; and
-    removed when the reactor shuts down, after its relay thread is stopped.
-    """
-
-    __slots__ = ("direct", "lock", "poller", "thread")
-
-    def __init__(self, reactor: Any) -> None:
-        ref = weakref.ref(reactor)
-        # Guards what both threads touch (the ownership protocol in
-        # socks5twist.splice): each RelayThread's state, relays, _inbox,
-        # _outbox and _posted, and every Pump's moved; nothing else.
-        self.lock = threading.Lock()
-        self.direct = ReactorInterest(ref)
-        self.poller = SharedPoller(ref)
-        self.thread: RelayThread | None = None  # the reactor thread's (set under the lock)
-        reactor.addSystemEventTrigger("during", "shutdown", self._shutdown, reactor)
-
-    def enter(self, relay: SpliceRelay) -> RelayThread:
-        """The relay thread (started if none is running), with C{relay} counted in it."""
-        with self.lock:
-            thread = self.thread
-            if thread is None or thread.state is not ThreadState.RUNNING:
-                thread = self.thread = RelayThread(relay.reactor, self.lock)
-            thread.relays.add(relay)
-        return thread
-
-    def _shutdown(self, reactor: Any) -> None:
-        # In the "during" phase: a server's graceful stop has had its "before".
-        if self.thread is not None:
-            self.thread.stop()
-        with _states_lock:
-            if _states.get(reactor) is self:
-                del _states[reactor]
-
-
-# Per reactor, without keeping any reactor alive (an id() could be reused).
-_states: weakref.WeakKeyDictionary[Any, ReactorState] = weakref.WeakKeyDictionary()
-_states_lock = threading.Lock()  # guards _states (a reactor per thread is allowed)
-
-
-def state_for(reactor: Any) -> ReactorState:
-    """The splice relays' shared state for C{reactor} (made on first use)."""
-    with _states_lock:
-        state = _states.get(reactor)
-        if state is None:
-            state = _states[reactor] = ReactorState(reactor)
-        return state
 
 
 class SpliceRelay:
@@ -222,22 +165,23 @@ class SpliceRelay:
             self._release(abort=True)
 
     def move_to_thread(self) -> None:
-        """Hand the tunnel to the relay thread: reactor → thread."""
-        if self.finished or self.thread is not None:
+        """
+        Hand the tunnel to the relay thread: reactor → thread.  (Not once
+        the reactor has shut down: the tunnel then stays here.)
+        """
+        # (thread first: once it is set, finished is the relay thread's.)
+        state = self._state
+        if self.thread is not None or self.finished or state.shut:
             return
         on_reactor = self.scheduler
         assert isinstance(on_reactor, ReactorInterest | SharedPoller)
         for end in (self._client, self._remote):
             on_reactor.forget(end)
-        state = self._state
         state.poller.left()
-        # Both set before the thread hears of the tunnel (through its queue),
-        # and never again.
-        thread = self.thread = state.enter(self)
-        self.scheduler = thread
-        thread.call(self._resume)
+        # Sets thread and scheduler (never changed again) as the thread hears.
+        state.enter(self)
 
-    def _resume(self) -> None:
+    def resume(self) -> None:
         # In the relay thread, now the owner: the same interest, in its set.
         if not self.finished:
             assert self.thread is not None
