@@ -182,7 +182,11 @@ class SpliceRelay:
         state.enter(self)
 
     def resume(self) -> None:
-        # In the relay thread, now the owner: the same interest, in its set.
+        """
+        The tunnel's first step in the relay thread, now its owner (queued
+        by L{ReactorState.enter <socks5twist.splice.shared.ReactorState.enter>}):
+        the same interest as on the reactor, in the thread's set.
+        """
         if not self.finished:
             assert self.thread is not None
             for end in (self._client, self._remote):
