@@ -6,38 +6,47 @@ given beside it, and `socks5twist/test/test_twistedinternals.py` pins the
 behaviour relied on, so that a Twisted upgrade that changes it fails a test
 instead of corrupting a tunnel.
 
-Not yet moved here (they must happen where the splice relay's ownership
-protocol says, and its tests pin them): the splice package takes a TCP
-transport's socket (C{transport.socket}, in C{splice/relay.py} and
-C{splice/pump.py}), stops the reactor watching it (C{stopReading},
-C{stopWriting}) and ends the transport by calling its C{connectionLost}
-(C{splice/relay.py}).
+The splice relay is the main user: it takes a TCP transport's socket
+(L{socket_of}, L{stop_watching}) for the life of a tunnel and ends the
+transport itself (L{end_transport}).  Each is called once per tunnel, never
+per chunk: the relay keeps the socket it was given.  L{socks5twist.textlog}
+stands in for twistd's text log observer (L{log_observers},
+L{replace_log_observer}, L{file_log_parts}).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Any
 
+# Two private modules:
+# - HostResolution: a name resolution result to hand to an
+#   IResolutionReceiver; Twisted has no public class for it (outbound.py's
+#   resolver of checked addresses makes one).
+# - HAProxyProtocolWrapper: Twisted's own PROXY-protocol wrapper, which
+#   believes any peer's header: a session wrapped in it is refused (see
+#   socks5twist.proxylistener.unvetted).
 from twisted.internet import tcp
-
-# A name resolution result to hand to an IResolutionReceiver: Twisted has no
-# public class for it (outbound.py's resolver of checked addresses makes one).
 from twisted.internet._resolver import HostResolution
+from twisted.internet.error import ConnectionAborted
+from twisted.internet.protocol import connectionDone
 from twisted.logger import FileLogObserver, LogEvent
-
-# Twisted's own PROXY-protocol wrapper, which believes any peer's header: a
-# session wrapped in it is refused (see socks5twist.proxylistener.unvetted).
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.python.failure import Failure
 
 __all__ = [
     "HAProxyProtocolWrapper",
     "HostResolution",
+    "end_transport",
     "file_log_parts",
+    "has_producer",
     "listening_port",
     "log_observers",
     "plain_and_idle",
     "replace_log_observer",
+    "socket_of",
+    "stop_watching",
     "write_to_socket",
 ]
 
@@ -59,6 +68,63 @@ def plain_and_idle(transport: Any) -> bool:
         and not transport.dataBuffer
         and not transport._tempDataLen
     )
+
+
+def socket_of(transport: tcp.Connection) -> socket.socket:
+    """
+    The connected socket of one of Twisted's TCP transports: the very
+    descriptor the transport reads and writes (and closes when it ends).
+    Private: C{socket} is in no interface; a L{tcp.Connection} deletes it
+    when it has closed the socket.
+    """
+    sock: socket.socket = transport.socket
+    return sock
+
+
+def has_producer(transport: Any) -> bool:
+    """
+    Whether a producer is registered with C{transport} (something would
+    write to it, or pause and resume on its behalf).  Private: a
+    L{twisted.internet.abstract.FileDescriptor} keeps it in C{producer},
+    which no interface names.
+    """
+    return getattr(transport, "producer", None) is not None
+
+
+def stop_watching(transport: tcp.Connection) -> None:
+    """
+    Make the reactor stop watching C{transport}'s socket, for reading and
+    for writing, and leave the socket open and the transport connected:
+    the caller reads and writes the socket itself from now on, and ends the
+    transport with L{end_transport}.  What arrives meanwhile stays in the
+    socket; the transport's protocol hears nothing.
+
+    Not a Protocol's to call (C{stopReading} and C{stopWriting} are the
+    transport's own bookkeeping with the reactor; C{pauseProducing} would be
+    undone by a C{resumeProducing}), hence here.  The transport must have
+    nothing left to send (L{plain_and_idle}), or it would never be sent.
+    """
+    transport.stopReading()
+    transport.stopWriting()
+
+
+def end_transport(transport: tcp.Connection, abort: bool) -> None:
+    """
+    End C{transport} at once, as the reactor does when it finds the
+    connection gone: close its socket (with a reset if C{abort}, else an
+    orderly close), then tell its protocol, synchronously, with
+    L{ConnectionAborted} or L{ConnectionDone}.  Nothing that the transport
+    buffered is flushed, so it must hold nothing (see L{stop_watching}).  A
+    transport that has ended already is left alone, so its protocol hears
+    C{connectionLost} once.
+
+    Private: C{connectionLost} is the reactor's to call, and it is Twisted's
+    L{tcp.Connection} that turns L{ConnectionAborted} into a reset (its
+    C{SO_LINGER} of zero); C{loseConnection} would wait a reactor turn for a
+    writable event on a socket the reactor no longer watches.
+    """
+    if transport.connected and not transport.disconnected:
+        transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)
 
 
 def write_to_socket(transport: Any, data: bytes) -> int:

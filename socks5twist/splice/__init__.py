@@ -20,7 +20,9 @@ The modules, one concern each:
   - L{thread <socks5twist.splice.thread>}: the relay thread, its C{epoll}
     set, its two queues and its life (linger, stop, the checked join);
   - L{relay <socks5twist.splice.relay>}: L{SpliceRelay} as the session sees
-    it, L{can_splice}, L{available}, and what one reactor's relays share.
+    it, L{can_splice}, L{available};
+  - L{shared <socks5twist.splice.shared>}: what one reactor's relays share
+    (the lock, the schedulers, the relay thread), found per reactor.
 
 Three schedulers, and why each earns its place (measured: README, "The
 relay"): a tunnel's sockets start as the reactor's own readers and writers,
@@ -43,12 +45,17 @@ C{active_at}:
      scheduler of the tunnel is the reactor (directly, or through the shared
      poller, which lives in the reactor thread only).
   2. Reactor → thread (L{SpliceRelay.move_to_thread}, in the reactor
-     thread): the reactor stops watching both sockets, sets the relay's
-     C{thread} and C{scheduler} (never changed again, so the thread may read
-     them), counts the tunnel in the thread's C{relays} under the lock, and
-     queues a step that makes the thread watch the same interest.  From
-     that queue entry on, the thread is the owner.  The reactor skips any
-     event of the same turn (C{write_on_reactor} checks C{thread}).
+     thread): the reactor stops watching both sockets, then, in one step
+     under the lock (L{ReactorState.enter
+     <socks5twist.splice.shared.ReactorState.enter>}), counts the tunnel in
+     the thread's C{relays}, sets the relay's C{thread} and C{scheduler}
+     (never changed again, so the thread may read them) and queues a step
+     that makes the thread watch the same interest.  From that step on, the
+     thread is the owner; a thread that ends at that moment sees the tunnel
+     handed over whole, or not at all.  The reactor reads nothing of the
+     owner's once C{thread} is set (it checks C{thread} before C{finished}),
+     and skips any event of the same turn (C{write_on_reactor} checks
+     C{thread}).  Once the reactor has shut down, no tunnel moves.
   3. While the thread owns the tunnel, the reactor asks for things only by
      queueing steps (L{RelayThread.call}: close, abort, a lost side, the
      idle check); the thread answers only through C{callFromThread} (logs,
@@ -75,8 +82,11 @@ queue.
 The relay thread ends the tunnels it still holds itself before it ends
 (on a stop, or on a bug in its loop), so the reactor never touches a
 descriptor of the thread's unless the thread has been joined; a join that
-times out leaves them alone.  Per-reactor state is held by a weak reference
-to the reactor and dropped at its shutdown: nothing is keyed by C{id()}.
+times out leaves them alone.  At shutdown the reactor joins every relay
+thread it started that may still be running (one ending already too, so
+the transports it hands back are closed before the reactor stops), and
+starts none after that.  Per-reactor state is held by a weak reference to
+the reactor, so it goes with the reactor: nothing is keyed by C{id()}.
 """
 
 from .pump import COPY_SIZE, PIPE_SIZE

@@ -5,7 +5,7 @@ C{epoll} set of the relay's own that the reactor watches as a single reader
 (L{SharedPoller}).  Both live in the reactor's thread and nowhere else.
 
 Both hold their reactor through a weak reference: they are kept, per
-reactor, in a registry (L{socks5twist.splice.relay.ReactorState}) that must
+reactor, in a registry (L{socks5twist.splice.shared.ReactorState}) that must
 not keep a reactor alive.
 """
 

@@ -35,6 +35,8 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..twistedinternals import socket_of
+
 if TYPE_CHECKING:
     from .relay import SpliceRelay
 
@@ -222,7 +224,7 @@ class End:
             self.sock = end
         else:
             self.transport = end
-            self.sock = end.socket
+            self.sock = socket_of(end)  # once: the data path uses sock and fd
         self.fd = self.sock.fileno()
         self.outgoing: Pump | None = None  # the pump that reads from this socket
         self.incoming: Pump | None = None  # the pump that writes to it

@@ -1,30 +1,26 @@
 """
 The splice relay as the session sees it (L{SpliceRelay}, L{can_splice},
-L{available}), and what the splice relays of one reactor share
-(L{ReactorState}: the lock, the shared poller, the relay thread).
+L{available}).  What the splice relays of one reactor share is in
+L{socks5twist.splice.shared}.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..relay import Side
-from ..twistedinternals import plain_and_idle
+from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
-from .thread import RelayThread, ThreadState
+from .shared import state_for
+from .thread import RelayThread
 
 # Reads (both ways) a tunnel makes through the reactor before it moves to
 # the relay thread: short sessions never pay for the move (see SpliceRelay).
@@ -46,65 +42,9 @@ def can_splice(transport: Any) -> bool:
     """
     return (
         plain_and_idle(transport)
-        and transport.producer is None
-        and transport.socket.family in (socket.AF_INET, socket.AF_INET6)
+        and not has_producer(transport)
+        and socket_of(transport).family in (socket.AF_INET, socket.AF_INET6)
     )
-
-
-class ReactorState:
-    """
-    What the splice relays of one reactor share: the lock between the
-    reactor's thread and the relay thread, the two schedulers on the
-    reactor, and the relay thread (while there is one).
-
-    Kept in L{_states} by a weak reference to the reactor, and holding the
-    reactor only weakly itself, so an entry goes when its reactor does; and
-    removed when the reactor shuts down, after its relay thread is stopped.
-    """
-
-    __slots__ = ("direct", "lock", "poller", "thread")
-
-    def __init__(self, reactor: Any) -> None:
-        ref = weakref.ref(reactor)
-        # Guards what both threads touch (the ownership protocol in
-        # socks5twist.splice): each RelayThread's state, relays, _inbox,
-        # _outbox and _posted, and every Pump's moved; nothing else.
-        self.lock = threading.Lock()
-        self.direct = ReactorInterest(ref)
-        self.poller = SharedPoller(ref)
-        self.thread: RelayThread | None = None  # the reactor thread's (set under the lock)
-        reactor.addSystemEventTrigger("during", "shutdown", self._shutdown, reactor)
-
-    def enter(self, relay: SpliceRelay) -> RelayThread:
-        """The relay thread (started if none is running), with C{relay} counted in it."""
-        with self.lock:
-            thread = self.thread
-            if thread is None or thread.state is not ThreadState.RUNNING:
-                thread = self.thread = RelayThread(relay.reactor, self.lock)
-            thread.relays.add(relay)
-        return thread
-
-    def _shutdown(self, reactor: Any) -> None:
-        # In the "during" phase: a server's graceful stop has had its "before".
-        if self.thread is not None:
-            self.thread.stop()
-        with _states_lock:
-            if _states.get(reactor) is self:
-                del _states[reactor]
-
-
-# Per reactor, without keeping any reactor alive (an id() could be reused).
-_states: weakref.WeakKeyDictionary[Any, ReactorState] = weakref.WeakKeyDictionary()
-_states_lock = threading.Lock()  # guards _states (a reactor per thread is allowed)
-
-
-def state_for(reactor: Any) -> ReactorState:
-    """The splice relays' shared state for C{reactor} (made on first use)."""
-    with _states_lock:
-        state = _states.get(reactor)
-        if state is None:
-            state = _states[reactor] = ReactorState(reactor)
-        return state
 
 
 class SpliceRelay:
@@ -113,8 +53,9 @@ class SpliceRelay:
 
     The client is one of Twisted's TCP transports; the destination is one
     too, or a bare connected socket, which the relay then owns and closes.
-    Same surface as L{socks5twist.relay.StreamRelay} for the session: C{up},
-    C{down}, L{close}, L{abort}, L{lost}, all called from the reactor
+    Same surface as L{socks5twist.relay.StreamRelay} for the session
+    (L{socks5twist.tunnel.Relay}): C{up}, C{down}, L{close}, L{abort},
+    L{lost}, L{from_client} and L{eof}, all called from the reactor
     thread.  C{to_client} and C{to_remote} are bytes to send before anything
     relayed (the CONNECT reply, data the client sent early).
 
@@ -194,8 +135,7 @@ class SpliceRelay:
         """Take both sockets from their transports and start moving bytes."""
         for end in (self._client, self._remote):
             if end.transport is not None:
-                end.transport.stopReading()
-                end.transport.stopWriting()
+                stop_watching(end.transport)
         if self.clock is not None:
             self.active_at = self.clock()
             self._idle_call = self.reactor.callLater(self._idle_timeout, self._idle_due)
@@ -225,23 +165,28 @@ class SpliceRelay:
             self._release(abort=True)
 
     def move_to_thread(self) -> None:
-        """Hand the tunnel to the relay thread: reactor → thread."""
-        if self.finished or self.thread is not None:
+        """
+        Hand the tunnel to the relay thread: reactor → thread.  (Not once
+        the reactor has shut down: the tunnel then stays here.)
+        """
+        # (thread first: once it is set, finished is the relay thread's.)
+        state = self._state
+        if self.thread is not None or self.finished or state.shut:
             return
         on_reactor = self.scheduler
         assert isinstance(on_reactor, ReactorInterest | SharedPoller)
         for end in (self._client, self._remote):
             on_reactor.forget(end)
-        state = self._state
         state.poller.left()
-        # Both set before the thread hears of the tunnel (through its queue),
-        # and never again.
-        thread = self.thread = state.enter(self)
-        self.scheduler = thread
-        thread.call(self._resume)
+        # Sets thread and scheduler (never changed again) as the thread hears.
+        state.enter(self)
 
-    def _resume(self) -> None:
-        # In the relay thread, now the owner: the same interest, in its set.
+    def resume(self) -> None:
+        """
+        The tunnel's first step in the relay thread, now its owner (queued
+        by L{ReactorState.enter <socks5twist.splice.shared.ReactorState.enter>}):
+        the same interest as on the reactor, in the thread's set.
+        """
         if not self.finished:
             assert self.thread is not None
             for end in (self._client, self._remote):
@@ -292,6 +237,33 @@ class SpliceRelay:
         """A transport reported C{connectionLost}: make sure the other goes too."""
         self._lost.add(side)
         self._end(abort=False)
+
+    def from_client(self, data: bytes) -> None:
+        """
+        Bytes the session read from the client, to relay (the L{Relay
+        <socks5twist.tunnel.Relay>} surface).  This relay reads the client's
+        socket itself, and from L{start} on the reactor no longer does, so
+        the session never has any: bytes here mean a bug upstream, and they
+        cannot be put back in order with what the pump already relayed.
+        Rather than drop them silently (a corrupt stream the peers would not
+        notice), log one line and abort the tunnel: both peers see a reset.
+        """
+        if data:
+            log.error(
+                "splice relay was given {count} bytes the client sent, but reads the"
+                " client's socket itself: aborting the tunnel (a bug)",
+                count=len(data),
+            )
+            self.abort()
+
+    def eof(self) -> None:
+        """
+        The session saw the client's EOF (the L{Relay
+        <socks5twist.tunnel.Relay>} surface): nothing to do.  The pump reads
+        the client's socket, where an EOF stays readable (every C{recv}
+        after it returns nothing, whoever read it first), so it finds the
+        EOF itself and passes it on in order, after the bytes before it.
+        """
 
     def _end(self, abort: bool) -> None:
         if self.thread is None:
@@ -364,8 +336,5 @@ class SpliceRelay:
             self._on_idle()
         for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
             transport = end.transport
-            if transport is None or side in self._lost:
-                continue
-            if transport.connected and not transport.disconnected:
-                # (ConnectionAborted: Twisted resets the connection.)
-                transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)
+            if transport is not None and side not in self._lost:
+                end_transport(transport, abort)  # (abort: a reset)

@@ -106,6 +106,11 @@ class RelayThread:
         with self.lock:
             return self.state is ThreadState.RUNNING
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread has not ended yet (whatever its state says)."""
+        return self._thread.is_alive()
+
     # -- from the reactor thread ------------------------------------------------
 
     def call(self, step: Callable[[], None]) -> None:
@@ -115,24 +120,32 @@ class RelayThread:
         ended by the thread itself (or left alone: see L{stop}).
         """
         with self.lock:
-            if self.state is ThreadState.RUNNING:
-                inbox = self._inbox
-                inbox.append(step)
-                if len(inbox) == 1:  # the thread empties the queue on one wake-up
-                    os.eventfd_write(self._wake, 1)
+            self.queue(step)
+
+    def queue(self, step: Callable[[], None]) -> None:
+        """L{call}, for a caller that holds the lock already."""
+        if self.state is ThreadState.RUNNING:
+            inbox = self._inbox
+            inbox.append(step)
+            if len(inbox) == 1:  # the thread empties the queue on one wake-up
+                os.eventfd_write(self._wake, 1)
 
     def stop(self) -> None:
         """
         Ask the thread to end its tunnels and stop, join it, then close the
         transports it handed back.  If it does not end in time, touch nothing
-        of its own (its descriptors may be in use) and say so.
+        of its own (its descriptors may be in use) and say so.  A thread
+        that is ending already (it lingered out, or a bug ended its loop) is
+        joined all the same: it may still be ending tunnels, whose
+        transports the reactor must close before it stops.
         """
         with self.lock:
-            if self.state is not ThreadState.RUNNING:
+            if self.state is ThreadState.ABANDONED:
                 return
-            self.state = ThreadState.STOPPING
-            self._inbox.append(self._quit)
-            os.eventfd_write(self._wake, 1)
+            if self.state is ThreadState.RUNNING:
+                self.state = ThreadState.STOPPING
+                self._inbox.append(self._quit)
+                os.eventfd_write(self._wake, 1)
         self._thread.join(self.JOIN_TIMEOUT)
         if self._thread.is_alive():
             with self.lock:

@@ -11,8 +11,9 @@ import socket
 from typing import Any
 
 from twisted.application import strports
-from twisted.internet import defer, reactor
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol, connectionDone
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
     FileLogObserver,
@@ -23,17 +24,23 @@ from twisted.logger import (
     jsonFileLogObserver,
     textFileLogObserver,
 )
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from socks5twist.outbound import resolve
 from socks5twist.twistedinternals import (
     HAProxyProtocolWrapper,
     HostResolution,
+    end_transport,
     file_log_parts,
+    has_producer,
     listening_port,
     log_observers,
     plain_and_idle,
     replace_log_observer,
+    socket_of,
+    stop_watching,
     write_to_socket,
 )
 
@@ -202,3 +209,186 @@ class FileLogObserverTests(TestCase):
 
     def test_another_observer_has_none(self) -> None:
         self.assertIsNone(file_log_parts(lambda event: None))
+
+
+@implementer(IHalfCloseableProtocol)
+class _Heard(Protocol):
+    """Records everything Twisted tells a (half-closeable) protocol."""
+
+    def __init__(self) -> None:
+        self.made: defer.Deferred[_Heard] = defer.Deferred()
+        self.received: list[bytes] = []
+        self.read_lost = 0
+        self.lost: list[Failure] = []
+
+    def connectionMade(self) -> None:
+        self.made.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.read_lost += 1
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.append(reason)
+
+
+class _Producer:
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@defer.inlineCallbacks
+def _recv(sock: socket.socket, n: int = 64) -> Any:
+    """What a non-blocking socket has (b"" at EOF), letting the reactor run; bounded."""
+    for _ in range(200):
+        try:
+            return sock.recv(n)
+        except BlockingIOError:
+            yield _turns(1)
+    raise AssertionError("nothing to read")
+
+
+class TransportSocketTests(TestCase):
+    """
+    How the splice relay takes a TCP transport's socket for a tunnel and ends
+    the transport itself: pinned for both kinds it takes, an accepted
+    connection (the client's, a BIND peer's) and one Twisted connected (a
+    destination), each against a plain socket as the peer.
+    """
+
+    @defer.inlineCallbacks
+    def _accepted(self) -> Any:
+        heard = _Heard()
+        factory: Any = Factory.forProtocol(lambda: heard)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        peer = socket.create_connection(("127.0.0.1", port.getHost().port))  # type: ignore[attr-defined]
+        peer.setblocking(False)
+        self.addCleanup(peer.close)
+        yield heard.made
+        self.addCleanup(self._close, heard)
+        return heard, peer
+
+    @defer.inlineCallbacks
+    def _connected(self) -> Any:
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        heard = _Heard()
+        factory: Any = ClientFactory.forProtocol(lambda: heard)
+        reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory)  # type: ignore[attr-defined]
+        yield heard.made
+        self.addCleanup(self._close, heard)
+        peer, _ = listener.accept()
+        peer.setblocking(False)
+        self.addCleanup(peer.close)
+        return heard, peer
+
+    def _close(self, heard: _Heard) -> None:
+        transport: Any = heard.transport
+        if transport is not None and transport.connected:
+            transport.abortConnection()
+
+    def _both(self) -> list[Any]:
+        return [self._accepted, self._connected]
+
+    @defer.inlineCallbacks
+    def test_socket_of_is_the_connection_the_transport_reads(self) -> Any:
+        for make in self._both():
+            heard, peer = yield make()
+            transport = heard.transport
+            sock = socket_of(transport)
+            self.assertIsInstance(sock, socket.socket)
+            self.assertEqual(sock.fileno(), transport.fileno())
+            self.assertEqual(sock.family, socket.AF_INET)
+            self.assertEqual(sock.getpeername(), peer.getsockname())
+            self.assertEqual(sock.send(b"direct"), 6)
+            self.assertEqual((yield _recv(peer)), b"direct")
+
+    @defer.inlineCallbacks
+    def test_has_producer_follows_register_and_unregister(self) -> Any:
+        heard, _ = yield self._accepted()
+        transport = heard.transport
+        self.assertFalse(has_producer(transport))
+        transport.registerProducer(_Producer(), True)
+        self.assertTrue(has_producer(transport))
+        transport.unregisterProducer()
+        self.assertFalse(has_producer(transport))
+
+    @defer.inlineCallbacks
+    def test_stop_watching_leaves_the_socket_and_the_transport_connected(self) -> Any:
+        for make in self._both():
+            heard, peer = yield make()
+            transport = heard.transport
+            stop_watching(transport)
+            self.assertNotIn(transport, reactor.getReaders())  # type: ignore[attr-defined]
+            self.assertNotIn(transport, reactor.getWriters())  # type: ignore[attr-defined]
+            peer.sendall(b"for the relay")
+            peer.shutdown(socket.SHUT_WR)
+            yield _turns(5)
+            # The protocol hears nothing: the bytes and the EOF wait in the socket.
+            self.assertEqual((heard.received, heard.read_lost, heard.lost), ([], 0, []))
+            self.assertTrue(plain_and_idle(transport))
+            self.assertEqual((yield _recv(socket_of(transport))), b"for the relay")
+            self.assertEqual((yield _recv(socket_of(transport))), b"")
+
+    @defer.inlineCallbacks
+    def test_end_transport_closes_at_once_and_the_protocol_hears_it_once(self) -> Any:
+        for make in self._both():
+            heard, peer = yield make()
+            transport = heard.transport
+            stop_watching(transport)
+            end_transport(transport, abort=False)
+            [reason] = heard.lost  # synchronously
+            reason.trap(error.ConnectionDone)
+            self.assertTrue(transport.disconnected)
+            self.assertFalse(transport.connected)
+            self.assertEqual((yield _recv(peer)), b"", "an orderly close: the peer reads EOF")
+            end_transport(transport, abort=False)
+            end_transport(transport, abort=True)
+            self.assertEqual(len(heard.lost), 1)
+
+    @defer.inlineCallbacks
+    def test_end_transport_with_abort_resets_the_peer(self) -> Any:
+        for make in self._both():
+            heard, peer = yield make()
+            transport = heard.transport
+            stop_watching(transport)
+            end_transport(transport, abort=True)
+            [reason] = heard.lost
+            reason.trap(error.ConnectionAborted)
+            with self.assertRaises(ConnectionResetError):
+                yield _recv(peer)
+
+    @defer.inlineCallbacks
+    def test_after_a_half_close_the_socket_still_reads_eof_and_writes(self) -> Any:
+        """
+        A half-closeable protocol hears the peer's EOF, and the transport
+        stays a plain idle connection whose socket still reads EOF (Twisted
+        neither shuts it down nor closes it): the splice relay may take it
+        and find the EOF itself (which is why SpliceRelay.eof does nothing).
+        """
+        heard, peer = yield self._accepted()
+        transport = heard.transport
+        peer.shutdown(socket.SHUT_WR)
+        for _ in range(100):
+            if heard.read_lost:
+                break
+            yield _turns(1)
+        self.assertEqual((heard.read_lost, heard.lost), (1, []))
+        self.assertTrue(plain_and_idle(transport))
+        stop_watching(transport)
+        self.assertEqual((yield _recv(socket_of(transport))), b"")
+        self.assertEqual((yield _recv(socket_of(transport))), b"")
+        socket_of(transport).sendall(b"still open")
+        self.assertEqual((yield _recv(peer)), b"still open")
