@@ -42,7 +42,7 @@ class SessionRecord:
     @ivar dropped: for UDP ASSOCIATE, the dropped datagrams by reason
         (C{reason:count,...}, or C{0}); C{None} otherwise.
     @ivar source: for UDP ASSOCIATE, how the client's UDP address was fixed
-        and to what (C{lock=nat source=10.1.2.3:5000}); C{None} otherwise.
+        and to what (C{lock=nat source=203.0.113.7:41234}); C{None} otherwise.
     """
 
     client: str

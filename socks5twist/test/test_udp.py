@@ -312,22 +312,26 @@ class NATTests(SynchronousTestCase):
         self.assertEqual(s.reactor.udp[1].sent, [(b"client", ("192.0.2.53", 53))])
         self.assertIn(" lock=nat source=127.0.0.1:41235 ", ended_line(s)["extra"])
 
-    def test_the_unspecified_address_with_a_port_locks_to_the_first_datagram(self) -> None:
-        """PySocks states C{0} and its local port: a NAT may change the port."""
-        for stated in (Address.for_ip("0.0.0.0", 5000), Address.for_ip("::", 0)):
+    def test_an_unspecified_address_or_port_locks_to_the_first_datagram(self) -> None:
+        """
+        C{0.0.0.0} with a port (PySocks states C{0} and its local port, which a
+        NAT may change), C{::}, or the client's IP with port 0: the first
+        datagram's port, and then only it.
+        """
+        cases = [
+            (Address.for_ip("0.0.0.0", 5000), ("127.0.0.1", 5000), "unspecified"),
+            (Address.for_ip("::", 0), ("127.0.0.1", 5000), "unspecified"),
+            (Address.for_ip("127.0.0.1", 0), ("127.0.0.1", 5000), "ip"),
+        ]
+        for stated, later, lock in cases:
             with self.subTest(stated=stated):
                 s, relay = associate(stated)
                 relay.receive(datagram("192.0.2.53", 53, b"a"), ("127.0.0.1", 41234))
-                relay.receive(datagram("192.0.2.53", 53, b"b"), ("127.0.0.1", 5000))
+                relay.receive(datagram("192.0.2.53", 53, b"b"), later)
                 self.assertEqual(s.reactor.udp[1].sent, [(b"a", ("192.0.2.53", 53))])
-                self.assertIn(" lock=unspecified source=127.0.0.1:41234 ", ended_line(s)["extra"])
-
-    def test_the_client_ip_with_port_zero_locks_to_the_first_datagram(self) -> None:
-        s, relay = associate(Address.for_ip("127.0.0.1", 0))
-        relay.receive(datagram("192.0.2.53", 53, b"a"), ("127.0.0.1", 41234))
-        relay.receive(datagram("192.0.2.53", 53, b"b"), ("127.0.0.2", 41234))
-        self.assertEqual(s.reactor.udp[1].sent, [(b"a", ("192.0.2.53", 53))])
-        self.assertIn(" lock=ip source=127.0.0.1:41234 ", ended_line(s)["extra"])
+                extra = ended_line(s)["extra"]
+                self.assertIn(f" lock={lock} source=127.0.0.1:41234 ", extra)
+                self.assertIn(" dropped=wrong source port:1", extra)
 
     def test_no_datagram_shows_no_source(self) -> None:
         s, _ = associate(Address.for_ip("10.1.2.3", 5000))
