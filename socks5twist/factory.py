@@ -50,6 +50,7 @@ class Stats:
     limited: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_datagrams: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    udp_locks: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class SOCKS5ServerFactory(ServerFactory):
@@ -324,6 +325,7 @@ class SOCKS5ServerFactory(ServerFactory):
             stats.udp_datagrams["up"] += udp.up_datagrams
             stats.udp_datagrams["down"] += udp.down_datagrams
             stats.udp_dropped.update(udp.dropped)
+            stats.udp_locks[udp.lock.value] += 1
         record = SessionRecord.of(session)
         stats.bytes_up += record.up
         stats.bytes_down += record.down

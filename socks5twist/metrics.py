@@ -18,9 +18,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from twisted.web import resource, server
 
+from .udp import Lock
+
 if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
 
+UDP_LOCKS = tuple(lock.value for lock in Lock)
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -79,6 +82,7 @@ class _FactoryCollector(Collector):
         live_up = live_down = 0
         live_datagrams = {"up": 0, "down": 0}
         live_drops: dict[str, int] = {}
+        live_locks: dict[str, int] = {}
         for session in f.sessions:
             counts[session.command_label] += 1
             if session.relay is not None:
@@ -91,6 +95,8 @@ class _FactoryCollector(Collector):
                 live_datagrams["down"] += session.udp.down_datagrams
                 for reason, n in session.udp.dropped.items():
                     live_drops[reason] = live_drops.get(reason, 0) + n
+                lock = session.udp.lock.value
+                live_locks[lock] = live_locks.get(lock, 0) + 1
         for command, n in counts.items():
             active.add_metric([command], n)
         yield active
@@ -146,6 +152,16 @@ class _FactoryCollector(Collector):
         for reason in sorted(reasons):
             dropped.add_metric([reason], stats.udp_dropped[reason] + live_drops.get(reason, 0))
         yield dropped
+
+        associations = CounterMetricFamily(
+            "socks5_udp_associations",
+            "UDP associations opened, by how the client's UDP address was fixed "
+            "(exact: as the request named it; ip, unspecified, nat: by the first datagram).",
+            labels=["lock"],
+        )
+        for lock in UDP_LOCKS:
+            associations.add_metric([lock], stats.udp_locks[lock] + live_locks.get(lock, 0))
+        yield associations
 
 
 class MetricsResource(resource.Resource):

@@ -41,6 +41,8 @@ class SessionRecord:
         C{None} for the other commands.
     @ivar dropped: for UDP ASSOCIATE, the dropped datagrams by reason
         (C{reason:count,...}, or C{0}); C{None} otherwise.
+    @ivar source: for UDP ASSOCIATE, how the client's UDP address was fixed
+        and to what (C{lock=nat source=203.0.113.7:41234}); C{None} otherwise.
     """
 
     client: str
@@ -54,6 +56,7 @@ class SessionRecord:
     down: int
     datagrams: tuple[int, int] | None
     dropped: str | None
+    source: str | None
     duration: float
     relay: str
     outcome: str
@@ -71,9 +74,10 @@ class SessionRecord:
             up, down = udp.up_bytes, udp.down_bytes
             datagrams: tuple[int, int] | None = (udp.up_datagrams, udp.down_datagrams)
             dropped: str | None = udp.describe_drops()
+            source: str | None = udp.describe_source()
         else:
             up, down = (relay.up, relay.down) if relay is not None else (0, 0)
-            datagrams = dropped = None
+            datagrams = dropped = source = None
         command = session.command
         return cls(
             client=session.client_text,
@@ -87,6 +91,7 @@ class SessionRecord:
             down=down,
             datagrams=datagrams,
             dropped=dropped,
+            source=source,
             duration=(time.time() if now is None else now) - session.started,
             relay=relay.kind if relay is not None else "-",
             outcome=printable(session.outcome),
@@ -98,7 +103,7 @@ class SessionRecord:
         if self.datagrams is None:
             return ""
         up, down = self.datagrams
-        return f" datagrams={up}/{down} dropped={self.dropped}"
+        return f" {self.source} datagrams={up}/{down} dropped={self.dropped}"
 
     def line(self) -> str:
         """

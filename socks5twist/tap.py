@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.logger import Logger
 from twisted.python import usage
 
+from . import systemd
 from .accesslog import AccessLog, open_for_append
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
@@ -249,9 +250,10 @@ class Options(usage.Options, AuthOptionMixin):
         from twisted.internet import reactor
 
         try:
-            endpoints.serverFromString(reactor, normalized)
+            systemd.check(endpoints.serverFromString(reactor, normalized))
         except Exception as e:
-            raise usage.UsageError(f"--port {description!r}: {e}") from None
+            why = systemd.explain(normalized, e)
+            raise usage.UsageError(f"--port {description!r}: {why}") from None
         self["ports"].append(normalized)
 
     opt_p = opt_port
@@ -411,6 +413,7 @@ def makeService(options: Options) -> SOCKS5Service:
     else:
         for description in options["ports"]:
             child = strports.service(*proxy_listener(description, factory))
+            systemd.adopt_real_family(child.endpoint, description)
             child._description = description  # type: ignore[attr-defined]
             child.setServiceParent(top)
         top.worker_count = options["workers"]

@@ -5,8 +5,10 @@ One L{UDPAssociation} per request.  It owns:
 
 - the client-facing socket, on the address the client reached the proxy on
   (the port named in the reply), which takes datagrams only from the
-  client's IP, and, where the request named one, only from that exact
-  address or port;
+  client's IP as the control connection shows it, and then only from one
+  port of it: the port the request named, when it named that IP
+  (L{Lock.EXACT}), and otherwise the port of the first datagram (behind NAT
+  the request names an address the proxy never sees: L{lock_for});
 - one socket per address family towards destinations, opened when first
   needed, which take datagrams only from addresses the client has sent to
   (unless C{any_source} is set).
@@ -20,6 +22,7 @@ one, so a flood cannot flood the log.
 from __future__ import annotations
 
 import collections
+import enum
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +34,7 @@ from twisted.python.failure import Failure
 
 from . import codec, outbound
 from .codec import Address, MalformedMessage, parse_ip
+from .logsafe import escape
 from .policy import IPAddress
 from .relay import IdleClock
 
@@ -39,6 +43,41 @@ MAX_DESTINATIONS = 4096  # addresses the client has sent to (replies allowed fro
 MAX_NAMES = 256  # resolved names kept
 MAX_WAITING = 64  # datagrams held while their names resolve
 MAX_DATAGRAM = 65535
+
+
+class Lock(enum.Enum):
+    """
+    How an association fixes the client's UDP address, by what the request's
+    DST.ADDR and DST.PORT said (RFC 1928 lets the server use them to limit
+    the association).  Whatever they said, only datagrams from the client's
+    IP as the control connection shows it are taken; the value (also the
+    metrics' label and the session line's C{lock=}) says which port of it.
+    """
+
+    EXACT = "exact"
+    """The request named the client's IP and a port: only that port."""
+
+    IP = "ip"
+    """The request named the client's IP and port 0: the first datagram's port."""
+
+    UNSPECIFIED = "unspecified"
+    """C{0.0.0.0} or C{::} (any port): the first datagram's port."""
+
+    NAT = "nat"
+    """
+    Another address or a name (the client's own address behind NAT, or the
+    destination's, as many clients send): the first datagram's port.
+    """
+
+
+def lock_for(client_ip: IPAddress, stated: Address) -> Lock:
+    """The L{Lock} of an association whose request stated C{stated}."""
+    ip = outbound.literal_ip(stated)
+    if ip is not None and ip.is_unspecified:
+        return Lock.UNSPECIFIED
+    if ip != client_ip:
+        return Lock.NAT
+    return Lock.EXACT if stated.port else Lock.IP
 
 
 class _Side(DatagramProtocol):
@@ -57,8 +96,10 @@ class UDPAssociation:
 
     @param client_ip: the control connection's client IP; datagrams from any
         other IP are dropped.
-    @param expected: the request's DST.ADDR and DST.PORT: a non-zero address
-        or port narrows the accepted source further.
+    @param expected: the request's DST.ADDR and DST.PORT: when they name
+        C{client_ip} and a port, datagrams from another port are dropped;
+        otherwise the first datagram's port is the only one taken
+        (L{lock_for}).
     @param interface: the local address of the client-facing socket.
     @param any_source: relay datagrams from any remote address, not only
         from those the client has sent to.
@@ -82,9 +123,8 @@ class UDPAssociation:
     ) -> None:
         self._reactor = reactor
         self.client_ip = client_ip
-        ip = outbound.literal_ip(expected)
-        self._expected_ip = ip if ip is not None and not ip.is_unspecified else None
-        self._expected_port = expected.port or None
+        self.lock = lock_for(client_ip, expected)
+        self._expected_port = expected.port if self.lock is Lock.EXACT else None
         self.interface = interface
         self.any_source = any_source
         self._resolve_timeout = resolve_timeout
@@ -145,8 +185,9 @@ class UDPAssociation:
     def from_client(self, datagram: bytes, addr: tuple[str, int]) -> None:
         if self.closed:
             return
-        if not self._is_client(addr):
-            self.dropped["wrong source"] += 1
+        wrong = self._wrong_source(addr)
+        if wrong is not None:
+            self.dropped[wrong] += 1
             return
         try:
             parsed = codec.parse_udp_datagram(datagram)
@@ -173,18 +214,24 @@ class UDPAssociation:
             return
         self._resolve_then_send(name, parsed.address.port, parsed.data)
 
-    def _is_client(self, addr: tuple[str, int]) -> bool:
+    def _wrong_source(self, addr: tuple[str, int]) -> str | None:
+        """
+        Why a datagram from C{addr} is not the client's (a drop reason), or
+        C{None}.  The first datagram that passes (and parses) fixes the port.
+        """
         try:
             ip = parse_ip(addr[0])
         except ValueError:
-            return False
-        if self.client_address is not None:
-            return (ip, addr[1]) == (parse_ip(self.client_address[0]), self.client_address[1])
+            return "wrong source ip"
         if ip != self.client_ip:
-            return False
-        if self._expected_ip is not None and ip != self._expected_ip:
-            return False
-        return self._expected_port is None or addr[1] == self._expected_port
+            return "wrong source ip"
+        if self.client_address is not None:
+            port: int | None = self.client_address[1]
+        else:
+            port = self._expected_port
+        if port is not None and addr[1] != port:
+            return "wrong source port"
+        return None
 
     def _resolve_then_send(self, name: str, port: int, data: bytes) -> None:
         if self._waiting_count >= MAX_WAITING:
@@ -292,3 +339,17 @@ class UDPAssociation:
     def describe_drops(self) -> str:
         """C{reason:count,...}, for the log line."""
         return ",".join(f"{reason}:{n}" for reason, n in sorted(self.dropped.items())) or "0"
+
+    def describe_source(self) -> str:
+        """
+        C{lock=LOCK source=IP:PORT} for the log line: how the client's UDP
+        address was fixed, and the address it was fixed to (C{-} before a
+        datagram came).
+        """
+        if self.client_address is None:
+            source = "-"
+        else:
+            host, port = self.client_address
+            ip = parse_ip(host)
+            source = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+        return f"lock={self.lock.value} source={escape(source)}"

@@ -1,7 +1,8 @@
 """
 UDP ASSOCIATE against the real server: PySocks' UDP socket through a local
-echo server, spoofed sources, fragments, malformed headers, IPv6, and the
-relay's ports dying with the control connection.
+echo server, a client behind (simulated) NAT, spoofed sources, fragments,
+malformed headers, IPv6, and the relay's ports dying with the control
+connection.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +52,52 @@ def udp_echo() -> Iterator[dict[int, tuple[str, int]]]:
         t.join(2)
     for s in sockets:
         s.close()
+
+
+class RecordingEcho:
+    """A UDP echo server on 127.0.0.1 that notes each datagram it got and from where."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.address: tuple[str, int] = self.sock.getsockname()
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            self.received.append((data, addr))
+            self.sock.sendto(b"echo:" + data, addr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def recording_echo() -> Iterator[RecordingEcho]:
+    echo = RecordingEcho()
+    yield echo
+    echo.stop()
+
+
+class _FromNAT(socket.socket):
+    """
+    PySocks' control connection, made from 127.0.0.2: on loopback, the
+    address a NAT would show the proxy instead of the client's own.
+    """
+
+    def connect(self, address: Any) -> None:
+        self.bind(("127.0.0.2", 0))
+        super().connect(address)
 
 
 def udp_header(host: str, port: int, frag: int = 0) -> bytes:
@@ -133,7 +181,63 @@ def test_spoofed_fragmented_and_malformed_datagrams_are_dropped(
     wait_until(socks_server.session_lines, 5, "the session line")
     [line] = socks_server.session_lines()
     assert "datagrams=2/2" in line
-    assert "dropped=fragmented:1,malformed:2,wrong source:1" in line
+    assert "dropped=fragmented:1,malformed:2,wrong source ip:1" in line
+
+
+@pytest.mark.parametrize("stated", ["private address", "destination address"])
+def test_client_behind_nat_is_locked_to_its_first_datagram(
+    socks_server: SocksServer,
+    recording_echo: RecordingEcho,
+    monkeypatch: pytest.MonkeyPatch,
+    stated: str,
+) -> None:
+    """
+    PySocks behind a (simulated) NAT: its control connection comes from
+    127.0.0.2 and its request names 10.1.2.3 (its own address behind the
+    NAT) or the destination's address, as many clients do.  Its datagrams,
+    from 127.0.0.2, are relayed; a third party (127.0.0.3) and a second port
+    of 127.0.0.2 are not.
+    """
+    socks = require_module("socks")
+    monkeypatch.setattr(socks, "_orig_socket", _FromNAT)
+    echo = recording_echo.address
+
+    class BehindNAT(socks.socksocket):  # type: ignore[misc, name-defined]
+        def _SOCKS5_request(self, conn: Any, cmd: bytes, dst: Any) -> Any:
+            if cmd == b"\x03":  # UDP ASSOCIATE: PySocks would state ("0", its port)
+                dst = ("10.1.2.3", dst[1]) if stated == "private address" else echo
+            return super()._SOCKS5_request(conn, cmd, dst)
+
+    client = BehindNAT(socket.AF_INET, socket.SOCK_DGRAM)
+    client.set_proxy(socks.SOCKS5, *socks_server.address)
+    client.bind(("127.0.0.2", 0))
+    client.settimeout(5)
+    client_port = socket.socket.getsockname(client)[1]
+    relay = socket.socket.getpeername(client)
+    client.sendto(b"first", echo)
+    assert client.recvfrom(65535) == (b"echo:first", echo)
+
+    strangers = []
+    for host, payload in (("127.0.0.3", b"third party"), ("127.0.0.2", b"second port")):
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stranger.bind((host, 0))
+        stranger.settimeout(0.3)
+        stranger.sendto(udp_header(*echo) + payload, relay)
+        strangers.append(stranger)
+    client.sendto(b"again", echo)
+    assert client.recvfrom(65535) == (b"echo:again", echo)
+    for stranger in strangers:
+        with pytest.raises(TimeoutError):
+            stranger.recvfrom(100)
+        stranger.close()
+    assert [data for data, _ in recording_echo.received] == [b"first", b"again"]
+    client.close()
+
+    wait_until(socks_server.session_lines, 5, "the session line")
+    [line] = socks_server.session_lines()
+    assert "session 127.0.0.2:" in line and "UDP_ASSOCIATE" in line
+    assert f"lock=nat source=127.0.0.2:{client_port} datagrams=2/2" in line
+    assert "dropped=wrong source ip:1,wrong source port:1 " in line
 
 
 def test_domain_name_destination(

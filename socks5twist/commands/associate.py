@@ -5,6 +5,10 @@ The relay's client-facing port is opened on the address the client reached
 (or C{--udp-interface}) and named in the reply; the association lives as long
 as the control connection.  Each destination a datagram goes to is checked by
 the rules when the association first sends there (see L{socks5twist.udp}).
+The request's DST.ADDR and DST.PORT fix which port of the client's IP (as
+this connection shows it) the relay takes datagrams from; behind NAT they
+name an address the proxy never sees, and the first datagram's port is
+taken instead (L{socks5twist.udp.lock_for}).
 """
 
 from __future__ import annotations

@@ -35,10 +35,13 @@ class _UDP:
     down_bytes = 60008
     up_datagrams = 2
     down_datagrams = 3
-    dropped = collections.Counter({"wrong source": 3, "malformed": 1})
+    dropped = collections.Counter({"wrong source port": 3, "malformed": 1})
 
     def describe_drops(self) -> str:
-        return "malformed:1,wrong source:3"
+        return "malformed:1,wrong source port:3"
+
+    def describe_source(self) -> str:
+        return "lock=unspecified source=127.0.0.1:5000"
 
 
 def ended_connect() -> SOCKS5ServerProtocol:
@@ -81,10 +84,15 @@ class SessionRecordTests(SynchronousTestCase):
         self.assertEqual(
             record.line(),
             "session 127.0.0.1:52688 user=- UDP_ASSOCIATE 0.0.0.0:0 -> - bound=127.0.0.1:41093 "
-            "reply=0x00 up=60009 down=60008 datagrams=2/3 dropped=malformed:1,wrong source:3 "
+            "reply=0x00 up=60009 down=60008 lock=unspecified source=127.0.0.1:5000 datagrams=2/3 "
+            "dropped=malformed:1,wrong source port:3 "
             "duration=4.005s relay=- (closed)",
         )
-        self.assertEqual(record.extra, " datagrams=2/3 dropped=malformed:1,wrong source:3")
+        self.assertEqual(
+            record.extra,
+            " lock=unspecified source=127.0.0.1:5000 datagrams=2/3 "
+            "dropped=malformed:1,wrong source port:3",
+        )
 
     def test_session_ended_in_negotiation_shows_dashes(self) -> None:
         session = SOCKS5ServerProtocol()

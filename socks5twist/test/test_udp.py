@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from socks5twist import codec, rules
 from socks5twist.codec import Address, AddressType, Command
 from socks5twist.session import State
+from socks5twist.udp import Lock, lock_for
 
 from .helpers import NO_AUTH_GREETING, Session, make_session
 
@@ -105,21 +106,22 @@ class AssociateTests(SynchronousTestCase):
         s, relay = associate()
         relay.receive(datagram("10.1.2.3", 53, b"spoof"), ("127.0.0.2", 6000))
         self.assertEqual(len(s.reactor.udp), 1, "a spoofed datagram opened a remote socket")
-        self.assertEqual(s.protocol.udp.dropped["wrong source"], 1)
+        self.assertEqual(s.protocol.udp.dropped["wrong source ip"], 1)
 
     def test_client_address_is_locked_by_its_first_datagram(self) -> None:
         s, relay = associate()
         relay.receive(datagram("10.1.2.3", 53, b"a"), CLIENT)
         relay.receive(datagram("10.1.2.3", 53, b"b"), ("127.0.0.1", 6001))
         self.assertEqual(len(s.reactor.udp[1].sent), 1)
-        self.assertEqual(s.protocol.udp.dropped["wrong source"], 1)
+        self.assertEqual(s.protocol.udp.dropped["wrong source port"], 1)
 
     def test_requested_address_and_port_narrow_the_source(self) -> None:
         s, relay = associate(Address.for_ip("127.0.0.1", 6001))
         relay.receive(datagram("10.1.2.3", 53, b"x"), CLIENT)
-        self.assertEqual(s.protocol.udp.dropped["wrong source"], 1)
+        self.assertEqual(s.protocol.udp.dropped["wrong source port"], 1)
         relay.receive(datagram("10.1.2.3", 53, b"y"), ("127.0.0.1", 6001))
         self.assertEqual(s.reactor.udp[1].sent, [(b"y", ("10.1.2.3", 53))])
+        self.assertIn(" lock=exact source=127.0.0.1:6001 ", ended_line(s)["extra"])
 
     def test_fragments_and_malformed_headers_are_dropped_and_counted(self) -> None:
         s, relay = associate()
@@ -242,8 +244,138 @@ class AssociateTests(SynchronousTestCase):
         [line] = [e for e in logs if "session_line" in e]
         self.assertEqual(line["command"], "UDP_ASSOCIATE")
         self.assertEqual((line["up"], line["down"]), (5, 7))
-        self.assertEqual(line["extra"], " datagrams=1/1 dropped=malformed:1")
+        self.assertEqual(
+            line["extra"],
+            " lock=unspecified source=127.0.0.1:6000 datagrams=1/1 dropped=malformed:1",
+        )
         self.assertEqual(line["bound"], "127.0.0.1:50000")
+
+
+def ended_line(s: Session) -> dict[str, Any]:
+    """Close the control connection; the session line's event."""
+    with capturedLogs() as logs:
+        s.protocol.connectionLost(error.ConnectionDone())
+    [line] = [e for e in logs if "session_line" in e]
+    return line
+
+
+class NATTests(SynchronousTestCase):
+    """
+    A request that names an address the proxy does not see the client at
+    (behind NAT) locks the association to the client's IP as seen and the
+    port of its first datagram.
+    """
+
+    STATED = [
+        Address.for_ip("10.1.2.3", 5000),  # the client's private address
+        Address.for_ip("10.1.2.3", 0),
+        Address.for_ip("192.0.2.53", 53),  # the destination's, as many clients send
+        Address.for_ip("2001:db8::7", 5000),
+        Address(AddressType.DOMAIN, "client.example", 5000),
+    ]
+
+    def test_another_stated_address_locks_to_the_first_datagram(self) -> None:
+        for stated in self.STATED:
+            with self.subTest(stated=stated):
+                s, relay = associate(stated)
+                nat = ("127.0.0.1", 41234)  # the port the NAT chose
+                relay.receive(datagram("192.0.2.53", 53, b"first"), nat)
+                relay.receive(datagram("192.0.2.53", 53, b"other port"), ("127.0.0.1", 5000))
+                relay.receive(datagram("192.0.2.53", 53, b"third party"), ("127.0.0.3", 41234))
+                relay.receive(datagram("192.0.2.53", 53, b"second"), nat)
+                remote = s.reactor.udp[1]
+                self.assertEqual(
+                    remote.sent, [(b"first", ("192.0.2.53", 53)), (b"second", ("192.0.2.53", 53))]
+                )
+                remote.receive(b"answer", ("192.0.2.53", 53))
+                self.assertEqual(relay.sent, [(datagram("192.0.2.53", 53, b"answer"), nat)])
+                line = ended_line(s)
+                self.assertEqual(
+                    line["extra"],
+                    " lock=nat source=127.0.0.1:41234 datagrams=2/1 "
+                    "dropped=wrong source ip:1,wrong source port:1",
+                )
+
+    def test_a_third_party_sending_first_does_not_take_the_lock(self) -> None:
+        s, relay = associate(Address.for_ip("10.1.2.3", 5000))
+        relay.receive(datagram("192.0.2.53", 53, b"spoof"), ("127.0.0.3", 41234))
+        relay.receive(datagram("192.0.2.53", 53, b"client"), ("127.0.0.1", 41235))
+        self.assertEqual(s.reactor.udp[1].sent, [(b"client", ("192.0.2.53", 53))])
+        self.assertEqual(s.protocol.udp.dropped, {"wrong source ip": 1})
+        self.assertEqual(s.protocol.udp.client_address, ("127.0.0.1", 41235))
+
+    def test_a_malformed_first_datagram_does_not_take_the_lock(self) -> None:
+        s, relay = associate(Address.for_ip("10.1.2.3", 5000))
+        relay.receive(b"\x00\x00\x00\x09junk", ("127.0.0.1", 41234))
+        relay.receive(datagram("192.0.2.53", 53, b"x", frag=1), ("127.0.0.1", 41234))
+        relay.receive(datagram("192.0.2.53", 53, b"client"), ("127.0.0.1", 41235))
+        self.assertEqual(s.reactor.udp[1].sent, [(b"client", ("192.0.2.53", 53))])
+        self.assertIn(" lock=nat source=127.0.0.1:41235 ", ended_line(s)["extra"])
+
+    def test_an_unspecified_address_or_port_locks_to_the_first_datagram(self) -> None:
+        """
+        C{0.0.0.0} with a port (PySocks states C{0} and its local port, which a
+        NAT may change), C{::}, or the client's IP with port 0: the first
+        datagram's port, and then only it.
+        """
+        cases = [
+            (Address.for_ip("0.0.0.0", 5000), ("127.0.0.1", 5000), "unspecified"),
+            (Address.for_ip("::", 0), ("127.0.0.1", 5000), "unspecified"),
+            (Address.for_ip("127.0.0.1", 0), ("127.0.0.1", 5000), "ip"),
+        ]
+        for stated, later, lock in cases:
+            with self.subTest(stated=stated):
+                s, relay = associate(stated)
+                relay.receive(datagram("192.0.2.53", 53, b"a"), ("127.0.0.1", 41234))
+                relay.receive(datagram("192.0.2.53", 53, b"b"), later)
+                self.assertEqual(s.reactor.udp[1].sent, [(b"a", ("192.0.2.53", 53))])
+                extra = ended_line(s)["extra"]
+                self.assertIn(f" lock={lock} source=127.0.0.1:41234 ", extra)
+                self.assertIn(" dropped=wrong source port:1", extra)
+
+    def test_no_datagram_shows_no_source(self) -> None:
+        s, _ = associate(Address.for_ip("10.1.2.3", 5000))
+        self.assertEqual(ended_line(s)["extra"], " lock=nat source=- datagrams=0/0 dropped=0")
+
+    def test_lock_for_each_stated_address(self) -> None:
+        client = codec.parse_ip("192.0.2.1")
+        cases = {
+            ("192.0.2.1", 5000): Lock.EXACT,
+            ("::ffff:192.0.2.1", 5000): Lock.EXACT,
+            ("192.0.2.1", 0): Lock.IP,
+            ("0.0.0.0", 0): Lock.UNSPECIFIED,
+            ("::", 7): Lock.UNSPECIFIED,
+            ("192.0.2.2", 5000): Lock.NAT,
+            ("2001:db8::1", 0): Lock.NAT,
+        }
+        for (host, port), lock in cases.items():
+            self.assertEqual(lock_for(client, Address.for_ip(host, port)), lock, host)
+        name = Address(AddressType.DOMAIN, "192-0-2-1.example", 5000)
+        self.assertEqual(lock_for(client, name), Lock.NAT)
+
+    def test_metrics_count_locks_and_drops_by_reason(self) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        def samples() -> dict[tuple[str, str], float]:
+            return {
+                (sample.name, next(iter(sample.labels.values()), "")): sample.value
+                for family in text_string_to_metric_families(metrics.render().decode())
+                for sample in family.samples
+                if family.name in ("socks5_udp_associations", "socks5_udp_dropped")
+            }
+
+        s, relay = associate(Address.for_ip("10.1.2.3", 5000))
+        metrics = s.factory.enable_metrics()
+        relay.receive(datagram("192.0.2.53", 53, b"a"), ("127.0.0.1", 41234))
+        relay.receive(datagram("192.0.2.53", 53, b"b"), ("127.0.0.3", 41234))
+        relay.receive(datagram("192.0.2.53", 53, b"c"), ("127.0.0.1", 41235))
+        live = samples()
+        s.protocol.connectionLost(error.ConnectionDone())
+        for seen in (live, samples()):
+            self.assertEqual(seen[("socks5_udp_associations_total", "nat")], 1)
+            self.assertEqual(seen[("socks5_udp_associations_total", "exact")], 0)
+            self.assertEqual(seen[("socks5_udp_dropped_total", "wrong source ip")], 1)
+            self.assertEqual(seen[("socks5_udp_dropped_total", "wrong source port")], 1)
 
 
 class UDPRuleTests(SynchronousTestCase):
