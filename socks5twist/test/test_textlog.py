@@ -45,6 +45,7 @@ def record(outcome: str = "closed by client") -> SessionRecord:
         down=2000,
         datagrams=None,
         dropped=None,
+        source=None,
         duration=0.012,
         relay="splice",
         outcome=outcome,
