@@ -49,7 +49,7 @@ def twistd_help(python: str, path: list[str], cwd: Path) -> str:
     return result.stdout.decode() + result.stderr.decode()
 
 
-def test_wheel_has_the_plugin_and_no_twisted_init(tmp_path: Path) -> None:
+def test_wheel_has_the_plugin_license_and_py_typed_and_no_twisted_init(tmp_path: Path) -> None:
     pip("wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(PROJECT))
     [wheel] = (tmp_path / "dist").glob("socks5twist-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -59,6 +59,14 @@ def test_wheel_has_the_plugin_and_no_twisted_init(tmp_path: Path) -> None:
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.startswith("tests/")]
+    # The license the metadata declares, and PEP 561's marker of a typed package.
+    [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read(license_file) == (PROJECT / "LICENSE").read_bytes()
+        assert b"MIT License" in archive.read(license_file)
+        metadata = archive.read(license_file.replace("licenses/LICENSE", "METADATA")).decode()
+    assert "License-Expression: MIT" in metadata
+    assert "socks5twist/py.typed" in names
 
     # A regular install of that wheel: twistd lists the plugin.
     target = tmp_path / "site"
