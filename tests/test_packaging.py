@@ -88,3 +88,28 @@ def test_editable_install_lists_the_plugin(tmp_path: Path) -> None:
     pip("--python", python, "install", "--no-deps", "-e", str(PROJECT))
     output = twistd_help(python, [DEPENDENCIES], tmp_path)
     assert "socks5 " in output, output
+
+
+def test_unit_tests_without_the_test_extra_say_how_to_get_it(tmp_path: Path) -> None:
+    # hypothesis made unimportable, as in an install without the extra.
+    run_trial = (
+        "import sys\n"
+        "sys.modules['hypothesis'] = None\n"
+        "sys.argv = ['trial', 'socks5twist.test.test_logs']\n"
+        "from twisted.scripts.trial import run\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", run_trial], capture_output=True, cwd=tmp_path, timeout=120
+    )
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode != 0, output
+    assert "pip install 'socks5twist[test]'" in output, output
+    # With hypothesis there, the same run passes (so the check above can fail).
+    result = subprocess.run(
+        [sys.executable, "-c", run_trial.replace("sys.modules['hypothesis'] = None", "")],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
