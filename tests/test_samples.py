@@ -18,8 +18,9 @@ def decide(loaded: rules.Rules, **fields: object) -> str:
     query: dict[str, object] = {"client": "192.0.2.7", "user": None, "command": "connect"}
     query.update(fields)
     for key in ("client", "address"):
-        if isinstance(query.get(key), str):
-            query[key] = ipaddress.ip_address(query[key])
+        value = query.get(key)
+        if isinstance(value, str):
+            query[key] = ipaddress.ip_address(value)
     decision = loaded.decide(Query(**query))  # type: ignore[arg-type]
     assert decision is not None, f"undecided: {query}"
     return f"{decision.verdict.value} {decision.label}"
