@@ -9,7 +9,10 @@ L{SOCKS5Service}: the lifecycle of one server.
   a log rotation).
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
   go on for C{shutdown_grace} seconds, then close what is left; a second
-  SIGTERM closes them at once.
+  SIGTERM closes them at once.  A session is closed cleanly (what was
+  written is flushed, then a FIN): a client reading sees the end of its
+  stream, not a reset.  Only a session whose peer has not taken its bytes
+  after C{FLUSH_WAIT} seconds more is reset.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from twisted.logger import Logger, globalLogPublisher
 
 from . import textlog
 from .factory import SOCKS5ServerFactory
+from .logs import count
 from .passwords import PasswordFile
 from .rules import RulesError, load
 from .textlog import SessionLineObserver
@@ -54,7 +58,8 @@ class SOCKS5Service(service.MultiService):
     exit_on_listen_failure = False
     handle_signals = False
     own_text_log = False
-    CLOSE_WAIT = 2.0  # seconds closed sessions have to report their end
+    FLUSH_WAIT = 1.0  # seconds closed sessions have to flush before they are reset
+    CLOSE_WAIT = 2.0  # seconds reset sessions have to report their end
 
     def __init__(
         self,
@@ -70,6 +75,7 @@ class SOCKS5Service(service.MultiService):
         self._previous_term: Any = None
         self._draining: defer.Deferred[None] | None = None
         self._force_timer: Any = None
+        self._flushing = False  # the sessions were closed; the rest will be reset
         self.workers: WorkerPool | None = None
         self.worker_count = 1
         self.worker_argv: list[str] = []
@@ -155,9 +161,9 @@ class SOCKS5Service(service.MultiService):
             return False
         self.factory.rules = rules
         log.info(
-            "reloaded {path}: {n} rules, default {default}",
+            "reloaded {path}: {rules}, default {default}",
             path=self.rules_path,
-            n=len(rules.rules),
+            rules=count(len(rules.rules), "rule"),
             default=rules.default.value,
         )
         return True
@@ -202,10 +208,10 @@ class SOCKS5Service(service.MultiService):
             self._close_sessions()
         else:
             log.info(
-                "stopped accepting; waiting up to {grace:g}s for {n} sessions "
+                "stopped accepting; waiting up to {grace:g}s for {sessions} "
                 "(send SIGTERM again to close them now)",
                 grace=self.shutdown_grace,
-                n=open_now,
+                sessions=count(open_now, "session"),
             )
             reactor = self.factory.reactor
             self._force_timer = reactor.callLater(self.shutdown_grace, self._close_sessions)
@@ -222,13 +228,16 @@ class SOCKS5Service(service.MultiService):
     def _stop_now(self) -> None:
         if self.workers is not None:
             self.workers.signal(signal.SIGTERM)
-        if self._draining is not None:
+        if self._flushing:
+            self._reset_sessions()
+        elif self._draining is not None:
             self._close_sessions()
 
     def _drained(self) -> None:
         if self._force_timer is not None and self._force_timer.active():
             self._force_timer.cancel()
         self._force_timer = None
+        self._flushing = False
         if self._draining is not None:
             draining, self._draining = self._draining, None
             log.info("all sessions ended; stopping")
@@ -236,14 +245,37 @@ class SOCKS5Service(service.MultiService):
 
     def _close_sessions(self) -> None:
         """
-        Close every session at once.  Their ends come a reactor turn later
-        (an aborted transport reports its loss then); L{_drained} fires when
-        the last has ended, or after L{CLOSE_WAIT} seconds whatever happens.
+        Close every session, cleanly: each transport flushes what it holds,
+        then sends a FIN (an abort would send a reset, and a client would
+        read an error where its stream merely ended).  Those whose peers
+        have not taken their bytes within L{FLUSH_WAIT} seconds are reset
+        (L{_reset_sessions}); L{_drained} fires when the last has ended.
         """
         sessions = list(self.factory.sessions)
-        log.info("closing {n} sessions still open", n=len(sessions))
+        log.info("closing {sessions} still open", sessions=count(len(sessions), "session"))
+        self._flushing = True
+        for session in sessions:
+            session.close("server shutting down")
+        self._set_timer(self.FLUSH_WAIT, self._reset_sessions)
+
+    def _reset_sessions(self) -> None:
+        """
+        Reset the sessions still open (closed, but their bytes not taken).
+        Their ends come a reactor turn later (an aborted transport reports its
+        loss then); L{_drained} fires when the last has ended, or after
+        L{CLOSE_WAIT} seconds whatever happens.
+        """
+        sessions = list(self.factory.sessions)
+        if sessions:
+            log.info(
+                "resetting {sessions} whose peers did not take what was sent",
+                sessions=count(len(sessions), "session"),
+            )
         for session in sessions:
             session.abort("server shutting down")
+        self._set_timer(self.CLOSE_WAIT, self._drained)
+
+    def _set_timer(self, delay: float, call: Any) -> None:
         if self._force_timer is not None and self._force_timer.active():
             self._force_timer.cancel()
-        self._force_timer = self.factory.reactor.callLater(self.CLOSE_WAIT, self._drained)
+        self._force_timer = self.factory.reactor.callLater(delay, call)

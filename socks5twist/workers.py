@@ -8,7 +8,10 @@ process accepts first.  Any endpoint kind that yields a listening socket
 works this way (C{tcp:}, C{tcp6:}, C{unix:}, C{haproxy:} over those).
 
 The first process supervises: it passes on SIGHUP (reload) and SIGTERM
-(stop), re-emits each worker's log lines with the worker's PID, restarts a
+(stop), re-emits each worker's log events in its own log, with the worker's
+PID (a worker logs Twisted's JSON events to its standard output, with
+L{socks5twist.logs.worker_observer}, so that each line is formatted once, with
+one timestamp, and a JSON log keeps a worker's fields), restarts a
 worker that dies unexpectedly (after a second, so a crash loop cannot spin),
 and on stop waits for the workers to finish their own graceful shutdown.
 """
@@ -25,9 +28,12 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .logs import relay_worker_line
+
 log = Logger()
 
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+WORKER_LOGGER = "--logger=socks5twist.logs.worker_observer"
 
 
 class _Worker(protocol.ProcessProtocol):
@@ -41,12 +47,13 @@ class _Worker(protocol.ProcessProtocol):
     def outReceived(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        pid = self.transport.pid if self.transport else "?"  # type: ignore[attr-defined]
+        pid = self.transport.pid if self.transport else 0  # type: ignore[attr-defined]
         for line in lines:
-            if b"] listening on " in line:
+            if not line.strip():
+                continue
+            event = relay_worker_line(log, pid, line)
+            if event is not None and event["log_format"].endswith("] listening on {ports}"):
                 self.ready = True
-            if line.strip():
-                log.info("worker[{pid}] {line}", pid=pid, line=line.decode("utf-8", "replace"))
 
     errReceived = outReceived
 
@@ -80,7 +87,8 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> None:
         worker = _Worker(self, index)
-        args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "socks5", *self.argv]
+        args = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", WORKER_LOGGER, "socks5"]
+        args += self.argv
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         for fd, description in self.listeners:
             args += ["--worker-listener", f"{fd}:{description}"]

@@ -49,7 +49,7 @@ def twistd_help(python: str, path: list[str], cwd: Path) -> str:
     return result.stdout.decode() + result.stderr.decode()
 
 
-def test_wheel_has_the_plugin_and_no_twisted_init(tmp_path: Path) -> None:
+def test_wheel_has_the_plugin_license_and_py_typed_and_no_twisted_init(tmp_path: Path) -> None:
     pip("wheel", "--no-deps", "-w", str(tmp_path / "dist"), str(PROJECT))
     [wheel] = (tmp_path / "dist").glob("socks5twist-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -59,6 +59,14 @@ def test_wheel_has_the_plugin_and_no_twisted_init(tmp_path: Path) -> None:
     assert "twisted/__init__.py" not in names
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.startswith("tests/")]
+    # The license the metadata declares, and PEP 561's marker of a typed package.
+    [license_file] = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read(license_file) == (PROJECT / "LICENSE").read_bytes()
+        assert b"MIT License" in archive.read(license_file)
+        metadata = archive.read(license_file.replace("licenses/LICENSE", "METADATA")).decode()
+    assert "License-Expression: MIT" in metadata
+    assert "socks5twist/py.typed" in names
 
     # A regular install of that wheel: twistd lists the plugin.
     target = tmp_path / "site"
@@ -80,3 +88,28 @@ def test_editable_install_lists_the_plugin(tmp_path: Path) -> None:
     pip("--python", python, "install", "--no-deps", "-e", str(PROJECT))
     output = twistd_help(python, [DEPENDENCIES], tmp_path)
     assert "socks5 " in output, output
+
+
+def test_unit_tests_without_the_test_extra_say_how_to_get_it(tmp_path: Path) -> None:
+    # hypothesis made unimportable, as in an install without the extra.
+    run_trial = (
+        "import sys\n"
+        "sys.modules['hypothesis'] = None\n"
+        "sys.argv = ['trial', 'socks5twist.test.test_logs']\n"
+        "from twisted.scripts.trial import run\n"
+        "run()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", run_trial], capture_output=True, cwd=tmp_path, timeout=120
+    )
+    output = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode != 0, output
+    assert "pip install 'socks5twist[test]'" in output, output
+    # With hypothesis there, the same run passes (so the check above can fail).
+    result = subprocess.run(
+        [sys.executable, "-c", run_trial.replace("sys.modules['hypothesis'] = None", "")],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from . import rawsocks
 from .conftest import SocksServer, socket_inodes, wait_until
 
 Addr = tuple[str, int]
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
 
 
 def children_of(pid: int) -> list[int]:
@@ -59,6 +61,14 @@ def test_workers_share_the_port_reload_restart_and_stop(
         sock.sendall(b"hi")
         assert rawsocks.recv_exact(sock, 2) == b"hi"
         sock.close()
+    # Every session has its line, in the first process's log; a worker's
+    # lines carry its PID and one timestamp (the worker adds none of its own).
+    wait_until(lambda: len(server.session_lines()) >= 20, 10, "twenty session lines")
+    worker_lines = [line for line in server.log().splitlines() if "] worker[" in line]
+    assert {int(line.split("] worker[")[1].split("]")[0]) for line in worker_lines} == set(workers)
+    for line in worker_lines:
+        assert len(TIMESTAMP.findall(line)) == 1, line
+        assert re.match(r"\S+ \[[^]]+\] worker\[\d+\] \S", line), line
     # SIGHUP reaches every process.
     os.kill(server.pid, signal.SIGHUP)
     wait_until(lambda: server.log().count("reloaded") >= 3, 10, "three reloads")

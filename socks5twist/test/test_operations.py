@@ -12,7 +12,7 @@ from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -280,8 +280,14 @@ class ServiceTests(SynchronousTestCase):
         self.assertFalse(s.transport.disconnecting)
         with capturedLogs() as logs:
             s.reactor.advance(1.5)
+        # Closed cleanly (flush, then FIN), not reset.
+        self.assertTrue(s.transport.disconnecting)
+        self.assertFalse(s.transport.disconnected)
+        [closing] = [e for e in logs if "closing" in e.get("log_format", "")]
+        self.assertEqual(formatEvent(closing), "closing 1 session still open")
+        # Its peer takes nothing: after FLUSH_WAIT it is reset.
+        s.reactor.advance(service.FLUSH_WAIT)
         self.assertTrue(s.transport.disconnected)  # aborted
-        self.assertTrue(any(e.get("n") == 1 and "closing" in e.get("log_format", "") for e in logs))
         # The stop waits for the closed session to report its end (its log
         # line), as a real transport does a reactor turn later.
         self.assertNoResult(d)
@@ -299,8 +305,26 @@ class ServiceTests(SynchronousTestCase):
         d = service.stopService()
         s.reactor.advance(10)  # the grace: the session is closed
         self.assertNoResult(d)
+        s.reactor.advance(service.FLUSH_WAIT)  # then reset
+        self.assertNoResult(d)
         s.reactor.advance(service.CLOSE_WAIT)
         self.successResultOf(d)
+
+    def test_a_session_that_ends_when_closed_at_the_grace_is_not_reset(self) -> None:
+        service, (s, _) = self.service()
+        service.startService()
+        s.send(NO_AUTH_GREETING + connect_request())
+        remote = s.remote()
+        d = service.stopService()
+        s.reactor.advance(10)
+        self.assertTrue(s.transport.disconnecting and remote.transport.disconnecting)
+        # Both transports flush and close, as real ones do.
+        remote.connectionLost(error.ConnectionDone())
+        s.protocol.connectionLost(error.ConnectionDone())
+        s.reactor.advance(0)
+        self.successResultOf(d)
+        self.assertFalse(s.transport.disconnected or remote.transport.disconnected)
+        self.assertEqual(s.reactor.getDelayedCalls(), [])
 
     def test_shutdown_ends_early_when_sessions_finish(self) -> None:
         service, (s, _) = self.service()
