@@ -281,6 +281,17 @@ class SpliceRelay:
 
     # -- from the reactor thread ------------------------------------------------
 
+    def from_client(self, data: bytes) -> None:
+        """
+        Never called with data: the relay reads the client's socket itself,
+        and its transport has stopped reading (see L{start}).
+        """
+        if data:
+            raise RuntimeError("the splice relay reads the client's socket itself")
+
+    def eof(self) -> None:
+        """Nothing to do: the relay reads the client's EOF from its socket."""
+
     def close(self) -> None:
         """Close both sides."""
         self._end(abort=False)
