@@ -7,8 +7,8 @@ A session asks, at each step, and the gate says yes or no:
   - L{Gate.admit_connection}, as a connection is accepted: the per-client
     limit (C{--max-sessions-per-client}), then C{--max-clients};
   - L{Gate.admit_client}, at the greeting: the allow-list (C{--allow-client});
-  - L{Gate.password_required}: whether the rules' C{[[auth]]} tables let
-    this client skip authentication;
+  - L{Gate.methods}: the authentication methods this client may use (the
+    rules' C{[[auth]]} tables may let it skip a password);
   - L{Gate.admit_login}: logins in progress from one address;
   - L{Gate.admit_request}: the per-user limit (C{--max-sessions-per-user});
   - L{Gate.decide}: the rules, for a command to a destination;
@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
 from .bursts import BurstLog
+from .codec import Method
 from .logsafe import field
 from .policy import ClientPolicy, IPAddress
 from .ruleset import Decision, Query, Rules
@@ -71,6 +72,10 @@ class Slot:
             if counter[key] <= 0:
                 del counter[key]  # no key outlives what it counts
 
+
+_PASSWORD = (Method.USERNAME_PASSWORD,)
+_ANY = (Method.NO_AUTHENTICATION, Method.USERNAME_PASSWORD)
+_NONE = (Method.NO_AUTHENTICATION,)
 
 # A place under no limit at all.
 UNLIMITED = Slot()
@@ -164,9 +169,16 @@ class Gate:
             client=client,
         )
 
-    def password_required(self, ip: IPAddress | None, has_checkers: bool) -> bool:
-        """Whether this client must authenticate (see L{Rules.password_required})."""
-        return self.rules.password_required(ip, has_checkers)
+    def methods(self, ip: IPAddress | None, has_checkers: bool) -> tuple[Method, ...]:
+        """
+        The authentication methods a client at C{ip} may use, the preferred
+        first: a password where there are checkers, unless the rules'
+        C{[[auth]]} tables let this client skip it (a client that offers
+        only a password still gets to use one).
+        """
+        if self.rules.password_required(ip, has_checkers):
+            return _PASSWORD
+        return _ANY if has_checkers else _NONE
 
     def admit_login(self, ip: IPAddress | None, client: str) -> Slot | Refusal:
         """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .codec import Command
 from .policy import (
     IPAddress,
     IPNetwork,
@@ -26,6 +27,7 @@ __all__ = [
     "ALLOW_ALL",
     "ANONYMOUS",
     "COMMANDS",
+    "COMMAND_NAMES",
     "AuthRule",
     "Decision",
     "Query",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 COMMANDS = ("connect", "bind", "udp")
+# How the rules (and the metrics) name each command.
+COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
 ANONYMOUS = "anonymous"
 
 

@@ -22,7 +22,6 @@ L{socks5twist.connection.MAX_PENDING} meanwhile.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -32,15 +31,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import codec, tunnel
+from . import codec
 from .auth import ISOCKSUser
-from .codec import Address, Command, Method, Reply
+from .codec import Address, Command, Reply
 from .commands import COMMANDS, Handler
 from .commands.context import why
+from .commands.host import CommandHost
 from .connection import (
     NEED_DATA,
     ClientClosed,
@@ -53,10 +52,10 @@ from .connection import (
 from .connection import State as Wire
 from .gate import Refusal, Slot
 from .logsafe import field
-from .policy import IPAddress, describe, ip_of, show
+from .policy import IPAddress, describe, ip_of
 from .proxylistener import unvetted
-from .relay import RemoteProtocol, Side, no_delay, send_now
-from .ruleset import Decision, Query
+from .relay import Side, no_delay, send_now
+from .ruleset import COMMAND_NAMES
 from .states import State, session_state
 from .tunnel import Relay
 from .udp import UDPAssociation
@@ -70,11 +69,9 @@ __all__ = ["SOCKS5ServerProtocol", "State"]
 # How log lines and outcomes name the phase a violation happened in.
 _PHASE_NAMES = {Wire.GREETING: "greeting", Wire.AUTH: "authentication", Wire.REQUEST: "request"}
 
-COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
-
 
 @implementer(IHalfCloseableProtocol)
-class SOCKS5ServerProtocol(Protocol):
+class SOCKS5ServerProtocol(CommandHost, Protocol):
     """
     One SOCKS5 client connection.
 
@@ -89,24 +86,9 @@ class SOCKS5ServerProtocol(Protocol):
     # two dozen entries.  (Twisted's Protocol still gives each instance a
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
-        "_logout",
-        "_pending",
-        "bound",
-        "client",
-        "client_ip",
-        "client_text",
-        "command",
-        "connected_to",
-        "connection",
-        "destination",
-        "handler",
-        "held",
-        "outcome",
-        "relay",
-        "replies",
-        "started",
-        "udp",
-        "user",
+        "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
+        "connected_to", "connection", "destination", "handler", "held", "outcome", "relay",
+        "replies", "started", "udp", "user",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -166,29 +148,14 @@ class SOCKS5ServerProtocol(Protocol):
     def abort(self, outcome: str) -> None:
         """Close the session at once, both sides, dropping what is unsent."""
         self.outcome = self.outcome or outcome
-        relay = self.relay
-        if relay is not None:
+        if self.relay is not None:
             # The relay resets both ends (a splice relay may hold the
             # client's socket in its thread: it resets it when it lets go).
-            relay.abort()
+            self.relay.abort()
             self.close(outcome)
             return
         self.close(outcome)
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
-
-    def _reply(self, code: int, wire: bytes) -> None:
-        """Send a reply the connection built, noting its code for the record."""
-        self.replies.append(code)
-        send_now(self.transport, wire)
-
-    def fail(self, reply: Reply, outcome: str) -> None:
-        """Send a failure reply and close."""
-        self._reply(reply, self.connection.reply(reply))
-        self.close(outcome)
+        getattr(self.transport, "abortConnection", self.transport.loseConnection)()
 
     # -- connection events -----------------------------------------------------
 
@@ -330,15 +297,7 @@ class SOCKS5ServerProtocol(Protocol):
             send_now(self.transport, self.connection.refuse_methods())
             self.close(refusal.outcome)
             return
-        has_checkers = self.factory.portal is not None
-        if gate.password_required(self.client_ip, has_checkers):
-            acceptable = [Method.USERNAME_PASSWORD]
-        else:
-            # Without checkers, or for a client the rules let skip them; a
-            # client that offers only a password still gets to use one.
-            acceptable = [Method.NO_AUTHENTICATION]
-            if has_checkers:
-                acceptable.append(Method.USERNAME_PASSWORD)
+        acceptable = gate.methods(self.client_ip, self.factory.portal is not None)
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
             send_now(self.transport, self.connection.refuse_methods())
@@ -406,103 +365,6 @@ class SOCKS5ServerProtocol(Protocol):
         # name is resolved (what it knows of its destination differs).
         self.handler = COMMANDS[request.command](self)
         self.handler.start(request.address)
-
-    # -- what a command may do (commands.Context) -----------------------------
-
-    @property
-    def config(self) -> SOCKS5ServerFactory:
-        return self.factory
-
-    def decide(self, ip: IPAddress | None, port: int | None, name: str | None) -> Decision | None:
-        """What the rules say about this session's command to a destination."""
-        assert self.command is not None
-        query = Query(
-            client=self.client_ip,
-            user=self.user,
-            command=COMMAND_NAMES[self.command],
-            port=port,
-            name=name,
-            address=ip,
-        )
-        return self.factory.gate.decide(query)
-
-    def deny(self, decision: Decision) -> None:
-        self.log.info(
-            "denied {command} {destination} for {client} user={user} by rule {rule}",
-            command=self.command.name if self.command else "-",
-            destination=show(self.destination),
-            client=self.client_text,
-            user=field(self.user),
-            rule=decision.label,
-        )
-        self.factory.gate.denied(decision)
-        self.fail(Reply.NOT_ALLOWED, f"denied by rule {decision.label}")
-
-    def count_denial(self, decision: Decision) -> None:
-        """A BIND peer or a datagram was refused by C{decision}."""
-        self.factory.gate.denied(decision)
-
-    def admit_udp(self, client: IPAddress) -> Slot | Refusal:
-        """A place under C{--max-udp-per-client} for an association of C{client}."""
-        return self.factory.gate.admit_udp(client, self.client_text)
-
-    def wait_for(self, d: defer.Deferred[Any]) -> None:
-        self._pending = d
-
-    def waited(self) -> None:
-        self._pending = None
-
-    def reply_listening(self, address: Address) -> None:
-        self._reply(Reply.SUCCEEDED, self.connection.bind_listening(address))
-
-    def reply_associated(self, address: Address) -> None:
-        self._reply(Reply.SUCCEEDED, self.connection.reply(Reply.SUCCEEDED, address))
-        # The control connection carries nothing more: drop what came early.
-        self.connection.take_data()
-
-    def local_ip(self) -> IPAddress | None:
-        """
-        The IP of this proxy that the client reached, which is where BIND
-        listens: read from the socket itself, not from a PROXY header.
-        """
-        transport = self.transport
-        while isinstance(transport, ProtocolWrapper):
-            transport = transport.transport
-        return ip_of(transport.getHost())
-
-    def unexpected(self, failure: Failure, phase: str) -> None:
-        """A bug in our own callbacks: log it and close, never leave a hang."""
-        self.log.failure("unexpected error during {phase}", failure, phase=phase)
-        self.close(f"internal error during {phase}")
-
-    # -- the tunnel --------------------------------------------------------------
-
-    def open_tunnel(self, remote: RemoteProtocol | socket.socket, bound: Address) -> None:
-        """
-        Send the success reply naming C{bound} and join the client and
-        C{remote}, passing on what the client sent early (see L{tunnel.join}).
-        """
-        factory = self.factory
-        # The connection opens: the success reply, and what the client sent
-        # after its request, are the tunnel's now.
-        reply = self.connection.reply(Reply.SUCCEEDED, bound)
-        early = self.connection.take_data()
-        relay = tunnel.join(
-            factory.reactor,
-            self.transport,
-            remote,
-            reply=reply,
-            early=early,
-            splice_on=factory.splice,
-            idle_timeout=factory.idle_timeout,
-            on_idle=self._idle,
-        )
-        self.replies.append(Reply.SUCCEEDED)
-        self.relay = relay
-        tunnel.start(relay, self.transport, early, self.connection.client_eof)
-
-    def _idle(self) -> None:
-        self.outcome = "idle timeout"
 
     # -- timers and accidents ----------------------------------------------------
 
