@@ -9,7 +9,7 @@ connection's state is the session's one state: only the connection moves it
 sees it, with the command (L{socks5twist.states}).  Whether a client, a
 login or a request may go on is the L{socks5twist.gate.Gate}'s to say; each
 command is a module of L{socks5twist.commands}, and this protocol is the
-narrow context they act through.
+narrow context they act through (L{socks5twist.commands.host}).
 
 While the session waits on an outbound connection it pauses reading from
 the client, so the bytes a client pipelines are kept in order but never pile
