@@ -18,18 +18,17 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
-from .bursts import BurstLog
+from .gate import Gate, Refusal, Slot
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
     ClientPolicy,
-    IPAddress,
     IPNetwork,
     parse_network,
 )
 from .record import SessionRecord, log_record
-from .rules import ALLOW_ALL, Decision, Rules
-from .session import MAX_LOGINS_PER_CLIENT, SOCKS5ServerProtocol
+from .ruleset import ALLOW_ALL, Rules
+from .session import SOCKS5ServerProtocol
 from .splice import available as splice_available
 from .timers import Deadlines
 
@@ -47,7 +46,6 @@ class Stats:
     bytes_down: int = 0
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
     ended: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
-    limited: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_datagrams: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_locks: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -55,7 +53,9 @@ class Stats:
 
 class SOCKS5ServerFactory(ServerFactory):
     """
-    Builds a L{SOCKS5ServerProtocol} per client connection.
+    Builds a L{SOCKS5ServerProtocol} per client connection, and holds what
+    its sessions share: the configuration, the L{Gate} (allow-list, rules,
+    limits), the statistics, and where session lines go.
 
     @param portal: a L{Portal} whose checkers take L{IUsernamePassword}
         credentials (with C{bytes} fields, as RFC 1929 sends them) and whose
@@ -81,8 +81,8 @@ class SOCKS5ServerFactory(ServerFactory):
     @param max_udp_per_client: the most UDP associations one client IP may
         hold open at once.
     @param rules: access rules (L{socks5twist.rules.Rules}); the default
-        allows everything.  Replace C{factory.rules} to change them: sessions
-        read them at each decision.
+        allows everything.  Replace C{factory.rules} (the gate's) to change
+        them: sessions read them at each decision.
     @param max_sessions_per_client: the most concurrent sessions per client
         IP (C{None}: no limit); the next is closed before negotiating.
     @param max_sessions_per_user: the most concurrent sessions per
@@ -162,28 +162,18 @@ class SOCKS5ServerFactory(ServerFactory):
         self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
-        self.max_clients = max_clients
         self.bind_timeout = bind_timeout
         self.external_address = (
             None if external_address is None else str(ipaddress.ip_address(external_address))
         )
         self.udp_interface = None if udp_interface is None else ipaddress.ip_address(udp_interface)
         self.udp_any_source = udp_any_source
-        self.max_udp_per_client = max_udp_per_client
-        self.udp_associations: collections.Counter[IPAddress] = collections.Counter()
-        self.rules = rules or ALLOW_ALL
-        self.max_sessions_per_client = max_sessions_per_client
-        self.max_sessions_per_user = max_sessions_per_user
-        self.client_sessions: collections.Counter[IPAddress | None] = collections.Counter()
-        self.user_sessions: collections.Counter[str] = collections.Counter()
-        self.logins: collections.Counter[IPAddress | None] = collections.Counter()
         self.outgoing: dict[int, str] = {}
         for text in outgoing_addresses:
             ip = ipaddress.ip_address(text)
             if ip.version in self.outgoing:
                 raise ValueError(f"one outgoing address per IP version: {text} is the second")
             self.outgoing[ip.version] = str(ip)
-        self.denials: collections.Counter[str] = collections.Counter()
         self.splice = splice_available() if splice is None else splice and splice_available()
         self.access_log = access_log
         self._resolver = resolver
@@ -192,14 +182,23 @@ class SOCKS5ServerFactory(ServerFactory):
         # Called when the last session ends (a draining service listens).
         self.on_idle: Callable[[], None] | None = None
         if allowed_clients is None:
-            self.client_policy = ALLOW_ANY if portal is not None else LOOPBACK_ONLY
+            clients = ALLOW_ANY if portal is not None else LOOPBACK_ONLY
         else:
-            self.client_policy = ClientPolicy(
+            clients = ClientPolicy(
                 parse_network(n) if isinstance(n, str) else n for n in allowed_clients
             )
-        self.sessions: set[SOCKS5ServerProtocol] = set()
-        # Refusals a client can repeat at will are logged once per burst.
-        self.refusals = BurstLog(reactor, SOCKS5ServerProtocol.log)
+        # Refusals are logged as the sessions' own lines.
+        self.gate = Gate(
+            reactor,
+            SOCKS5ServerProtocol.log,
+            clients=clients,
+            rules=rules or ALLOW_ALL,
+            max_clients=max_clients,
+            max_sessions_per_client=max_sessions_per_client,
+            max_sessions_per_user=max_sessions_per_user,
+            max_udp_per_client=max_udp_per_client,
+        )
+        self.sessions: set[SOCKS5ServerProtocol] = set()  # the sessions the gate admitted
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
             parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
         )
@@ -208,6 +207,20 @@ class SOCKS5ServerFactory(ServerFactory):
     def resolver(self) -> IHostnameResolver:
         """The resolver in use (the reactor's unless one was given)."""
         return self._resolver or self.reactor.nameResolver  # type: ignore[no-any-return]
+
+    @property
+    def rules(self) -> Rules:
+        """The access rules (the gate's); set to replace them (a reload)."""
+        return self.gate.rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        self.gate.rules = rules
+
+    @property
+    def client_policy(self) -> ClientPolicy:
+        """The client allow-list (the gate's)."""
+        return self.gate.clients
 
     @property
     def handshake_timeout(self) -> float:
@@ -225,49 +238,20 @@ class SOCKS5ServerFactory(ServerFactory):
             self.metrics = Metrics(self)
         return self.metrics
 
-    def session_started(self, session: SOCKS5ServerProtocol) -> bool:
-        """Count a new session in; C{False} if that would pass C{max_clients}."""
-        if len(self.sessions) >= self.max_clients:
-            self.stats.limited["max-clients"] += 1
-            return False
-        self.sessions.add(session)
-        return True
-
-    def client_session_started(self, session: SOCKS5ServerProtocol) -> bool:
+    def admit(self, session: SOCKS5ServerProtocol) -> Slot | Refusal:
         """
-        Count a connection in under its client IP as it is accepted (Unix
-        socket clients share one count, under C{None}); C{False} if that
-        would pass C{max_sessions_per_client}.
+        Count an accepted connection and ask the gate to admit it; an
+        admitted session is live (in C{sessions}) until L{session_ended}.
         """
         self.stats.connections += 1
-        ip = session.client_ip
-        if self.max_sessions_per_client is None:
-            return True  # counted only under a limit: no work per session otherwise
-        if self.client_sessions[ip] >= self.max_sessions_per_client:
-            self.stats.limited["max-sessions-per-client"] += 1
-            return False
-        self.client_sessions[ip] += 1
-        session.limit_keys += (("client", ip),)
-        return True
-
-    def user_session_started(self, session: SOCKS5ServerProtocol) -> bool:
-        """Count a session in under its user; C{False} past C{max_sessions_per_user}."""
-        if session.user is None or self.max_sessions_per_user is None:
-            return True
-        if self.user_sessions[session.user] >= self.max_sessions_per_user:
-            self.stats.limited["max-sessions-per-user"] += 1
-            return False
-        self.user_sessions[session.user] += 1
-        session.limit_keys += (("user", session.user),)
-        return True
+        admitted = self.gate.admit_connection(session.client_ip, session.client_text)
+        if not isinstance(admitted, Refusal):
+            self.sessions.add(session)
+        return admitted
 
     def _idle_now(self) -> None:
         if not self.sessions and self.on_idle is not None:
             self.on_idle()
-
-    def rule_denied(self, decision: Decision) -> None:
-        """Count a denial under the rule that made it."""
-        self.denials[decision.label] += 1
 
     def request_received(self, session: SOCKS5ServerProtocol) -> None:
         """Count a request, and how long its negotiation took."""
@@ -275,47 +259,12 @@ class SOCKS5ServerFactory(ServerFactory):
         if self.metrics is not None:
             self.metrics.handshake.observe(time.time() - session.started)
 
-    def login_started(self, client: IPAddress | None) -> bool:
-        """Count a login in progress from C{client}; C{False} past the per-client bound."""
-        if self.logins[client] >= MAX_LOGINS_PER_CLIENT:
-            self.stats.limited["logins-per-client"] += 1
-            return False
-        self.logins[client] += 1
-        return True
-
-    def login_ended(self, client: IPAddress | None) -> None:
-        _count_out(self.logins, client)
-
     def auth_failed(self) -> None:
         self.stats.auth_failures += 1
-
-    def udp_association_started(self, client: IPAddress) -> bool:
-        """Count a UDP association of C{client} in; C{False} past the limit."""
-        if self.udp_associations[client] >= self.max_udp_per_client:
-            self.stats.limited["max-udp-per-client"] += 1
-            return False
-        self.udp_associations[client] += 1
-        return True
-
-    def udp_association_ended(self, client: IPAddress) -> None:
-        _count_out(self.udp_associations, client)
-
-    def session_refused(self, session: SOCKS5ServerProtocol) -> None:
-        """Count out a connection a limit refused before it became a session."""
-        self._release(session)
-
-    def _release(self, session: SOCKS5ServerProtocol) -> None:
-        for kind, key in session.limit_keys:
-            counter: collections.Counter[Any] = (
-                self.client_sessions if kind == "client" else self.user_sessions
-            )
-            _count_out(counter, key)
-        session.limit_keys = ()
 
     def session_ended(self, session: SOCKS5ServerProtocol) -> None:
         """Count a session out and write its log line."""
         self.sessions.discard(session)
-        self._release(session)
         if not self.sessions and self.on_idle is not None:
             self.reactor.callLater(0, self._idle_now)
         udp = session.udp
@@ -333,13 +282,6 @@ class SOCKS5ServerFactory(ServerFactory):
             self.access_log.write(record.line())
         else:
             log_record(self.log, record)
-
-
-def _count_out(counter: collections.Counter[Any], key: Any) -> None:
-    """One less under C{key}; a key counted down to nothing is forgotten."""
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
 
 
 def _handshake_timed_out(session: Any) -> None:

@@ -121,7 +121,7 @@ class _FactoryCollector(Collector):
             "Requests, BIND peers and UDP destinations denied, by rule.",
             labels=["rule"],
         )
-        for label, n in sorted(f.denials.items()):
+        for label, n in sorted(f.gate.denials.items()):
             denials.add_metric([label], n)
         yield denials
 
@@ -130,7 +130,7 @@ class _FactoryCollector(Collector):
             "Connections or requests refused by a limit.",
             labels=["limit"],
         )
-        for limit, n in sorted(stats.limited.items()):
+        for limit, n in sorted(f.gate.limited.items()):
             limited.add_metric([limit], n)
         yield limited
 

@@ -9,7 +9,7 @@ into one immutable record, escaping every value that came from the network
 README's "Logs" section shows, and L{SessionRecord.fields} gives the same
 facts as the fields of a Twisted log event, for observers that want them
 (JSON logs), and L{log_record} sends it through Twisted's log at the least
-cost that log allows.  The factory counts the session (statistics, limits)
+cost that log allows.  The factory counts the session in its statistics
 and writes the line where the configuration says.
 """
 

@@ -150,7 +150,7 @@ class StreamRelay:
             self._idle.touch()
         self._transports[Side.CLIENT].write(data)
 
-    def eof(self, side: Side) -> None:
+    def eof(self, side: Side = Side.CLIENT) -> None:
         """C{side} will send nothing more: shut the other side's write half."""
         if side in self._eof or self._lost:
             return  # resumeProducing after EOF can report it twice

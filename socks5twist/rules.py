@@ -27,207 +27,53 @@ first match wins; without a match, checkers mean a password is required):
     clients = ["10.20.0.0/16"]
     method = "none"
 
-This module is pure: parsing text into L{Rules} and deciding on a
-L{Request}.  Loading files and reloading them belongs to the caller.
+This module reads the file: L{parse} turns its text into L{Rules} (errors
+name the line), L{load} reads a path, L{describe} lists the rules for the
+start-up log.  What the rules are and how the first match decides is
+L{socks5twist.ruleset}'s (re-exported here).  Reloading belongs to the
+caller (L{socks5twist.service}).
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from .names import InvalidName, canonical_pattern
-from .policy import (
-    IPAddress,
-    IPNetwork,
-    client_in,
-    in_networks,
-    is_group_destination,
-    is_unspecified_destination,
-    spellings,
+from .policy import IPNetwork
+from .ruleset import (
+    ALLOW_ALL,
+    ANONYMOUS,
+    COMMANDS,
+    AuthRule,
+    Decision,
+    Query,
+    Rule,
+    Rules,
+    Verdict,
 )
 
-COMMANDS = ("connect", "bind", "udp")
-ANONYMOUS = "anonymous"
+__all__ = [
+    "ALLOW_ALL",
+    "ANONYMOUS",
+    "COMMANDS",
+    "AuthRule",
+    "Decision",
+    "Query",
+    "Rule",
+    "Rules",
+    "RulesError",
+    "Verdict",
+    "describe",
+    "load",
+    "parse",
+]
 
 
 class RulesError(Exception):
     """A rules file that cannot be used; the message names the line and the problem."""
-
-
-class Verdict(enum.Enum):
-    ALLOW = "allow"
-    DENY = "deny"
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """
-    What a rule is asked about.
-
-    C{address} is C{None} while a destination is known only by name (before
-    resolution): rules that look at addresses cannot decide such a query.
-    C{port} is C{None} when the destination is not known at all (a UDP
-    association, a BIND for any peer): then only rules that ignore the
-    destination can decide.
-    """
-
-    client: IPAddress | None
-    user: str | None
-    command: str
-    port: int | None
-    name: str | None = None
-    address: IPAddress | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    index: int  # 1-based, as a reader counts the [[rule]] tables
-    action: Verdict
-    name: str | None = None
-    clients: tuple[IPNetwork, ...] | None = None
-    users: frozenset[str] | None = None
-    commands: frozenset[str] | None = None
-    destinations: tuple[IPNetwork, ...] | None = None
-    names: tuple[str, ...] | None = None
-    ports: tuple[tuple[int, int], ...] | None = None
-
-    @property
-    def label(self) -> str:
-        """How logs and metrics name the rule: its index, and its name if any."""
-        return f"#{self.index}" + (f" ({self.name})" if self.name else "")
-
-    def matches(self, query: Query) -> bool | None:
-        """C{True}/C{False}, or C{None} if it depends on an address not known yet."""
-        if self.clients is not None and not client_in(query.client, self.clients):
-            return False
-        if self.users is not None and (query.user or ANONYMOUS) not in self.users:
-            return False
-        if self.commands is not None and query.command not in self.commands:
-            return False
-        if query.port is None:
-            # The destination is not known yet.
-            if self.ports is None and self.names is None and self.destinations is None:
-                return True
-            return None
-        port = query.port
-        if self.ports is not None and not any(lo <= port <= hi for lo, hi in self.ports):
-            return False
-        if self.names is not None and (
-            query.name is None or not any(_name_matches(p, query.name) for p in self.names)
-        ):
-            return False
-        if self.destinations is not None:
-            if query.address is None:
-                return None
-            if self.action is Verdict.DENY:
-                # A denied network is denied in every spelling that may
-                # lead to it (64:ff9b::7f00:1 for 127.0.0.1, 6to4, ...).
-                return any(in_networks(a, self.destinations) for a in spellings(query.address))
-            return in_networks(query.address, self.destinations)
-        return True
-
-    def names_address(self, address: IPAddress) -> bool:
-        """Whether this rule's C{destinations} name C{address} explicitly."""
-        return self.destinations is not None and in_networks(address, self.destinations)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthRule:
-    clients: tuple[IPNetwork, ...]
-    require_password: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    verdict: Verdict
-    rule: Rule | None  # None: the file's default, or a built-in refusal
-    builtin: str | None = None  # why a built-in refusal refused
-
-    @property
-    def allowed(self) -> bool:
-        return self.verdict is Verdict.ALLOW
-
-    @property
-    def label(self) -> str:
-        if self.rule is not None:
-            return self.rule.label
-        return f"built-in ({self.builtin})" if self.builtin else "default"
-
-
-UNSPECIFIED_REFUSED = Decision(Verdict.DENY, None, "the unspecified address")
-GROUP_REFUSED = Decision(Verdict.DENY, None, "multicast or broadcast, not named by an allow rule")
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    default: Verdict
-    rules: tuple[Rule, ...] = ()
-    auth: tuple[AuthRule, ...] = field(default=())
-
-    def decide(self, query: Query) -> Decision | None:
-        """
-        The first matching rule's decision, or C{None} when a rule that needs
-        the destination's address comes first and the query has none (ask
-        again with each resolved address).
-
-        Whatever the rules say, two kinds of destination address are refused
-        (the BIND peer, which is the address a connection came from, aside):
-        the unspecified address (C{0.0.0.0/8}, C{::}, in any spelling),
-        which the kernel connects to this host; and multicast or the limited
-        broadcast, unless the allow rule that matches names the address in
-        its C{destinations} (a proxy must not be a way onto its LAN's SSDP or
-        mDNS by a rule that meant hosts).
-        """
-        address = query.address
-        group = False
-        if address is not None and query.command != "bind":
-            if is_unspecified_destination(address):
-                return UNSPECIFIED_REFUSED
-            group = is_group_destination(address)
-        # Actions of the rules that cannot decide yet: when every one of them
-        # would say what a later rule says, that rule decides now (so a name
-        # that a deny rule refuses is never looked up just because a deny
-        # rule about addresses comes first).
-        undecided: set[Verdict] = set()
-        for rule in self.rules:
-            matched = rule.matches(query)
-            if matched is None:
-                undecided.add(rule.action)
-                continue
-            if matched:
-                if group and rule.action is Verdict.ALLOW and not rule.names_address(address):  # type: ignore[arg-type]
-                    continue
-                if undecided - {rule.action}:
-                    return None
-                return Decision(rule.action, rule)
-        if undecided - {self.default} or (undecided and group):
-            return None
-        return GROUP_REFUSED if group else Decision(self.default, None)
-
-    def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:
-        """Whether a client must authenticate, by the first matching C{[[auth]]}."""
-        if not have_checkers:
-            return False
-        for auth in self.auth:
-            if client_in(client, auth.clients):
-                return auth.require_password
-        return True
-
-
-ALLOW_ALL = Rules(Verdict.ALLOW)
-
-
-def _name_matches(pattern: str, name: str) -> bool:
-    # Both are canonical (names.canonical and canonical_pattern).
-    if pattern.startswith("*."):
-        suffix = pattern[1:]  # ".example.org"
-        return name.endswith(suffix)
-    return name == pattern
 
 
 # -- parsing ------------------------------------------------------------------

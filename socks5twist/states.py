@@ -1,5 +1,12 @@
 """
-The states of a session, and the moves between them (see L{socks5twist.session}).
+The states of a session, as a session names its connection's state.
+
+A session has one state, its sans-I/O connection's
+(L{socks5twist.connection.ServerConnection}), moved only there, by that
+module's one table of (state, event) -> next state.  This module names those
+states as a session shows them (in logs, outcomes and tests): the same, with
+the command a request asked for where the connection's state says only "the
+server works on the request" or "the tunnel is open".
 
     GREETING ──► AUTH ──► AUTHENTICATING ──┐
         │                                  ▼
@@ -8,20 +15,16 @@ The states of a session, and the moves between them (see L{socks5twist.session})
                                            ├──────► BINDING ─────────┘
                                            └──────► ASSOCIATED
     (any state) ──► CLOSED
-
-GREETING to REQUEST are the negotiation's, moved by the sans-I/O
-L{socks5twist.connection.ServerConnection} (L{NEGOTIATING} shows its states
-as the session's); the command phases are the session's own, moved by the
-session and its command (L{socks5twist.commands}) through L{TRANSITIONS}.
 """
 
 from __future__ import annotations
 
 import enum
 
+from .codec import Command
 from .connection import State as Wire
 
-__all__ = ["NEGOTIATING", "TRANSITIONS", "IllegalTransition", "State"]
+__all__ = ["State", "session_state"]
 
 
 class State(enum.StrEnum):
@@ -38,34 +41,29 @@ class State(enum.StrEnum):
     CLOSED = "closed"  # closing or gone; input is ignored
 
 
-# The session's own moves; GREETING to REQUEST are the connection's states.
-TRANSITIONS: dict[State, frozenset[State]] = {
-    State.GREETING: frozenset({State.CLOSED}),
-    State.AUTH: frozenset({State.CLOSED}),
-    State.AUTHENTICATING: frozenset({State.CLOSED}),
-    State.REQUEST: frozenset({State.CONNECTING, State.BINDING, State.ASSOCIATED, State.CLOSED}),
-    State.CONNECTING: frozenset({State.RELAYING, State.CLOSED}),
-    State.BINDING: frozenset({State.RELAYING, State.CLOSED}),
-    State.RELAYING: frozenset({State.CLOSED}),
-    State.ASSOCIATED: frozenset({State.CLOSED}),
-    # A negotiation that the connection ended (a refusal, a failure reply) is
-    # CLOSED already; the session's close follows it.
-    State.CLOSED: frozenset({State.CLOSED}),
-}
-
-# How the session shows its connection's negotiation states.
-NEGOTIATING = {
+# The connection's states that name a session's state alone.
+_BY_WIRE = {
     Wire.GREETING: State.GREETING,
     Wire.CHOOSING: State.GREETING,
     Wire.AUTH: State.AUTH,
     Wire.LOGIN: State.AUTHENTICATING,
     Wire.REQUEST: State.REQUEST,
-    Wire.REPLYING: State.REQUEST,
     Wire.BINDING: State.BINDING,
-    Wire.OPEN: State.RELAYING,
     Wire.CLOSED: State.CLOSED,
+}
+# The others, with the command.  (UDP ASSOCIATE is answered at once: until
+# its reply it is still the request.)
+_BY_COMMAND: dict[tuple[Wire, Command | None], State] = {
+    (Wire.REPLYING, Command.CONNECT): State.CONNECTING,
+    (Wire.REPLYING, Command.BIND): State.BINDING,
+    (Wire.REPLYING, Command.UDP_ASSOCIATE): State.REQUEST,
+    (Wire.OPEN, Command.CONNECT): State.RELAYING,
+    (Wire.OPEN, Command.BIND): State.RELAYING,
+    (Wire.OPEN, Command.UDP_ASSOCIATE): State.ASSOCIATED,
 }
 
 
-class IllegalTransition(Exception):
-    """A bug: the session tried a move that L{TRANSITIONS} does not allow."""
+def session_state(wire: Wire, command: Command | None) -> State:
+    """The session's state, from its connection's and the command requested."""
+    state = _BY_WIRE.get(wire)
+    return state if state is not None else _BY_COMMAND[(wire, command)]

@@ -1,7 +1,9 @@
 """
 The commands of RFC 1928, one module each, behind the narrow
 L{context.Context} a session gives them: L{connect.Connect},
-L{bind.Bind}, L{associate.Associate}.
+L{bind.Bind}, L{associate.Associate}.  Each checks first what the rules can
+decide of its request before any lookup (what it knows of its destination
+differs).  L{host.CommandHost} is how the session gives that context.
 """
 
 from __future__ import annotations

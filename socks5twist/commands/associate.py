@@ -16,10 +16,10 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from ..codec import Address, Reply
+from ..gate import UNLIMITED, Refusal
 from ..policy import IPAddress, show
-from ..states import State
 from ..udp import UDPAssociation
-from .context import Context, wildcard_for
+from .context import Context, admitted, wildcard_for
 
 log = Logger()
 
@@ -30,23 +30,21 @@ class Associate:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.association: UDPAssociation | None = None
-        self._client_ip: IPAddress | None = None
+        self._slot = UNLIMITED  # under --max-udp-per-client, while the association lives
 
     def start(self, expected: Address) -> None:
         ctx, config = self.ctx, self.ctx.config
+        if not admitted(ctx, None, None, None):  # each destination is checked later
+            return
         client_ip = ctx.client_ip
         if client_ip is None:
             ctx.fail(Reply.GENERAL_FAILURE, "UDP ASSOCIATE needs a client with an IP address")
             return
-        if not config.udp_association_started(client_ip):
-            log.warn(
-                "refused UDP ASSOCIATE from {client}: {n} associations open (--max-udp-per-client)",
-                client=ctx.client_text,
-                n=config.max_udp_per_client,
-            )
-            ctx.fail(Reply.NOT_ALLOWED, "too many UDP associations for this client")
+        slot = ctx.admit_udp(client_ip)
+        if isinstance(slot, Refusal):
+            ctx.fail(Reply.NOT_ALLOWED, slot.outcome)
             return
-        self._client_ip = client_ip
+        self._slot = slot
         local_ip = config.udp_interface or ctx.local_ip()
         local = str(local_ip) if local_ip is not None else wildcard_for(str(client_ip))
         association = UDPAssociation(
@@ -65,12 +63,11 @@ class Associate:
         try:
             host = association.open()
         except Exception as e:
-            config.udp_association_ended(client_ip)
+            slot.release()
             log.warn("UDP ASSOCIATE could not listen on {local}: {e}", local=local, e=e)
             ctx.fail(Reply.GENERAL_FAILURE, f"UDP listen failed: {e}")
             return
         self.association = ctx.udp = association
-        ctx.enter(State.ASSOCIATED)
         port = host.port  # type: ignore[attr-defined]
         ctx.bound = show(Address.for_ip(local, port))
         ctx.reply_associated(Address.for_ip(config.external_address or local, port))
@@ -80,8 +77,7 @@ class Associate:
         association = self.association
         if association is not None and not association.closed:
             association.close()
-            assert self._client_ip is not None  # set with the association
-            self.ctx.config.udp_association_ended(self._client_ip)
+            self._slot.release()
 
     def _allowed(self, ip: IPAddress | None, port: int, name: str | None) -> bool | None:
         """
@@ -92,7 +88,7 @@ class Associate:
         if decision is None:
             return None
         if not decision.allowed:
-            self.ctx.config.rule_denied(decision)
+            self.ctx.count_denial(decision)
         return decision.allowed
 
     def _idle(self) -> None:

@@ -21,7 +21,7 @@ from ..codec import Address, AddressType, Reply
 from ..policy import IPAddress, describe, ip_of, show
 from ..relay import RemoteProtocol
 from ..states import State
-from .context import Context, resolve_allowed, why, wildcard_for
+from .context import Context, admitted, resolve_allowed, why, wildcard_for
 
 log = Logger()
 
@@ -34,8 +34,14 @@ class Bind:
         self.waiter: BindWaiter | None = None
 
     def start(self, address: Address) -> None:
-        self.ctx.enter(State.BINDING)
         ip = outbound.literal_ip(address)
+        if ip is None or ip.is_unspecified:
+            # The peer is known only when it connects (then it is checked).
+            allowed = admitted(self.ctx, None, None, None)
+        else:
+            allowed = admitted(self.ctx, ip, address.port, None)
+        if not allowed:
+            return
         if ip is not None:
             self._listen(None if ip.is_unspecified else frozenset({ip}))
             return
@@ -69,7 +75,7 @@ class Bind:
                 client=ctx.client_text,
                 rule=decision.label,
             )
-            ctx.config.rule_denied(decision)
+            ctx.count_denial(decision)
         return decision.allowed
 
     def _unresolved(self, failure: Failure) -> None:

@@ -3,27 +3,19 @@ CONNECT: reach the destination, with only the addresses the rules allow.
 
 A name is resolved once; every address it resolves to is checked, and only
 the allowed ones are connected to (no second lookup that could answer
-differently).  A tunnel that will splice needs only a bare socket for its
-destination (L{outbound.connect_socket}); any other gets a Twisted transport.
+differently).  How the destination is reached (a bare socket for a tunnel
+that will splice, or a Twisted transport) is L{socks5twist.tunnel}'s choice.
 """
 
 from __future__ import annotations
 
-import socket
-from typing import Any
-
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from .. import outbound, splice
-from ..codec import Address, ip_text
-from ..policy import IPAddress, describe, show
-from ..relay import RemoteProtocol
+from .. import outbound, tunnel
+from ..codec import Address
+from ..policy import IPAddress
 from ..states import State
-from .context import Context, resolve_allowed, why
-
-_OUTBOUND_FACTORY = Factory.forProtocol(RemoteProtocol)
-_OUTBOUND_FACTORY.noisy = False
+from .context import Context, admitted, resolve_allowed, why
 
 
 class Connect:
@@ -34,11 +26,11 @@ class Connect:
 
     def start(self, address: Address) -> None:
         ctx = self.ctx
-        ctx.enter(State.CONNECTING)
         ip = outbound.literal_ip(address)
         if ip is not None:
-            self._connect_to([ip], "")
-        else:
+            if admitted(ctx, ip, address.port, None):
+                self._connect_to([ip], "")
+        elif admitted(ctx, None, address.port, address.host):
             resolve_allowed(
                 ctx, lambda ips: self._connect_to(ips, address.host), self._failed, "connect"
             )
@@ -54,60 +46,29 @@ class Connect:
     def _connect_to(self, ips: list[IPAddress], name: str) -> None:
         ctx, config = self.ctx, self.ctx.config
         assert ctx.destination is not None
-        port = ctx.destination.port
-        if len(ips) == 1 and config.splice and splice.can_splice(ctx.transport):
-            # The tunnel will splice: the destination needs only a socket.
-            sock = outbound.connect_socket(
-                config.reactor,
-                ips[0],
-                port,
-                config.connect_timeout,
-                bind=config.outgoing.get(ips[0].version),
-            )
-            ctx.wait_for(sock)
-            sock.addCallbacks(self._socket_connected, self._failed, callbackArgs=(ips[0],))
-            sock.addErrback(ctx.unexpected, "connect")
-            return
-        d = outbound.connect(
+        d = tunnel.connect(
             config.reactor,
+            ctx.transport,
             ips,
-            port,
-            _OUTBOUND_FACTORY,
+            ctx.destination.port,
             config.connect_timeout,
             name=name,
-            bind=config.outgoing,
+            outgoing=config.outgoing,
+            splice_on=config.splice,
         )
         ctx.wait_for(d)
         d.addCallbacks(self._connected, self._failed)
         d.addErrback(ctx.unexpected, "connect")
 
-    def _connected(self, remote: Any) -> None:
-        ctx = self.ctx
-        ctx.waited()
-        assert isinstance(remote, RemoteProtocol) and remote.transport is not None
-        if ctx.state is not State.CONNECTING:
-            remote.transport.loseConnection()
-            return
-        host = remote.transport.getHost()
-        bound = Address.for_ip(host.host, host.port)  # type: ignore[attr-defined]
-        ctx.bound = show(bound)
-        ctx.connected_to = describe(remote.transport.getPeer())
-        ctx.open_tunnel(remote, bound)
-
-    def _socket_connected(self, sock: socket.socket, ip: IPAddress) -> None:
+    def _connected(self, remote: tunnel.Remote) -> None:
         ctx = self.ctx
         ctx.waited()
         if ctx.state is not State.CONNECTING:
-            sock.close()
+            remote.close()
             return
-        assert ctx.destination is not None
-        local = sock.getsockname()
-        bound = Address.for_ip(local[0], local[1])
-        ctx.bound = show(bound)
-        # (A connected socket's peer is the address it was connected to:
-        # no getpeername() to learn it again.)
-        ctx.connected_to = show(Address.for_ip(ip_text(ip), ctx.destination.port))
-        ctx.open_tunnel(sock, bound)
+        ctx.bound = remote.bound_text
+        ctx.connected_to = remote.peer_text
+        ctx.open_tunnel(remote.end, remote.bound)
 
     def _failed(self, failure: Failure) -> None:
         ctx = self.ctx

@@ -2,11 +2,13 @@
 What a command may do: the narrow context a session gives its command.
 
 A command (CONNECT, BIND, UDP ASSOCIATE) never reaches into the session or
-the factory: it asks the policy (L{Context.decide}), replies or fails, waits
-on a Deferred the session may cancel, opens the tunnel, and notes what the
-session's record shows (C{bound}, C{connected_to}).  L{Config} lists the
-settings a command reads.  The session (L{socks5twist.session}) implements
-both; tests may hand in fakes.
+the factory: it asks the gate (L{Context.decide}, L{Context.admit_udp}),
+replies or fails, waits on a Deferred the session may cancel, opens the
+tunnel, and notes what the session's record shows (C{bound},
+C{connected_to}).  Its replies move the session's state (see
+L{socks5twist.states}); it only reads it.  L{Config} lists the settings a
+command reads.  The session (L{socks5twist.session}) implements both; tests
+may hand in fakes.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ from .. import outbound
 from ..codec import Address, Reply
 from ..logsafe import escape
 from ..policy import IPAddress
-from ..rules import Decision
+from ..ruleset import Decision
 from ..states import State
 
 if TYPE_CHECKING:
+    from ..gate import Refusal, Slot
     from ..relay import RemoteProtocol
     from ..udp import UDPAssociation
 
 
 class Config(Protocol):
-    """The settings (and per-client counts) a command reads."""
+    """The settings a command reads."""
 
     @property
     def reactor(self) -> Any: ...
@@ -63,16 +66,7 @@ class Config(Protocol):
     def udp_any_source(self) -> bool: ...
 
     @property
-    def max_udp_per_client(self) -> int: ...
-
-    @property
     def resolver(self) -> IHostnameResolver: ...
-
-    def udp_association_started(self, client: IPAddress) -> bool: ...
-
-    def udp_association_ended(self, client: IPAddress) -> None: ...
-
-    def rule_denied(self, decision: Decision) -> None: ...
 
 
 class Context(Protocol):
@@ -93,14 +87,17 @@ class Context(Protocol):
     @property
     def state(self) -> State: ...
 
-    def enter(self, state: State) -> None:
-        """Move the session to a command phase (CONNECTING, BINDING, ...)."""
-
     def decide(self, ip: IPAddress | None, port: int | None, name: str | None) -> Decision | None:
         """What the rules say about the destination (C{None}: resolve, ask again)."""
 
     def deny(self, decision: Decision) -> None:
         """Refuse the request by this decision: X'02', one line, close."""
+
+    def count_denial(self, decision: Decision) -> None:
+        """A BIND peer or a datagram was refused by C{decision} (logged by the command)."""
+
+    def admit_udp(self, client: IPAddress) -> Slot | Refusal:
+        """A place under the limit of UDP associations per client (logged if refused)."""
 
     def fail(self, reply: Reply, outcome: str) -> None:
         """Send a failure reply and close."""
@@ -128,6 +125,19 @@ class Context(Protocol):
 
     def unexpected(self, failure: Failure, phase: str) -> None:
         """A bug in a command's callback: log it and close."""
+
+
+def admitted(ctx: Context, ip: IPAddress | None, port: int | None, name: str | None) -> bool:
+    """
+    Whether the rules let the request go on as far as they can tell now
+    (what is known of the destination: C{ip}, C{port}, C{name}); a request
+    they deny is refused (L{Context.deny}).
+    """
+    decision = ctx.decide(ip, port, name)
+    if decision is not None and not decision.allowed:
+        ctx.deny(decision)
+        return False
+    return True
 
 
 def resolve_allowed(

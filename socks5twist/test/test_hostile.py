@@ -23,8 +23,9 @@ from zope.interface import implementer
 from socks5twist import codec, rules
 from socks5twist.auth import portal_for_checkers
 from socks5twist.codec import Method, Reply
+from socks5twist.gate import MAX_LOGINS_PER_CLIENT
 from socks5twist.names import InvalidName, canonical, is_address
-from socks5twist.session import MAX_LOGINS_PER_CLIENT, State
+from socks5twist.session import State
 
 from .helpers import NO_AUTH_GREETING, connect_request, make_session, memory_portal
 from .test_operations import resolving_reactor
@@ -222,17 +223,17 @@ class LockOutTests(SynchronousTestCase):
         refused = [e for e in logs if "--max-sessions-per-client" in e.get("log_format", "")]
         self.assertEqual(len(refused), 1, "logged once per burst")
         with capturedLogs() as logs:
-            reactor.advance(factory.refusals.window)
+            reactor.advance(factory.gate.refusals.window)
         summaries = [formatEvent(e) for e in logs]
         self.assertTrue(any(line.startswith("28 more") for line in summaries), summaries)
-        self.assertEqual(factory.refusals.open_bursts, 0)
+        self.assertEqual(factory.gate.refusals.open_bursts, 0)
 
     def test_refused_connections_do_not_hold_a_count(self) -> None:
         s = make_session(max_sessions_per_client=1)
         for _ in range(5):
             _connect(s.factory, "127.0.0.1")
         s.protocol.connectionLost()
-        self.assertEqual(dict(s.factory.client_sessions), {})
+        self.assertEqual(dict(s.factory.gate.client_sessions), {})
         self.assertFalse(_connect(s.factory, "127.0.0.1").disconnecting)
 
 
@@ -315,7 +316,7 @@ class LoginFloodTests(SynchronousTestCase):
         for transport in waiting:
             transport.protocol.connectionLost()
         self.assertTrue(all(d.called for d in checker.asked[:MAX_LOGINS_PER_CLIENT]))
-        self.assertEqual(dict(s.factory.logins), {ipaddress.ip_address("192.0.2.2"): 1})
+        self.assertEqual(dict(s.factory.gate.logins), {ipaddress.ip_address("192.0.2.2"): 1})
 
 
 class ResolverPropertyTests(SynchronousTestCase):
@@ -359,7 +360,7 @@ class MidLoginTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         protocol.connectionLost()
         self.assertTrue(checker.asked[0].called, "the check was cancelled")
-        self.assertEqual(dict(s.factory.logins), {})
+        self.assertEqual(dict(s.factory.gate.logins), {})
         self.assertEqual(protocol.outcome, "client left during authentication")
 
     def test_a_client_that_pipelined_its_request_may_half_close_during_login(self) -> None:

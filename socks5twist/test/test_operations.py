@@ -85,7 +85,7 @@ class RuleTests(SynchronousTestCase):
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(s.reactor.tcpClients, [])
         self.assertTrue(any(e.get("rule") == "#1 (no loopback)" for e in logs))
-        self.assertEqual(s.factory.denials["#1 (no loopback)"], 1)
+        self.assertEqual(s.factory.gate.denials["#1 (no loopback)"], 1)
 
     def test_name_resolving_into_a_denied_network_is_refused(self) -> None:
         reactor, _ = resolving_reactor("127.0.0.1", "::1")
@@ -207,7 +207,7 @@ class LimitTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         second.connectionLost(error.ConnectionDone())
         s.protocol.connectionLost(error.ConnectionDone())
-        self.assertEqual(s.factory.client_sessions, {})
+        self.assertEqual(s.factory.gate.client_sessions, {})
 
     def test_per_user_limit_gets_x02(self) -> None:
         portal = memory_portal(alice="a")
@@ -221,7 +221,7 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(transport.value()[4:], NOT_ALLOWED)
         s.protocol.connectionLost(error.ConnectionDone())
         second.connectionLost(error.ConnectionDone())
-        self.assertEqual(s.factory.user_sessions, {})
+        self.assertEqual(s.factory.gate.user_sessions, {})
 
 
 class OutgoingAddressTests(SynchronousTestCase):

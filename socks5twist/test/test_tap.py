@@ -28,7 +28,7 @@ class OptionTests(TestCase):
             (factory.handshake_timeout, factory.connect_timeout, factory.idle_timeout),
             (10.0, 10.0, 0.0),
         )
-        self.assertEqual(factory.max_clients, 4096)
+        self.assertEqual(factory.gate.max_clients, 4096)
         self.assertEqual(
             [str(n) for n in factory.client_policy.networks], ["127.0.0.0/8", "::1/128"]
         )
@@ -73,7 +73,7 @@ class OptionTests(TestCase):
             (factory.handshake_timeout, factory.connect_timeout, factory.idle_timeout),
             (3.0, 4.5, 60.0),
         )
-        self.assertEqual(factory.max_clients, 7)
+        self.assertEqual(factory.gate.max_clients, 7)
         self.assertEqual([str(n) for n in factory.client_policy.networks], ["192.0.2.0/24"])
 
     def test_make_service_is_a_multiservice_per_port(self) -> None:

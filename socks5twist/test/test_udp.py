@@ -170,7 +170,7 @@ class AssociateTests(SynchronousTestCase):
         relay.receive(datagram("2001:db8::1", 53, b"q"), CLIENT)
         s.protocol.connectionLost(error.ConnectionDone())
         self.assertEqual([p.listening for p in s.reactor.udp], [False, False, False])
-        self.assertEqual(s.factory.udp_associations, {})
+        self.assertEqual(s.factory.gate.udp_associations, {})
 
     def test_client_eof_ends_the_association(self) -> None:
         s, relay = associate()
@@ -210,7 +210,7 @@ class AssociateTests(SynchronousTestCase):
         self.assertEqual(transport.value()[2:], b"\x05\x02\x00\x01" + b"\x00" * 6)
         self.assertTrue(any("max-udp-per-client" in e.get("log_format", "") for e in logs))
         s.protocol.connectionLost(error.ConnectionDone())
-        self.assertEqual(s.factory.udp_associations, {})
+        self.assertEqual(s.factory.gate.udp_associations, {})
 
     def test_external_address_and_udp_interface(self) -> None:
         s, relay = associate(external_address="203.0.113.9", udp_interface="127.0.0.5")

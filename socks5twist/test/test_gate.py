@@ -1,0 +1,73 @@
+"""The gate: a place under a limit is freed once, however often it is released."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import Logger, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from socks5twist.gate import Gate, Refusal, Slot
+from socks5twist.policy import LOOPBACK_ONLY
+from socks5twist.ruleset import ALLOW_ALL
+
+CLIENT = ip_address("127.0.0.1")
+
+
+def gate(**limits: int) -> Gate:
+    settings = {
+        "max_clients": 100,
+        "max_sessions_per_client": 2,
+        "max_sessions_per_user": 2,
+        "max_udp_per_client": 2,
+        **limits,
+    }
+    return Gate(MemoryReactorClock(), Logger(), clients=LOOPBACK_ONLY, rules=ALLOW_ALL, **settings)
+
+
+class SlotTests(SynchronousTestCase):
+    def test_a_slot_released_twice_frees_one_place(self) -> None:
+        """Two places per client, both taken; one released twice: one more gets in."""
+        g = gate()
+        first, second = (g.admit_connection(CLIENT, "c") for _ in range(2))
+        assert isinstance(first, Slot) and isinstance(second, Slot)
+        first.release()
+        first.release()
+        self.assertIsInstance(g.admit_connection(CLIENT, "c"), Slot)
+        with capturedLogs() as logs:
+            refused = g.admit_connection(CLIENT, "c")
+        self.assertEqual(refused, Refusal("too many sessions from this client"))
+        self.assertEqual(g.limited["max-sessions-per-client"], 1)
+        self.assertIn("2 sessions open from it", logs[0]["log_format"].format(**logs[0]))
+
+    def test_every_limit_frees_its_place_once(self) -> None:
+        g = gate(max_sessions_per_user=1, max_udp_per_client=1, max_logins_per_client=1)
+        for admit in (
+            lambda: g.admit_request("alice", "CONNECT", "c"),
+            lambda: g.admit_udp(CLIENT, "c"),
+            lambda: g.admit_login(CLIENT, "c"),
+        ):
+            slot = admit()
+            assert isinstance(slot, Slot)
+            self.assertIsInstance(admit(), Refusal)
+            slot.release()
+            slot.release()
+            again = admit()
+            self.assertIsInstance(again, Slot)
+            self.assertIsInstance(admit(), Refusal)
+        self.assertEqual(
+            (dict(g.user_sessions), dict(g.udp_associations), dict(g.logins)),
+            ({"alice": 1}, {CLIENT: 1}, {CLIENT: 1}),
+        )
+
+    def test_a_client_refused_by_max_clients_holds_no_place_of_its_own(self) -> None:
+        g = gate(max_clients=1)
+        first = g.admit_connection(CLIENT, "c")
+        assert isinstance(first, Slot)
+        other = ip_address("127.0.0.2")
+        self.assertEqual(g.admit_connection(other, "o"), Refusal("too many clients"))
+        self.assertEqual(dict(g.client_sessions), {CLIENT: 1})
+        first.release()
+        self.assertEqual(dict(g.client_sessions), {})
+        self.assertIsInstance(g.admit_connection(other, "o"), Slot)
