@@ -102,18 +102,39 @@ def test_port_in_use_is_one_line_naming_the_port() -> None:
 
 
 def test_privileged_port_is_one_line_naming_the_port() -> None:
-    # Root may bind port 1: take that capability away (setpriv, util-linux).
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            message = "setpriv (util-linux) is needed to bind as root without the capability"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
-        prefix = [setpriv, "--bounding-set=-net_bind_service", "--"]
+    prefix = without_capabilities("net_bind_service")
     line = refused_start("--port", "tcp:1:interface=127.0.0.1", prefix=prefix)
     assert line == "cannot listen on tcp:1:interface=127.0.0.1: Permission denied"
+
+
+def without_capabilities(*names: str) -> list[str]:
+    """
+    A command prefix that runs the server without these capabilities when
+    the tests run as root (who may bind port 1 and write anywhere), so that
+    the kernel refuses what it refuses an ordinary user; none otherwise.
+    """
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        message = "setpriv (util-linux) is needed to drop root's capabilities"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return [setpriv, "--bounding-set=" + ",".join(f"-{name}" for name in names), "--"]
+
+
+def test_unwritable_places_are_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    prefix = without_capabilities("dac_override", "dac_read_search")
+    line = refused_start("--access-log", str(locked / "access.log"), prefix=prefix)
+    assert line == f"--access-log {locked}/access.log: Permission denied"
+    line = refused_start("--port", f"unix:{locked}/s.sock", prefix=prefix)
+    assert (
+        line
+        == f"--port 'unix:{locked}/s.sock': cannot create a socket in {locked}: permission denied"
+    )
 
 
 def free_on_both() -> int:
