@@ -94,7 +94,8 @@ Examples:
   twistd -n socks5 --port 'tcp6:1080:interface=\\:\\:1' --auth memory:alice:secret
       IPv6 loopback only (colons in a description are escaped with a backslash).
   socks5twist --port 1080 --rules /etc/socks5/rules.toml --metrics tcp:9105
-      The same server without twistd's flags: no pidfile, the log on stdout.
+      Access rules and metrics, run by the socks5twist command: twistd -n with no
+      pidfile and the log on stdout.
 """
 
 
@@ -215,7 +216,7 @@ class Options(usage.Options, AuthOptionMixin):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
-        # The ports that L{startchecks.dual_stack} made of a bare number, to
+        # The IPv6 halves that L{_dual_stack} made of bare port numbers, to
         # be listened on with IPV6_V6ONLY (see socks5twist.listeners).
         self["ipv6-only"] = set()
         self["allowed-clients"] = []

@@ -151,7 +151,7 @@ class HelpTests(TestCase):
         self.assertIn("\nExamples:\n  twistd -n socks5 --port 1080\n", text)
         self.assertTrue(
             text.rstrip().endswith(
-                "The same server without twistd's flags: no pidfile, the log on stdout."
+                "the socks5twist command: twistd -n with no\n      pidfile and the log on stdout."
             )
         )
 
