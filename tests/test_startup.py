@@ -21,6 +21,9 @@ import pytest
 from . import rawsocks
 from .conftest import IN_CI, TWISTD, Blob, free_port, require_tool, wait_until
 
+# udp_echo is a fixture: pytest finds it by name in this module.
+from .test_udp import associate, udp_echo, udp_header  # noqa: F401
+
 # Never an address of this machine (TEST-NET-1): a bind to it must fail.
 NOT_OURS = "192.0.2.7"
 
@@ -291,3 +294,27 @@ def test_socks5twist_command_from_the_wheel(tmp_path: Path, echo_server) -> None
         server.terminate()
         server.wait(30)
     assert "Traceback" not in stdout.read_text()
+
+
+def test_udp_client_of_a_dual_stack_socket_is_served_over_ipv4(
+    start_server, udp_echo: dict[int, tuple[str, int]]
+) -> None:
+    """
+    UDP ASSOCIATE from 127.0.0.1 through an explicit C{tcp6:} port on C{::}:
+    the relay port is IPv4 (ATYP 1, 127.0.0.1), and the client's datagrams,
+    from 127.0.0.1, are the client's.
+    """
+    port = free_on_both()
+    server = start_server("--port", f"tcp6:{port}:interface=\\:\\:", connect_to=("127.0.0.1", port))
+    control, relay = associate(server)
+    assert relay[0] == "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        client.sendto(udp_header(*udp_echo[4]) + b"through", relay)
+        data, source = client.recvfrom(65535)
+    assert source == relay
+    assert data == udp_header(*udp_echo[4]) + b"echo:" + hashlib.sha256(b"through").digest()
+    control.close()
+    wait_until(server.session_lines, 10, "the session line")
+    [line] = server.session_lines()
+    assert "] session 127.0.0.1:" in line and "datagrams=1/1 dropped=0" in line, line
