@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from . import rawsocks
+from . import rawsocks, test_udp
 from .conftest import IN_CI, TWISTD, Blob, free_port, require_tool, wait_until
+from .test_udp import associate, udp_header
 
-# udp_echo is a fixture: pytest finds it by name in this module.
-from .test_udp import associate, udp_echo, udp_header  # noqa: F401
-
+# test_udp's UDP echo servers, a fixture of this module too.
+udp_echo = test_udp.udp_echo
 # Never an address of this machine (TEST-NET-1): a bind to it must fail.
 NOT_OURS = "192.0.2.7"
 
