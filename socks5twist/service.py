@@ -18,8 +18,9 @@ L{SOCKS5Service}: the lifecycle of one server.
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer, error
@@ -35,6 +36,18 @@ from .twistedinternals import listening_port
 from .workers import WorkerPool
 
 log = Logger()
+
+
+def _exit(line: str) -> NoReturn:
+    """
+    End the start with C{line}: in the log (twistd has made C{sys.stderr}
+    a log stream by now, which the message of C{SystemExit} goes to), and on
+    the terminal's own stderr too, where an operator looks first.
+    """
+    terminal = sys.__stderr__
+    if terminal is not None and sys.stderr is not terminal:
+        print(line, file=terminal, flush=True)
+    raise SystemExit(line)
 
 
 class ListenFailed(Exception):
@@ -89,12 +102,15 @@ class SOCKS5Service(service.MultiService):
         for child in self:
             try:
                 child.privilegedStartService()
-            except error.CannotListenError as e:
+            except (error.CannotListenError, OSError, OverflowError) as e:
+                # (OSError: a unix: socket's lock file; OverflowError: a port
+                # past 65535 that an option check could not see.)
                 description = getattr(child, "_description", "?")
-                reason = e.socketError.strerror if e.socketError else str(e)
+                cause = e.socketError if isinstance(e, error.CannotListenError) else e
+                reason = getattr(cause, "strerror", None) or str(cause)
                 failure = ListenFailed(f"cannot listen on {description}: {reason}")
                 if self.exit_on_listen_failure:
-                    raise SystemExit(f"twistd socks5: error: {failure}") from None
+                    _exit(f"twistd socks5: error: {failure}")
                 raise failure from e
         log.info(
             "listening on {ports}",

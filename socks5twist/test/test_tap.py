@@ -21,7 +21,9 @@ def parse(*argv: str) -> Options:
 class OptionTests(TestCase):
     def test_defaults(self) -> None:
         options = parse()
-        self.assertEqual(options["ports"], ["tcp:1080"])
+        # IPv4 and IPv6 (on a machine that has it): see socks5twist.listeners.
+        self.assertEqual(options["ports"], ["tcp:1080", "tcp6:1080:interface=\\:\\:"])
+        self.assertEqual(options["ipv6-only"], {"tcp6:1080:interface=\\:\\:"})
         factory = make_factory(options)
         self.assertIsNone(factory.portal)
         self.assertEqual(
@@ -33,13 +35,23 @@ class OptionTests(TestCase):
             [str(n) for n in factory.client_policy.networks], ["127.0.0.0/8", "::1/128"]
         )
 
-    def test_ports_repeat_and_bare_numbers_mean_tcp(self) -> None:
+    def test_ports_repeat_and_bare_numbers_mean_both_ip_versions(self) -> None:
         options = parse(
             "--port", "1081", "--port", "tcp6:1082:interface=\\:\\:1", "-p", "unix:/tmp/x"
         )
         self.assertEqual(
-            options["ports"], ["tcp:1081", "tcp6:1082:interface=\\:\\:1", "unix:/tmp/x"]
+            options["ports"],
+            [
+                "tcp:1081",
+                "tcp6:1081:interface=\\:\\:",
+                "tcp6:1082:interface=\\:\\:1",
+                "unix:/tmp/x",
+            ],
         )
+        # Explicit descriptions are taken literally: only the bare port's
+        # IPv6 half is listened on with IPV6_V6ONLY.
+        self.assertEqual(options["ipv6-only"], {"tcp6:1081:interface=\\:\\:"})
+        self.assertEqual(parse("--port", "tcp:1083")["ports"], ["tcp:1083"])
 
     def test_bad_values_are_usage_errors(self) -> None:
         for argv in (

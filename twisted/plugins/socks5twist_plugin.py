@@ -24,8 +24,7 @@ def _options() -> Any:
             try:
                 super().parseOptions(options)
             except usage.UsageError as e:
-                message = str(e).removeprefix("Parameter type enforcement failed: ")
-                raise SystemExit(f"twistd socks5: error: {message}") from None
+                raise SystemExit(f"twistd socks5: error: {e}") from None
 
     return TwistdOptions()
 

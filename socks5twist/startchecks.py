@@ -1,0 +1,180 @@
+"""
+What can be found out about an option's value before the server starts, so
+that a value that cannot work stops the start with one line instead of a
+traceback at start-up or a server that fails every request.
+
+Each check raises L{usage.UsageError} whose message names the option and the
+value (never a password) and says why, and how to fix it where there is one
+obvious fix.  They use the machine (a test bind, the file system), never the
+network beyond it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import warnings
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from . import systemd
+
+__all__ = [
+    "check_endpoint",
+    "check_local_address",
+    "checker_problem",
+    "ipv6_problem",
+    "split_description",
+]
+
+_PORT_TYPES = ("tcp", "tcp6", "ssl")
+# The value of interface= up to the next key=value argument (or the end):
+# the part in which an IPv6 address's colons must be escaped.
+_INTERFACE = re.compile(r"interface=(.*?)(?=(?<!\\):\w+=|$)")
+
+
+def split_description(description: str) -> list[str]:
+    """
+    An endpoint description's fields, split on the colons that are not
+    escaped with a backslash, as Twisted's parser splits them.
+    """
+    fields, current, i = [], [], 0
+    while i < len(description):
+        char = description[i]
+        if char == "\\" and i + 1 < len(description):
+            current.append(description[i + 1])
+            i += 2
+            continue
+        if char == ":":
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    fields.append("".join(current))
+    return fields
+
+
+def check_endpoint(option: str, description: str) -> str:
+    """
+    Check that C{description} is an endpoint Twisted can listen on, as far
+    as that can be known before listening; return it.
+    """
+    unescaped = _unescaped_interface(description)
+    if unescaped is not None:
+        fixed = description.replace(unescaped, re.sub(r"(?<!\\):", r"\\:", unescaped), 1)
+        raise usage.UsageError(
+            f"{option} {description!r}: the colons of the address {unescaped} must be escaped"
+            f" with a backslash: {fixed} (quote it in a shell)"
+        )
+    if re.fullmatch(r"[+-]?\d+", description):
+        if not 0 <= int(description) <= 65535:
+            raise usage.UsageError(f"{option} {description!r}: a port is a number from 0 to 65535")
+        return description
+    from twisted.internet import reactor
+
+    fields = split_description(description.removeprefix("haproxy:"))
+    try:
+        systemd.check(endpoints.serverFromString(reactor, description))
+    except Exception as e:
+        raise usage.UsageError(
+            f"{option} {description!r}: {systemd.explain(description, e)}"
+        ) from None
+    positional = [f for f in fields[1:] if "=" not in f]
+    named = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
+    if fields[0] in _PORT_TYPES:
+        port = named.get("port", positional[0] if positional else "")
+        if not port.isdigit() or int(port) > 65535:
+            raise usage.UsageError(
+                f"{option} {description!r}: the port must be a number from 0 to 65535, not {port!r}"
+            )
+    if fields[0] == "unix":
+        path = named.get("address") or (positional[0] if positional else "")
+        _check_socket_directory(option, description, path)
+    return description
+
+
+def _unescaped_interface(description: str) -> str | None:
+    """The interface= value, if it holds a colon that is not escaped."""
+    match = _INTERFACE.search(description)
+    if match is None:
+        return None
+    value = match.group(1)
+    return value if re.search(r"(?<!\\):", value) else None
+
+
+def _check_socket_directory(option: str, description: str, path: str) -> None:
+    """A Unix socket (and Twisted's PATH.lock beside it) is created in its directory."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise usage.UsageError(
+            f"{option} {description!r}: the directory {directory} does not exist"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise usage.UsageError(
+            f"{option} {description!r}: cannot create a socket in {directory}: permission denied"
+        )
+
+
+def check_local_address(option: str, address: str, udp: bool = False) -> None:
+    """
+    Check that this machine can bind a socket to C{address} (port 0), as the
+    server will for each outbound connection or relay port: an address that
+    is not this machine's would fail every request instead.
+    """
+    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        with socket.socket(family, kind) as probe:
+            probe.bind((address, 0))
+    except OSError as e:
+        raise usage.UsageError(
+            f"{option} {address}: cannot bind to it: {e.strerror}"
+            " (it must be an address of this machine)"
+        ) from None
+
+
+def checker_problem(kind: str, checker: Any) -> str | None:
+    """Why a strcred checker could not let anyone in (C{None}: it can)."""
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse) and not checker.users:
+        return "names no user, so every login would fail (memory:USER:PASSWORD[:USER:PASSWORD]...)"
+    if kind == "unix":
+        return _unix_problem()
+    return None
+
+
+def _unix_problem() -> str | None:
+    """Twisted's C{unix} checker needs crypt, and the shadow database readable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt  # noqa: F401
+        except ImportError:
+            return "this Python has no crypt module (gone since 3.13): use file:PATH instead"
+        try:
+            import spwd
+        except ImportError:
+            return "this Python has no spwd module to read /etc/shadow: use file:PATH instead"
+    try:
+        spwd.getspnam("root")
+    except KeyError:
+        pass
+    except OSError as e:
+        return f"cannot read the shadow password database: {e.strerror} (run as root)"
+    return None
+
+
+def ipv6_problem() -> str | None:
+    """Why this machine cannot listen on IPv6 (C{None}: it can)."""
+    if not socket.has_ipv6:
+        return "this Python was built without IPv6"
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
