@@ -27,6 +27,9 @@ first match wins; without a match, checkers mean a password is required):
     clients = ["10.20.0.0/16"]
     method = "none"
 
+C{[[limit]]} tables (bandwidth, quotas, concurrent sessions; see
+L{socks5twist.limits}) are read here too, into L{Rules.limits}.
+
 This module reads the file: L{parse} turns its text into L{Rules} (errors
 name the line), L{load} reads a path, L{describe} lists the rules for the
 start-up log.  What the rules are and how the first match decides is
@@ -40,7 +43,9 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Sequence
+from typing import Any
 
+from .limits import Limit, LimitError, parse_quota, parse_rate
 from .names import InvalidName, canonical_pattern
 from .policy import IPNetwork
 from .ruleset import (
@@ -80,6 +85,17 @@ class RulesError(Exception):
 
 _RULE_KEYS = {"name", "action", "clients", "users", "commands", "destinations", "names", "ports"}
 _AUTH_KEYS = {"clients", "method"}
+_LIMIT_KEYS = {
+    "name",
+    "clients",
+    "users",
+    "commands",
+    "bandwidth",
+    "session_bandwidth",
+    "quota",
+    "sessions",
+    "disabled",
+}
 
 
 def parse(text: str, source: str = "rules") -> Rules:
@@ -89,7 +105,7 @@ def parse(text: str, source: str = "rules") -> Rules:
     except tomllib.TOMLDecodeError as e:
         raise RulesError(f"{source}: {e}") from None
     locator = _Locator(text, source)
-    unknown = set(data) - {"default", "rule", "auth"}
+    unknown = set(data) - {"default", "rule", "auth", "limit"}
     if unknown:
         raise locator.error(None, None, sorted(unknown)[0], "unknown setting")
     if "default" not in data:
@@ -107,7 +123,11 @@ def parse(text: str, source: str = "rules") -> Rules:
         raise locator.error(None, None, "auth", "use [[auth]] tables")
     for i, raw in enumerate(raw_auth, start=1):
         auth.append(_auth_rule(i, raw, locator))
-    return Rules(default, tuple(rules), tuple(auth))
+    raw_limits = data.get("limit", [])
+    if not isinstance(raw_limits, list):
+        raise locator.error(None, None, "limit", "use [[limit]] tables")
+    limits = tuple(_limit(i, raw, locator) for i, raw in enumerate(raw_limits, start=1))
+    return Rules(default, tuple(rules), tuple(auth), limits)
 
 
 def load(path: str) -> Rules:
@@ -206,6 +226,63 @@ def _ports(value: object, locator: _Locator, index: int) -> tuple[tuple[int, int
     return tuple(ranges)
 
 
+def _commands(value: object, locator: _Locator, table: str, index: int) -> frozenset[str]:
+    commands = frozenset(c.lower() for c in _strings(value, locator, table, index, "commands"))
+    bad = commands - set(COMMANDS)
+    if bad:
+        raise locator.error(
+            table, index, "commands", f"{sorted(bad)[0]!r} is not one of {', '.join(COMMANDS)}"
+        )
+    return commands
+
+
+def _limit(index: int, raw: object, locator: _Locator) -> Limit:
+    if not isinstance(raw, dict):
+        raise locator.error("limit", index, "limit", "must be a table")
+    unknown = set(raw) - _LIMIT_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise locator.error(
+            "limit", index, key, f"unknown key (known: {', '.join(sorted(_LIMIT_KEYS))})"
+        )
+    name = raw.get("name")
+    if name is not None and not isinstance(name, str):
+        raise locator.error("limit", index, "name", "must be a string")
+    values: dict[str, Any] = {}
+    for key, parser in (
+        ("bandwidth", parse_rate),
+        ("session_bandwidth", parse_rate),
+        ("quota", parse_quota),
+    ):
+        if key in raw:
+            try:
+                values[key] = parser(raw[key])
+            except LimitError as e:
+                raise locator.error("limit", index, key, str(e)) from None
+    sessions = raw.get("sessions")
+    if sessions is not None and (
+        isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1
+    ):
+        raise locator.error("limit", index, "sessions", "must be a whole number, at least 1")
+    disabled = raw.get("disabled", False)
+    if not isinstance(disabled, bool):
+        raise locator.error("limit", index, "disabled", "must be true or false")
+    return Limit(
+        index=index,
+        name=name,
+        clients=_networks(raw["clients"], locator, "limit", index, "clients")
+        if "clients" in raw
+        else None,
+        users=frozenset(_strings(raw["users"], locator, "limit", index, "users"))
+        if "users" in raw
+        else None,
+        commands=_commands(raw["commands"], locator, "limit", index) if "commands" in raw else None,
+        sessions=sessions,
+        disabled=disabled,
+        **values,
+    )
+
+
 def _rule(index: int, raw: object, locator: _Locator) -> Rule:
     if not isinstance(raw, dict):
         raise locator.error("rule", index, "rule", "must be a table")
@@ -220,16 +297,7 @@ def _rule(index: int, raw: object, locator: _Locator) -> Rule:
     name = raw.get("name")
     if name is not None and not isinstance(name, str):
         raise locator.error("rule", index, "name", "must be a string")
-    commands = None
-    if "commands" in raw:
-        commands = frozenset(
-            c.lower() for c in _strings(raw["commands"], locator, "rule", index, "commands")
-        )
-        bad = commands - set(COMMANDS)
-        if bad:
-            raise locator.error(
-                "rule", index, "commands", f"{sorted(bad)[0]!r} is not one of {', '.join(COMMANDS)}"
-            )
+    commands = _commands(raw["commands"], locator, "rule", index) if "commands" in raw else None
     names = None
     if "names" in raw:
         canonical = []
@@ -285,7 +353,9 @@ def _auth_rule(index: int, raw: object, locator: _Locator) -> AuthRule:
 
 
 def describe(rules: Rules) -> Sequence[str]:
-    """One line per rule, for the start-up log."""
-    return [f"{r.label}: {r.action.value}" for r in rules.rules] + [
-        f"default: {rules.default.value}"
-    ]
+    """One line per rule and per limit, for the start-up log."""
+    return (
+        [f"{r.label}: {r.action.value}" for r in rules.rules]
+        + [f"default: {rules.default.value}"]
+        + [f"{limit.label}: {limit.describe()}" for limit in rules.limits]
+    )

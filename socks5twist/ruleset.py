@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .codec import Command
 from .policy import (
@@ -22,6 +23,9 @@ from .policy import (
     is_unspecified_destination,
     spellings,
 )
+
+if TYPE_CHECKING:
+    from .limits import Limit
 
 __all__ = [
     "ALLOW_ALL",
@@ -151,6 +155,7 @@ class Rules:
     default: Verdict
     rules: tuple[Rule, ...] = ()
     auth: tuple[AuthRule, ...] = field(default=())
+    limits: tuple[Limit, ...] = field(default=())
 
     def decide(self, query: Query) -> Decision | None:
         """
@@ -191,6 +196,13 @@ class Rules:
         if undecided - {self.default} or (undecided and group):
             return None
         return GROUP_REFUSED if group else Decision(self.default, None)
+
+    def limit_for(self, client: IPAddress | None, user: str | None, command: str) -> Limit | None:
+        """The first C{[[limit]]} that applies to a request, or C{None}."""
+        for limit in self.limits:
+            if limit.matches(client, user, command):
+                return limit
+        return None
 
     def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:
         """Whether a client must authenticate, by the first matching C{[[auth]]}."""
