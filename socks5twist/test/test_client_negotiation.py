@@ -36,7 +36,7 @@ def started(credentials: tuple[bytes, bytes] | None = None, command=Command.CONN
 def feed(connection: ClientConnection, data: bytes) -> list[object]:
     """The events after C{data}, up to NEED_DATA or the tunnel's opening."""
     connection.receive_data(data)
-    events = []
+    events: list[object] = []
     while True:
         event = connection.next_event()
         if event is NEED_DATA:
@@ -153,7 +153,7 @@ class FailureTests(unittest.TestCase):
         for code, cls in expected.items():
             error = self.replied(code)
             self.assertIs(type(error), cls)
-            self.assertIsInstance(error, errors.SOCKS5Error)
+            assert isinstance(error, errors.SOCKS5Error)
             self.assertEqual(error.code, code)
             self.assertIn(f"0x{code:02x}", str(error))
             self.assertIn("example.org:443", str(error))
@@ -199,9 +199,9 @@ class HostileProxyTests(unittest.TestCase):
         error = self.assertRaises(errors.ProxyProtocolError, connection.next_event)
         self.assertIs(connection.state, State.CLOSED)
         self.assertEqual(connection.take_data(), b"")  # nothing kept
-        message = str(error)
-        self.assertTrue(message.isascii() and message.isprintable(), message)
-        return message
+        text = str(error)
+        self.assertTrue(text.isascii() and text.isprintable(), text)
+        return text
 
     def test_bad_versions(self) -> None:
         self.assertIn("bad method selection version 0x04", self.violation(b"\x04\x00"))
