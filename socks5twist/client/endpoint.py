@@ -151,6 +151,8 @@ class _Attempt(Factory):
     Deferred the caller holds, the deadline and the cancellation.
     """
 
+    noisy = False  # no "Starting factory" lines for each connection
+
     def __init__(
         self,
         user_factory: IProtocolFactory,
