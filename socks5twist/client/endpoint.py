@@ -172,9 +172,16 @@ class _Attempt(Factory):
 
     def start(self, proxy: IStreamClientEndpoint) -> None:
         connecting = proxy.connect(self)
-        if not self.result.called:
-            self._connecting = connecting
+        if not self.result.called and self.handshake is None:
+            self._connecting = connecting  # not reached yet: cancel this
         connecting.addErrback(self._unreachable)
+
+    def reached(self, handshake: _Handshake) -> bool:
+        """The proxy is reached; C{False} if this attempt was given up already."""
+        if self.result.called:
+            return False
+        self.handshake, self._connecting = handshake, None
+        return True
 
     def buildProtocol(self, addr: Any) -> _Handshake:
         return _Handshake(self)
@@ -244,11 +251,10 @@ class _Handshake(Protocol):
         return "SOCKS5Client"
 
     def connectionMade(self) -> None:
-        if self._attempt.result.called:
+        if not self._attempt.reached(self):
             # Cancelled or timed out while the proxy endpoint could not stop.
             _abort(self.transport)
             return
-        self._attempt.handshake = self
         self._proxy = self.transport
         self._proxy.write(self._negotiation.start())
 

@@ -452,3 +452,50 @@ class AgainstOurServerTests(unittest.TestCase):
         )
         pump.flush()
         self.assertEqual(self.failureResultOf(d, errors.ConnectionRefused).value.code, 5)
+
+
+class ChainTests(EndpointCase):
+    """Nested endpoints: the outer negotiation runs inside the inner tunnel."""
+
+    def chain(self) -> tuple[Deferred[Any], Any, Any]:
+        hop = self.endpoint("hop2.test", 1080)
+        outer = SOCKS5ClientEndpoint(hop, "example.org", 443, "bob", "pw", reactor=self.clock)
+        d = outer.connect(Factory.forProtocol(lambda: self.recorder))
+        protocol, transport = self.proxy.complete()
+        protocol.dataReceived(b"\x05\x00")
+        transport.clear()
+        return d, protocol, transport
+
+    def test_the_second_hop_is_negotiated_through_the_first(self) -> None:
+        d, protocol, transport = self.chain()
+        protocol.dataReceived(SUCCESS)
+        self.assertEqual(transport.value(), b"\x05\x02\x00\x02")  # the outer greeting
+        transport.clear()
+        protocol.dataReceived(b"\x05\x02")
+        self.assertEqual(transport.value(), b"\x01\x03bob\x02pw")
+        transport.clear()
+        protocol.dataReceived(b"\x01\x00")
+        self.assertEqual(transport.value(), REQUEST)
+        transport.clear()
+        last = Address(AddressType.IPV4, "203.0.113.7", 5555)
+        protocol.dataReceived(codec.build_reply(0, last) + b"from the destination")
+        recorder = self.successResultOf(d)
+        self.assertEqual(recorder.received, b"from the destination")
+        self.assertEqual(recorder.transport.getHost(), IPv4Address("TCP", "203.0.113.7", 5555))
+        self.assertEqual(recorder.transport.getPeer(), HostnameAddress(b"example.org", 443))
+        recorder.transport.write(b"up")
+        self.assertEqual(transport.value(), b"up")
+
+    def test_the_first_hops_failure_is_the_chains(self) -> None:
+        d, protocol, transport = self.chain()
+        protocol.dataReceived(codec.build_reply(5))
+        error = self.failed(d, errors.ConnectionRefused)
+        self.assertIn("hop2.test:1080", str(error))
+        self.assertTrue(transport.disconnected)
+
+    def test_cancel_aborts_the_first_hops_negotiation(self) -> None:
+        d, _, transport = self.chain()
+        d.cancel()
+        self.failed(d, CancelledError)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
