@@ -1,0 +1,343 @@
+"""
+L{SOCKS5ClientEndpoint}: a Twisted client endpoint that connects through a
+SOCKS5 proxy (RFC 1928, with RFC 1929 username/password).
+
+The proxy is reached through any client endpoint: TCP, TLS, a Unix socket,
+or another L{SOCKS5ClientEndpoint} (so a chain of proxies is endpoints
+nested in one another).  The negotiation is the sans-I/O
+L{socks5twist.client.negotiation.ClientConnection}; this module only moves
+bytes between it and the transport, keeps the deadline, and hands the
+connection to the caller's protocol once the tunnel is open (with a
+L{socks5twist.client.transport.TunnelTransport}).
+
+Nothing here logs: every failure is the errback of the Deferred that
+C{connect()} returned (a L{socks5twist.client.errors.SOCKS5ClientError}, or
+the proxy endpoint's own failure to reach the proxy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import NoProtocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..codec import Address, AddressType, Command
+from ..names import InvalidName, canonical, is_address
+from .errors import HandshakeTimeout, SOCKS5ClientError
+from .negotiation import ClientConnection, Established, NeedData, Send, State
+from .transport import TunnelTransport, twisted_address
+
+__all__ = ["DEFAULT_TIMEOUT", "SOCKS5ClientEndpoint", "destination"]
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def destination(host: str, port: int) -> Address:
+    """
+    The SOCKS address for C{host} and C{port}: an IP address (C{[::1]} and
+    the other spellings L{socks5twist.names} reads as one included) is sent
+    as one; anything else must be a valid host name, sent as its canonical
+    A-label form, unresolved.  Raises C{ValueError} (an L{InvalidName} for a
+    name).
+    """
+    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port must be 0 to 65535, not {port!r}")
+    try:
+        raw = host.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(host, "not encodable as UTF-8") from None
+    name = canonical(raw)
+    if is_address(name):
+        return Address.for_ip(name, port)
+    return Address(AddressType.DOMAIN, name, port)
+
+
+def _credential(value: str | bytes | None, what: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        raw = value
+    else:
+        raw = value.encode("utf-8")
+    if raw is not None and len(raw) > 255:
+        raise ValueError(f"the {what} is at most 255 bytes (RFC 1929)")
+    return raw
+
+
+@implementer(IStreamClientEndpoint)
+class SOCKS5ClientEndpoint:
+    """
+    Connects to C{host}:C{port} through the SOCKS5 proxy that C{proxy}
+    reaches.
+
+    C{connect(factory)} returns a Deferred that fires with the protocol that
+    C{factory} built, once the proxy replied success (its transport is a
+    L{TunnelTransport}: C{getHost()} is the proxy's bound address), or fails
+    with a L{socks5twist.client.errors.SOCKS5ClientError}, or with the proxy
+    endpoint's own failure.  Cancelling it cancels the connection to the
+    proxy, or aborts the negotiation.
+
+    @ivar proxy: the endpoint that reaches the proxy.
+    @ivar destination: the destination, as it is sent to the proxy.
+    @ivar timeout: seconds from C{connect()} to the proxy's reply, the
+        connection to the proxy included (C{None}: no limit of our own).
+    """
+
+    def __init__(
+        self,
+        proxy: IStreamClientEndpoint,
+        host: str,
+        port: int,
+        username: str | bytes | None = None,
+        password: str | bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        """
+        @param host: an IP address or a host name; a name goes to the proxy
+            unresolved (as C{socks5h}), in its canonical form (C{ValueError}
+            if it is no valid name).
+        @param username: with C{password}, RFC 1929 credentials (C{str} is
+            sent as UTF-8); both or neither.
+        @param reactor: for the timeout; the global reactor by default.
+        """
+        if (username is None) != (password is None):
+            raise ValueError("give both username and password, or neither")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
+        self.proxy = proxy
+        self.destination = destination(host, port)
+        user, secret = _credential(username, "username"), _credential(password, "password")
+        self._credentials = None if user is None or secret is None else (user, secret)
+        self.timeout = timeout
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor  # type: ignore[assignment]
+        self._reactor: IReactorTime = reactor  # type: ignore[assignment]
+
+    @property
+    def username(self) -> bytes | None:
+        """The RFC 1929 username, if any (the password is not to be read back)."""
+        return None if self._credentials is None else self._credentials[0]
+
+    def __repr__(self) -> str:
+        # Never the password: a repr ends up in logs.
+        user = "" if self.username is None else f" user={self.username!r} password=<hidden>"
+        host = self.destination.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"<SOCKS5ClientEndpoint {shown}:{self.destination.port} via {self.proxy!r}{user}>"
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        negotiation = ClientConnection(Command.CONNECT, self.destination, self._credentials)
+        attempt = _Attempt(protocolFactory, negotiation, self.timeout, self._reactor)
+        attempt.start(self.proxy)
+        return attempt.result
+
+
+class _Attempt(Factory):
+    """
+    One C{connect()}: the factory the proxy endpoint connects with, the
+    Deferred the caller holds, the deadline and the cancellation.
+    """
+
+    noisy = False  # no "Starting factory" lines for each connection
+
+    def __init__(
+        self,
+        user_factory: IProtocolFactory,
+        negotiation: ClientConnection,
+        timeout: float | None,
+        reactor: IReactorTime,
+    ) -> None:
+        self.user_factory = user_factory
+        self.negotiation = negotiation
+        self.timeout = timeout
+        self.result: Deferred[IProtocol] = Deferred(self._cancel)
+        self.handshake: _Handshake | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None
+        if timeout is not None:
+            self._timer = reactor.callLater(timeout, self._time_out)
+
+    def start(self, proxy: IStreamClientEndpoint) -> None:
+        connecting = proxy.connect(self)
+        if not self.result.called and self.handshake is None:
+            self._connecting = connecting  # not reached yet: cancel this
+        connecting.addErrback(self._unreachable)
+
+    def reached(self, handshake: _Handshake) -> bool:
+        """The proxy is reached; C{False} if this attempt was given up already."""
+        if self.result.called:
+            return False
+        self.handshake, self._connecting = handshake, None
+        return True
+
+    def buildProtocol(self, addr: Any) -> _Handshake:
+        return _Handshake(self)
+
+    # -- outcomes (the first one counts) -------------------------------------------
+
+    def succeed(self, protocol: IProtocol) -> None:
+        self._stop_timer()
+        self.result.callback(protocol)
+
+    def fail(self, failure: Failure) -> None:
+        if not self.result.called:
+            self._stop_timer()
+            self.result.errback(failure)
+
+    def _unreachable(self, failure: Failure) -> None:
+        # The proxy endpoint's own failure (or the cancellation of it).
+        self._connecting = None
+        self.fail(failure)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- giving up -------------------------------------------------------------------
+
+    def _cancel(self, result: Deferred[IProtocol]) -> None:
+        self._give_up(Failure(CancelledError("connect() was cancelled")))
+
+    def _time_out(self) -> None:
+        self._timer = None
+        assert self.timeout is not None
+        phase = self.negotiation.state
+        what = f"the proxy's {phase.value}"
+        if phase is State.START:
+            what = "the connection to the proxy"
+        address = self.negotiation.request.address
+        self._give_up(Failure(HandshakeTimeout(self.timeout, what, address)))
+
+    def _give_up(self, failure: Failure) -> None:
+        if self.handshake is not None:
+            self.handshake.abort(failure)
+            return
+        connecting, self._connecting = self._connecting, None
+        self.fail(failure)
+        if connecting is not None:
+            connecting.cancel()  # its errback finds the result already failed
+
+
+@implementer(IHalfCloseableProtocol)
+class _Handshake(Protocol):
+    """
+    The protocol on the connection to the proxy: negotiates, then passes
+    every event on to the caller's protocol.  It is always half-closeable
+    (the proxy endpoint decides that when it wraps us); a caller's protocol
+    that is not sees EOF as the connection's close, as TCP would give it.
+    """
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self._attempt = attempt
+        self._negotiation = attempt.negotiation
+        self._user: IProtocol | None = None
+        self._proxy: Any = None  # the connection to the proxy, once made
+
+    def logPrefix(self) -> str:
+        return "SOCKS5Client"
+
+    def connectionMade(self) -> None:
+        if not self._attempt.reached(self):
+            # Cancelled or timed out while the proxy endpoint could not stop.
+            _abort(self.transport)
+            return
+        self._proxy = self.transport
+        self._proxy.write(self._negotiation.start())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._user is not None:
+            self._user.dataReceived(data)
+        elif self._negotiation.state is not State.CLOSED:
+            self._negotiation.receive_data(data)
+            self._advance()
+
+    def readConnectionLost(self) -> None:
+        user = self._user
+        if user is None:
+            self._eof()
+        elif IHalfCloseableProtocol.providedBy(user):
+            user.readConnectionLost()  # type: ignore[attr-defined]
+        else:
+            self._proxy.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        if IHalfCloseableProtocol.providedBy(self._user):
+            self._user.writeConnectionLost()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
+        if self._user is not None:
+            self._user.connectionLost(reason)
+        else:
+            self._eof()
+
+    # -- the negotiation -------------------------------------------------------------
+
+    def _eof(self) -> None:
+        if self._negotiation.state in (State.START, State.CLOSED):
+            return
+        self._negotiation.receive_data(b"")
+        self._advance()
+
+    def _advance(self) -> None:
+        try:
+            while True:
+                event = self._negotiation.next_event()
+                if isinstance(event, NeedData):
+                    return
+                if isinstance(event, Send):
+                    self._proxy.write(event.data)
+                elif isinstance(event, Established):
+                    self._open(event.address)
+                    return
+                else:  # a BIND's first reply: not for a CONNECT endpoint
+                    raise AssertionError(f"unexpected {event!r}")
+        except SOCKS5ClientError as e:
+            self.abort(Failure(e))
+
+    def _open(self, bound: Address) -> None:
+        destination = self._negotiation.request.address
+        try:
+            user = self._attempt.user_factory.buildProtocol(twisted_address(destination))
+            if user is None:
+                raise NoProtocol()
+        except Exception:
+            self.abort(Failure())
+            return
+        tunnel = TunnelTransport(self._proxy, destination, bound, user)
+        self._user = user
+        self._attempt.handshake = None
+        user.makeConnection(tunnel)
+        self._attempt.succeed(user)
+        early = self._negotiation.take_data()
+        if early:
+            tunnel.deliver_early(early)
+
+    def abort(self, failure: Failure) -> None:
+        """Give up the negotiation: close the connection, fail the attempt."""
+        if self._negotiation.state is not State.CLOSED:
+            self._negotiation.close()
+        self._attempt.handshake = None
+        _abort(self._proxy)
+        self._attempt.fail(failure)
+
+
+def _abort(transport: Any) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    if abort is None:
+        transport.loseConnection()
+    else:
+        abort()

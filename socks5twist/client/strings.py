@@ -1,0 +1,56 @@
+"""
+The C{socks5:} client endpoint string, for
+C{twisted.internet.endpoints.clientFromString}:
+
+    socks5:HOST:PORT:proxy=DESCRIPTION[:user=NAME:password=SECRET][:timeout=SECONDS]
+
+C{DESCRIPTION} is any client endpoint string, its colons escaped (C{tcp\\:
+127.0.0.1\\:1080}, C{tls\\:proxy.example\\:1080}, C{unix\\:/run/socks.sock}).
+An IPv6 destination is written with its colons escaped (C{socks5:\\:\\:1:80:
+...}), or with the keywords C{host=} and C{port=} (C{host=2001\\:db8\\:\\:1}).
+The plugin in C{twisted/plugins/socks5twist_client.py} calls L{parse}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.endpoints import clientFromString
+
+from .endpoint import DEFAULT_TIMEOUT, SOCKS5ClientEndpoint
+
+__all__ = ["parse"]
+
+_KEYWORDS = frozenset({"host", "port", "proxy", "user", "password", "timeout"})
+
+
+def parse(reactor: Any, *args: str, **kwargs: str) -> SOCKS5ClientEndpoint:
+    """A L{SOCKS5ClientEndpoint} from the parts of a C{socks5:} string; C{ValueError}."""
+    unknown = sorted(set(kwargs) - _KEYWORDS)
+    if unknown:
+        raise ValueError(f"socks5: unknown parameter {unknown[0]!r}")
+    if len(args) > 2:
+        raise ValueError("socks5: takes HOST:PORT, then keywords (escape an IPv6 address's colons)")
+    positional = dict(zip(("host", "port"), args, strict=False))
+    for name, value in positional.items():
+        if name in kwargs:
+            raise ValueError(f"socks5: {name} given twice")
+        kwargs[name] = value
+    for name in ("host", "port", "proxy"):
+        if not kwargs.get(name):
+            raise ValueError(f"socks5: needs {name}")
+    try:
+        port = int(kwargs["port"])
+    except ValueError:
+        raise ValueError(f"socks5: the port must be a number, not {kwargs['port']!r}") from None
+    timeout = float(kwargs.get("timeout", DEFAULT_TIMEOUT))
+    proxy = clientFromString(reactor, kwargs["proxy"])
+    return SOCKS5ClientEndpoint(
+        proxy,
+        kwargs["host"],
+        port,
+        username=kwargs.get("user"),
+        password=kwargs.get("password"),
+        timeout=timeout if timeout > 0 else None,
+        reactor=reactor,
+    )

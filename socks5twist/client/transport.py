@@ -1,0 +1,138 @@
+"""
+The transport a protocol gets when its connection goes through a SOCKS5 proxy.
+
+L{TunnelTransport} stands between the user's protocol and the connection to
+the proxy (whatever that is: TCP, TLS, a Unix socket, or another tunnel, for
+a chain).  Writes, closes and flow control pass straight through; what it
+adds is what the tunnel is: C{getPeer()} is the destination asked for,
+C{getHost()} the address the proxy reported it connects from (BND.ADDR and
+BND.PORT), and L{TunnelTransport.proxy_transport} is the connection to the
+proxy itself.  It claims only the interfaces it keeps (a TLS connection to
+the proxy does not make the tunnel TLS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import HostnameAddress, IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IConsumer,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    ITransport,
+)
+from zope.interface import implementer
+
+from ..codec import Address, AddressType
+
+__all__ = ["TunnelTransport", "twisted_address"]
+
+TwistedAddress = IPv4Address | IPv6Address | HostnameAddress
+
+
+def twisted_address(address: Address) -> TwistedAddress:
+    """A SOCKS address as Twisted spells one (a name as a L{HostnameAddress})."""
+    if address.type is AddressType.IPV4:
+        return IPv4Address("TCP", address.host, address.port)
+    if address.type is AddressType.IPV6:
+        return IPv6Address("TCP", address.host, address.port)
+    return HostnameAddress(address.host.encode("ascii"), address.port)
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class TunnelTransport:
+    """
+    A stream to the destination, through the proxy.
+
+    @ivar proxy_transport: the connection to the proxy.
+    @ivar destination: the destination, as the request named it (a name
+        stays a name: the proxy resolved it).
+    @ivar bound: the reply's BND.ADDR and BND.PORT: for CONNECT, the address
+        the proxy connects to the destination from (what the destination
+        sees, unless there is NAT beyond the proxy).
+    """
+
+    def __init__(
+        self, proxy_transport: Any, destination: Address, bound: Address, protocol: IProtocol
+    ) -> None:
+        self.proxy_transport = proxy_transport
+        self.destination = destination
+        self.bound = bound
+        self._protocol = protocol
+        self._paused = False
+        self._held = b""
+
+    def __repr__(self) -> str:
+        return f"<TunnelTransport to {self.destination.host}:{self.destination.port}>"
+
+    # -- what the tunnel is --------------------------------------------------------
+
+    def getPeer(self) -> TwistedAddress:
+        """The destination (a name as a L{HostnameAddress}: the proxy resolved it)."""
+        return twisted_address(self.destination)
+
+    def getHost(self) -> TwistedAddress:
+        """The address the proxy reported it connects from (BND.ADDR, BND.PORT)."""
+        return twisted_address(self.bound)
+
+    # -- writing and closing: passed through -------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.proxy_transport.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.proxy_transport.writeSequence(data)
+
+    def loseConnection(self) -> None:
+        self.proxy_transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        """Close at once, dropping what is buffered (where the proxy's transport can)."""
+        abort = getattr(self.proxy_transport, "abortConnection", None)
+        if abort is None:
+            self.proxy_transport.loseConnection()
+        else:
+            abort()
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: send EOF to the destination, keep reading."""
+        self.proxy_transport.loseWriteConnection()
+
+    # -- flow control --------------------------------------------------------------
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        self.proxy_transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.proxy_transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.proxy_transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        held, self._held = self._held, b""
+        if held:
+            self._protocol.dataReceived(held)
+        if not self._paused:
+            self.proxy_transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.proxy_transport.stopProducing()
+
+    # -- for the handshake protocol ------------------------------------------------
+
+    def deliver_early(self, data: bytes) -> None:
+        """
+        The tunnel's first bytes, read with the proxy's reply.  A protocol
+        that paused its transport (in C{connectionMade}, or in a callback of
+        the Deferred that delivered it) gets them when it resumes, as it
+        would have from the socket.  They are at most one read.
+        """
+        if self._paused:
+            self._held += data
+        else:
+            self._protocol.dataReceived(data)
