@@ -28,7 +28,14 @@ from .policy import show
 if TYPE_CHECKING:
     from .session import SOCKS5ServerProtocol
 
-__all__ = ["SESSION_FORMAT", "SessionRecord", "flattened", "log_record"]
+__all__ = [
+    "SESSION_FORMAT",
+    "WORKER_SESSION_FORMAT",
+    "SessionRecord",
+    "flattened",
+    "log_record",
+    "log_worker_record",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +182,41 @@ def log_record(logger: Logger, record: SessionRecord) -> None:
     logger.observer(event)
 
 
+def log_worker_record(
+    logger: Logger, fields: dict[str, object], when: float, namespace: str, pid: int
+) -> dict[str, object]:
+    """
+    Send a C{--workers} process's session record (its L{SessionRecord.fields},
+    as the worker sent them, and the worker's event time and namespace) to
+    the first process's log: the event L{log_record} makes, with
+    C{worker[PID]} before the line (L{WORKER_SESSION_FORMAT}); returns the
+    event.
+    """
+    line = str(fields["session_line"])
+    event = dict(fields)
+    event.update(
+        log_logger=logger,
+        log_level=LogLevel.info,
+        log_namespace=namespace,
+        log_source=None,
+        log_format=WORKER_SESSION_FORMAT,
+        log_flattened={
+            **flattened(line),
+            "worker_pid!s:": str(pid),
+            "worker_pid!:": pid,
+        },
+        log_time=when,
+        worker_pid=pid,
+    )
+    logger.observer(event)
+    return event
+
+
 # The event's format, and the keys under which Twisted's flattening
 # (twisted.logger.flattenEvent) keeps its one field rendered and as it is.
 SESSION_FORMAT = "{session_line}"
+# A worker's session line as the first process logs it.
+WORKER_SESSION_FORMAT = "worker[{worker_pid}] {session_line}"
 _FLAT_KEY = "session_line!s:"
 _STRUCTURED_KEY = "session_line!:"
 

@@ -32,7 +32,7 @@ from typing import Any
 from twisted.logger import ILogObserver, LogEvent, LogLevel, formatTime
 from zope.interface import implementer
 
-from .record import SESSION_FORMAT, flattened
+from .record import SESSION_FORMAT, WORKER_SESSION_FORMAT, flattened
 from .twistedinternals import file_log_parts, log_observers, replace_log_observer
 
 __all__ = ["MAX_PENDING", "SessionLineObserver", "install", "uninstall"]
@@ -91,8 +91,9 @@ class SessionLineObserver:
         escaped already (one line, printable ASCII), they carry no failure
         and no C{log_system}.
         """
+        kind = event.get("log_format")
         if (
-            event.get("log_format") is not SESSION_FORMAT
+            (kind is not SESSION_FORMAT and kind is not WORKER_SESSION_FORMAT)
             or "log_failure" in event
             or "log_system" in event
         ):
@@ -106,6 +107,8 @@ class SessionLineObserver:
         system = self._systems.get(key)
         if system is None:
             system = self._systems[key] = f"[{key[0]}#{key[1].name}]"
+        if kind is WORKER_SESSION_FORMAT:
+            return f"{self._stamp} {system} worker[{event['worker_pid']}] {event['session_line']}\n"
         return f"{self._stamp} {system} {event['session_line']}\n"
 
     def flush(self) -> None:
@@ -133,7 +136,11 @@ def install(publisher: Any, reactor: Any, namespace: str) -> list[SessionLineObs
         write, flush, format_event = parts
         candidate = SessionLineObserver(observer, write, flush, reactor)
         now = time.time()
-        probes = [_probe(namespace, float(int(now))), _probe(namespace, now + 0.75)]
+        probes = [
+            _probe(namespace, float(int(now))),
+            _probe(namespace, now + 0.75),
+            _probe(namespace, now, worker=4242),
+        ]
         if all(format_event(p) == candidate.format(p) for p in probes):
             replace_log_observer(publisher, observer, candidate)
             installed.append(candidate)
@@ -147,10 +154,13 @@ def uninstall(publisher: Any, installed: list[SessionLineObserver]) -> None:
         replace_log_observer(publisher, observer, observer.original)
 
 
-def _probe(namespace: str, when: float) -> LogEvent:
-    """A session line event as L{record.log_record} builds them."""
+def _probe(namespace: str, when: float, worker: int | None = None) -> LogEvent:
+    """
+    A session line event as L{record.log_record} builds them (or, with
+    C{worker}, as L{record.log_worker_record} does).
+    """
     line = "session 127.0.0.1:1 user=- CONNECT 127.0.0.1:2 (probe)"
-    return {
+    event: LogEvent = {
         "session_line": line,
         "log_format": SESSION_FORMAT,
         "log_flattened": flattened(line),
@@ -158,3 +168,8 @@ def _probe(namespace: str, when: float) -> LogEvent:
         "log_level": LogLevel.info,
         "log_time": when,
     }
+    if worker is not None:
+        event["log_format"] = WORKER_SESSION_FORMAT
+        event["worker_pid"] = worker
+        event["log_flattened"].update({"worker_pid!s:": str(worker), "worker_pid!:": worker})
+    return event

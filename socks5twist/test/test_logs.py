@@ -12,6 +12,7 @@ from typing import Any, cast
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEventAsClassicLogText
 from twisted.trial.unittest import SynchronousTestCase
 
+from socks5twist import textlog
 from socks5twist.codec import Address, AddressType, Command
 from socks5twist.logs import JSONLinesObserver, count, relay_worker_line, worker_observer
 from socks5twist.record import SessionRecord, log_record
@@ -145,6 +146,31 @@ class WorkerRelayTests(SynchronousTestCase):
         self.assertEqual(relayed["text"], "worker[7] " + record.line())
         self.assertEqual(relayed["session"]["user"], "alice")
         self.assertEqual(relayed["session"]["up"], 517)
+
+    def test_a_session_record_is_a_compact_line_the_text_log_writes_fast(self) -> None:
+        record = SessionRecord.of(ended_connect(), now=1000.25)
+        [line] = self.worker_output(lambda log: log_record(log, record))
+        self.assertTrue(line.startswith(b"S{"), line)  # not Twisted's JSON of the event
+        returned = relay_worker_line(self.parent, 7, line)
+        [event] = self.received
+        self.assertIs(returned, event)  # what the worker pool looks at
+        self.assertEqual(event["log_namespace"], "socks5twist.service")
+        # Twisted's own text observer and socks5twist.textlog write the same.
+        expected = formatEventAsClassicLogText(event)
+        self.assertEqual(
+            textlog.SessionLineObserver(print, print, print, None).format(event), expected
+        )
+        assert expected is not None
+        self.assertIn("] worker[7] " + record.line(), expected)
+
+    def test_a_forged_session_record_is_text(self) -> None:
+        # Anything a worker prints reaches the pipe: only a record with
+        # exactly the record's fields is taken for one.
+        for line in [b"S{", b'S{"session_line": "x"}', b"S[1]", b'S{"log_time": "now"}']:
+            self.received.clear()
+            self.assertIsNone(relay_worker_line(self.parent, 5, line), line)
+            [event] = self.received
+            self.assertNotIn("session_line", event)
 
     def test_a_failure_keeps_its_traceback(self) -> None:
         def emit(log: Logger) -> None:
