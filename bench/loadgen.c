@@ -294,7 +294,8 @@ int main(int argc, char **argv) {
         stop_flag = 1;
         for (int i = 0; i < opt_conc; i++) pthread_join(t[i], NULL);
         double secs = now() - start;
-        printf("{\"sessions_per_s\": %.1f, \"errors\": %d}\n", sessions_done / secs, errors);
+        printf("{\"sessions_per_s\": %.1f, \"sessions\": %ld, \"errors\": %d}\n",
+               sessions_done / secs, (long)sessions_done, errors);
     } else if (!strcmp(mode, "idle")) {
         int *fds = malloc(sizeof(int) * opt_count), opened = 0;
         for (int i = 0; i < opt_count; i++) {

@@ -87,6 +87,28 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """
+    User + system CPU time of a process and all its descendants, living
+    ones only (Dante forks a process per client: its exited children's time
+    is counted in their parent's cutime/cstime once reaped, which is added).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5).
+            total += sum(int(f) for f in fields[11:15])
+            for task in os.listdir(f"/proc/{p}/task"):
+                children = Path(f"/proc/{p}/task/{task}/children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / tick
+
+
 class Peer:
     """A server to measure: how to start it on a port."""
 
@@ -244,13 +266,27 @@ def latency(loadgen: str, common: list[str], size: int, quick: bool) -> dict[str
     return {f"latency {label} p50 (us)": r["p50_us"], f"latency {label} p99 (us)": r["p99_us"]}
 
 
-def sessions(loadgen: str, common: list[str], concurrency: int, quick: bool) -> dict[str, float]:
-    """Complete sessions per second at C{concurrency}."""
-    seconds = "1" if quick else "2"
+def sessions(
+    loadgen: str, common: list[str], concurrency: int, quick: bool, pid: int | None = None
+) -> dict[str, float]:
+    """
+    Complete sessions per second at C{concurrency}, and, given the server's
+    C{pid}, the server's CPU time per session (user + system, its whole
+    process tree): on a shared machine, where sessions per second swing
+    with the neighbours' load, the CPU a session costs swings much less.
+    """
+    seconds = 1 if quick else 2
+    before = tree_cpu_seconds(pid) if pid is not None else 0.0
     r = run_loadgen(
-        loadgen, "sessions", *common, "--concurrency", str(concurrency), "--seconds", seconds
+        loadgen, "sessions", *common, "--concurrency", str(concurrency), "--seconds", str(seconds)
     )
-    return {f"sessions/s, concurrency {concurrency}": r["sessions_per_s"]}
+    out = {f"sessions/s, concurrency {concurrency}": r["sessions_per_s"]}
+    if pid is not None and r["sessions_per_s"] > 0:
+        spent = tree_cpu_seconds(pid) - before
+        out[f"server CPU per session, concurrency {concurrency} (us)"] = (
+            spent / r.get("sessions", r["sessions_per_s"] * seconds) * 1e6
+        )
+    return out
 
 
 def measure(peer: Peer, loadgen: str, target: str, quick: bool, workdir: Path) -> dict[str, float]:
@@ -335,7 +371,11 @@ def idle_memory(peer: Peer, loadgen: str, common: list[str], count: int) -> floa
 # the ratio is of the p50s themselves: "adds no more over direct than Dante"
 # is "a p50 no higher than Dante's" under the same conditions, and a direct
 # figure taken at another moment would only add its own noise.
-PAIRED_FIGURES = ("sessions/s, concurrency 32", "latency 1 B p50 (us)")
+PAIRED_FIGURES = (
+    "sessions/s, concurrency 32",
+    "server CPU per session, concurrency 32 (us)",
+    "latency 1 B p50 (us)",
+)
 PAIRED_OURS = (
     "socks5twist",
     "socks5twist --access-log",
@@ -374,11 +414,12 @@ def paired(
             try:
                 peer.start(workdir)
                 common = [*peer.proxy_args, "--target", target]
+                pid = peer.proc.pid if peer.proc is not None else None
                 figures = {
                     **latency(loadgen, common, 1, quick),
-                    **sessions(loadgen, common, 32, quick),
+                    **sessions(loadgen, common, 32, quick, pid),
                 }
-                out[peer.name].append({m: figures[m] for m in PAIRED_FIGURES})
+                out[peer.name].append({m: figures[m] for m in PAIRED_FIGURES if m in figures})
             except Exception as e:
                 # Left out of the ratios: each compares figures taken side by side.
                 print(f"bench: alternation {i + 1}, {peer.name}: {e}", file=sys.stderr)
@@ -418,7 +459,7 @@ def paired_table(results: dict[str, list[dict[str, float]]]) -> str:
             text = f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
             goal = PAIRED_TARGETS.get((metric, p))
             if goal is not None:
-                lower_is_better = metric.startswith("latency")
+                lower_is_better = metric.startswith(("latency", "server CPU"))
                 held = sum(1 for r in ratios if (r <= goal if lower_is_better else r >= goal))
                 sense = "<=" if lower_is_better else ">="
                 text += f"; {sense} {goal:g}x in {held}/{len(ratios)}"
