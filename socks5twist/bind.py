@@ -17,7 +17,8 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from .policy import IPAddress, describe, ip_of
+from .addresses import IPAddress
+from .policy import describe, ip_of
 from .relay import RemoteProtocol
 
 

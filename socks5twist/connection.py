@@ -34,7 +34,8 @@ import enum
 from dataclasses import dataclass
 
 from . import codec
-from .codec import Address, Command, MalformedMessage, Method, Reply
+from .addresses import Address
+from .codec import Command, MalformedMessage, Method, Reply
 
 __all__ = [
     "TRANSITIONS",

@@ -19,13 +19,8 @@ from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .gate import Gate, Refusal, Slot
-from .policy import (
-    ALLOW_ANY,
-    LOOPBACK_ONLY,
-    ClientPolicy,
-    IPNetwork,
-    parse_network,
-)
+from .networks import IPNetwork, parse_network
+from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
 from .record import SessionRecord, log_record
 from .ruleset import ALLOW_ALL, Rules
 from .session import SOCKS5ServerProtocol

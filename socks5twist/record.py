@@ -21,14 +21,17 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger, LogLevel
 
-from .codec import HEX_BYTE, Command
+from .codec import Command
 from .logsafe import field, printable
 from .policy import show
 
 if TYPE_CHECKING:
     from .session import SOCKS5ServerProtocol
 
-__all__ = ["SESSION_FORMAT", "SessionRecord", "flattened", "log_record"]
+__all__ = ["HEX_BYTE", "SESSION_FORMAT", "SessionRecord", "flattened", "log_record"]
+
+# How the line and the metrics show a reply code: 0x00 ... 0xff.
+HEX_BYTE = tuple(f"{i:#04x}" for i in range(256))
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ import tomllib
 from collections.abc import Sequence
 
 from .names import InvalidName, canonical_pattern
-from .policy import IPNetwork
+from .networks import IPNetwork
 from .ruleset import (
     ALLOW_ALL,
     ANONYMOUS,

@@ -12,9 +12,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .addresses import IPAddress
 from .codec import Command
-from .policy import (
-    IPAddress,
+from .networks import (
     IPNetwork,
     client_in,
     in_networks,

@@ -21,8 +21,8 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
 from . import outbound, splice
-from .codec import Address, ip_text
-from .policy import IPAddress, describe, show
+from .addresses import Address, IPAddress, ip_text
+from .policy import describe, show
 from .relay import RemoteProtocol, Side, StreamRelay
 from .splice import SpliceRelay
 

@@ -23,9 +23,9 @@ from twisted.internet.interfaces import IHostnameResolver
 from twisted.python.failure import Failure
 
 from .. import outbound
-from ..codec import Address, Reply
+from ..addresses import Address, IPAddress
+from ..codec import Reply
 from ..logsafe import escape
-from ..policy import IPAddress
 from ..ruleset import Decision
 from ..states import State
 
