@@ -27,7 +27,10 @@ __all__ = ["ALLOW_ANY", "LOOPBACK_ONLY", "ClientPolicy", "describe", "ip_of", "s
 
 
 def ip_of(address: IAddress) -> IPAddress | None:
-    """The IP of a Twisted address (see L{parse_ip}); C{None} for Unix sockets."""
+    """
+    The IP of a Twisted address, unwrapped (L{socks5twist.addresses.parse_ip});
+    C{None} for Unix sockets.
+    """
     if isinstance(address, (IPv4Address, IPv6Address)):
         return parse_ip(address.host)
     return None
