@@ -38,7 +38,6 @@ from .addresses import Address, IPAddress
 from .auth import ISOCKSUser
 from .codec import Command, Reply
 from .commands import COMMANDS, Handler
-from .commands.context import why
 from .commands.host import CommandHost
 from .connection import (
     NEED_DATA,
@@ -51,7 +50,7 @@ from .connection import (
 )
 from .connection import State as Wire
 from .gate import Refusal, Slot
-from .logsafe import field
+from .logsafe import field, why
 from .policy import describe, ip_of
 from .proxylistener import unvetted
 from .record import HEX_BYTE
@@ -369,7 +368,8 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
 
     # -- timers and accidents ----------------------------------------------------
 
-    def _handshake_timed_out(self) -> None:
+    def handshake_timed_out(self) -> None:
+        """The client did not finish negotiating in time (the factory's timer says)."""
         self.log.info(
             "handshake timeout for {client} in {state}",
             client=self.client_text,

@@ -16,12 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..addresses import Address, AddressType, IPAddress, literal_ip
-from ..bind import BindWaiter
+from ..bindlistener import BindWaiter
 from ..codec import Reply
+from ..logsafe import why
 from ..policy import describe, ip_of, show
 from ..relay import RemoteProtocol
 from ..states import State
-from .context import Context, admitted, resolve_allowed, why, wildcard_for
+from .context import Context, admitted, resolve_allowed, wildcard_for
 
 log = Logger()
 

@@ -13,8 +13,9 @@ from twisted.python.failure import Failure
 
 from .. import outbound, tunnel
 from ..addresses import Address, IPAddress, literal_ip
+from ..logsafe import why
 from ..states import State
-from .context import Context, admitted, resolve_allowed, why
+from .context import Context, admitted, resolve_allowed
 
 
 class Connect:

@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 from .. import outbound
 from ..addresses import Address, IPAddress
 from ..codec import Reply
-from ..logsafe import escape
 from ..ruleset import Decision
 from ..states import State
 
@@ -184,8 +183,3 @@ def wildcard_for(address: str | None) -> str:
     if address is not None and ipaddress.ip_address(address).version == 6:
         return "::"
     return "0.0.0.0"
-
-
-def why(failure: Failure) -> str:
-    """What went wrong, for a log line (escaped: messages may quote a peer)."""
-    return escape(failure.getErrorMessage() or type(failure.value).__name__)
