@@ -168,7 +168,7 @@ def join(
     else:
         protocol = remote
         splicing = will_splice(splice_on, client, remote.transport)
-    relay: StreamRelay | SpliceRelay
+    relay: Relay
     if splicing:
         relay = SpliceRelay(
             reactor,
