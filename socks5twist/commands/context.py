@@ -7,8 +7,9 @@ replies or fails, waits on a Deferred the session may cancel, opens the
 tunnel, and notes what the session's record shows (C{bound},
 C{connected_to}).  Its replies move the session's state (see
 L{socks5twist.states}); it only reads it.  L{Config} lists the settings a
-command reads.  The session (L{socks5twist.session}) implements both; tests
-may hand in fakes.
+command reads.  The session implements L{Context} (in
+L{socks5twist.commands.host}) and hands out its factory as the L{Config};
+tests may hand in fakes of either.
 """
 
 from __future__ import annotations
