@@ -4,7 +4,8 @@ The SOCKS5 wire format (RFC 1928 and RFC 1929), sans I/O.
 Everything that turns bytes into messages or messages into bytes lives here, and
 nothing here touches a socket, a reactor or Twisted: the session protocol feeds
 bytes in and gets typed messages out, so the format can be tested exhaustively
-on its own.
+on its own.  The SOCKS address inside requests, replies and datagrams (and
+the one spelling of an IP address) is L{socks5twist.addresses}'s.
 
 The rules this module keeps:
 
@@ -24,14 +25,55 @@ The rules this module keeps:
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from .addresses import UNSPECIFIED, Address, AddressType, ip_form, ip_text, parse_ip
 from .names import InvalidName, canonical, is_address
+
+# The wire format's names, and the SOCKS address's (L{socks5twist.addresses}
+# holds it; importable from here, where it lived first).
+__all__ = [
+    "AUTH_VERSION",
+    "MAX_AUTH_REQUEST",
+    "MAX_GREETING",
+    "MAX_REQUEST",
+    "SOCKS_VERSION",
+    "UNSPECIFIED",
+    "Address",
+    "AddressType",
+    "AuthRequest",
+    "AuthResponse",
+    "AuthStatus",
+    "Command",
+    "Greeting",
+    "MalformedMessage",
+    "Method",
+    "MethodSelection",
+    "Reply",
+    "ReplyMessage",
+    "Request",
+    "UDPDatagram",
+    "build_auth_request",
+    "build_auth_response",
+    "build_greeting",
+    "build_method_selection",
+    "build_reply",
+    "build_request",
+    "build_udp_datagram",
+    "ip_text",
+    "parse_auth_request",
+    "parse_auth_response",
+    "parse_greeting",
+    "parse_ip",
+    "parse_method_selection",
+    "parse_reply",
+    "parse_request",
+    "parse_udp_datagram",
+]
 
 SOCKS_VERSION = 5
 AUTH_VERSION = 1
@@ -58,14 +100,6 @@ class Command(IntEnum):
     CONNECT = 0x01
     BIND = 0x02
     UDP_ASSOCIATE = 0x03
-
-
-class AddressType(IntEnum):
-    """Address types (RFC 1928 section 5)."""
-
-    IPV4 = 0x01
-    DOMAIN = 0x03
-    IPV6 = 0x04
 
 
 class Reply(IntEnum):
@@ -103,82 +137,6 @@ class MalformedMessage(Exception):
         self.reply = reply
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    """
-    A SOCKS address: an IPv4 or IPv6 address, or a domain name, and a port.
-
-    C{host} is the textual form: a compressed IP address, or a domain name.
-    An address parsed from the wire holds a domain name only in the
-    canonical form of L{socks5twist.names.canonical} (lower-case ASCII, a
-    checked host name); a name that spells an IP address is parsed as that
-    address (ATYP 1 or 4), so a DOMAIN address never hides a literal.
-    """
-
-    type: AddressType
-    host: str
-    port: int
-
-    @classmethod
-    def for_ip(cls, host: str, port: int) -> Address:
-        """The ATYP 1 or 4 address for an IP literal (mapped IPv4 unwrapped)."""
-        kind, text = _ip_form(host)
-        return cls(kind, text, port)
-
-    def pack(self) -> bytes:
-        """ATYP, DST.ADDR and DST.PORT as they go on the wire."""
-        if not 0 <= self.port <= 0xFFFF:
-            raise ValueError(f"port out of range: {self.port}")
-        if self.type is AddressType.IPV4:
-            raw = _packed(self.host, 4)
-        elif self.type is AddressType.IPV6:
-            raw = _packed(self.host, 6)
-        else:
-            name = self.host.encode("utf-8", "surrogateescape")
-            if not 1 <= len(name) <= 255:
-                raise ValueError("domain name must be 1 to 255 bytes")
-            raw = bytes([len(name)]) + name
-        return bytes([self.type]) + raw + struct.pack("!H", self.port)
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """
-    An IP address from text, with an IPv4-mapped IPv6 address unwrapped and
-    any scope ID dropped; raises C{ValueError}.  Cached: a proxy sees the same
-    few addresses again and again, and parsing is not cheap.
-    """
-    ip = ipaddress.ip_address(host.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-@functools.lru_cache(maxsize=4096)
-def ip_text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
-    """C{str(ip)}, cached: formatting an address is slower than a lookup."""
-    return str(ip)
-
-
-@functools.lru_cache(maxsize=4096)
-def _packed(host: str, version: int) -> bytes:
-    if version == 4:
-        return ipaddress.IPv4Address(host).packed
-    return ipaddress.IPv6Address(host).packed
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip_form(host: str) -> tuple[AddressType, str]:
-    ip = parse_ip(host)
-    return (AddressType.IPV4 if ip.version == 4 else AddressType.IPV6), ip.compressed
-
-
-UNSPECIFIED = Address(AddressType.IPV4, "0.0.0.0", 0)
-
-# How logs and metrics show a reply code: 0x00 ... 0xff.
-HEX_BYTE = tuple(f"{i:#04x}" for i in range(256))
-
-
 def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
     """Parse ATYP ADDR PORT at C{offset}; return the address and the end offset."""
     if len(data) <= offset:
@@ -214,7 +172,7 @@ def _parse_address(data: bytes, offset: int) -> tuple[Address, int] | None:
             # reached by it.
             raise MalformedMessage(e.why, Reply.HOST_UNREACHABLE) from None
         if is_address(host):
-            kind, host = _ip_form(host)
+            kind, host = ip_form(host)
         else:
             kind = AddressType.DOMAIN
     else:

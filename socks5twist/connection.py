@@ -34,7 +34,8 @@ import enum
 from dataclasses import dataclass
 
 from . import codec
-from .codec import Address, Command, MalformedMessage, Method, Reply
+from .addresses import Address
+from .codec import Command, MalformedMessage, Method, Reply
 
 __all__ = [
     "TRANSITIONS",
@@ -120,7 +121,7 @@ _PARSING = {
     S.AUTH: (codec.parse_auth_request, K.CREDENTIALS),
     S.REQUEST: (codec.parse_request, K.REQUEST),
 }
-# The method each selection event picks.
+# The event of each method the server may select.
 _SELECTED = {Method.NO_AUTHENTICATION: K.SELECT_NONE, Method.USERNAME_PASSWORD: K.SELECT_PASSWORD}
 
 

@@ -19,13 +19,8 @@ from twisted.logger import Logger
 
 from .accesslog import AccessLog
 from .gate import Gate, Refusal, Slot
-from .policy import (
-    ALLOW_ANY,
-    LOOPBACK_ONLY,
-    ClientPolicy,
-    IPNetwork,
-    parse_network,
-)
+from .networks import IPNetwork, parse_network
+from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
 from .record import SessionRecord, log_record
 from .ruleset import ALLOW_ALL, Rules
 from .session import SOCKS5ServerProtocol
@@ -80,7 +75,8 @@ class SOCKS5ServerFactory(ServerFactory):
         address, not only from those it has sent to.
     @param max_udp_per_client: the most UDP associations one client IP may
         hold open at once.
-    @param rules: access rules (L{socks5twist.rules.Rules}); the default
+    @param rules: access rules (L{socks5twist.ruleset.Rules}, as
+        L{socks5twist.rules.load} reads them from a file); the default
         allows everything.  Replace C{factory.rules} (the gate's) to change
         them: sessions read them at each decision.
     @param max_sessions_per_client: the most concurrent sessions per client
@@ -249,10 +245,6 @@ class SOCKS5ServerFactory(ServerFactory):
             self.sessions.add(session)
         return admitted
 
-    def _idle_now(self) -> None:
-        if not self.sessions and self.on_idle is not None:
-            self.on_idle()
-
     def request_received(self, session: SOCKS5ServerProtocol) -> None:
         """Count a request, and how long its negotiation took."""
         self.stats.requests[session.command_label] += 1
@@ -283,6 +275,11 @@ class SOCKS5ServerFactory(ServerFactory):
         else:
             log_record(self.log, record)
 
+    def _idle_now(self) -> None:
+        if not self.sessions and self.on_idle is not None:
+            self.on_idle()
+
 
 def _handshake_timed_out(session: Any) -> None:
-    session._handshake_timed_out()
+    # One timer (timers.Deadlines) serves every session's handshake.
+    session.handshake_timed_out()

@@ -34,10 +34,11 @@ from typing import Any
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
+from .addresses import IPAddress
 from .bursts import BurstLog
 from .codec import Method
 from .logsafe import field
-from .policy import ClientPolicy, IPAddress
+from .policy import ClientPolicy
 from .ruleset import Decision, Query, Rules
 
 __all__ = ["MAX_LOGINS_PER_CLIENT", "Gate", "Refusal", "Slot"]

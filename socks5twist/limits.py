@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from .policy import IPAddress, IPNetwork, client_in
+from .addresses import IPAddress
+from .networks import IPNetwork, client_in
 from .ruleset import ANONYMOUS
 
 __all__ = [

@@ -21,8 +21,12 @@ The result is pure printable ASCII, and the escaping is reversible.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-__all__ = ["escape", "field", "printable"]
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+__all__ = ["escape", "field", "printable", "why"]
 
 
 def _escape_char(code: int) -> str:
@@ -80,3 +84,8 @@ def field(value: str | bytes | None) -> str:
     field of its own (a username C{x user=admin}).
     """
     return escape(value).replace(" ", "\\x20")
+
+
+def why(failure: Failure) -> str:
+    """What went wrong, for a log line (escaped: an error's message may quote a peer)."""
+    return escape(failure.getErrorMessage() or type(failure.value).__name__)

@@ -24,8 +24,8 @@ from twisted.python import usage
 
 from . import startchecks
 from .accesslog import open_for_append
+from .networks import parse_network
 from .passwords import PasswordFile, PasswordFileError
-from .policy import parse_network
 from .rules import RulesError
 from .rules import load as load_rules
 

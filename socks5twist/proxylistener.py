@@ -44,7 +44,8 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from . import proxyheader
 from .logsafe import escape
-from .policy import LOOPBACK_NETWORKS, IPNetwork, describe, ip_of, parse_network
+from .networks import LOOPBACK_NETWORKS, IPNetwork, parse_network
+from .policy import describe, ip_of
 from .twistedinternals import HAProxyProtocolWrapper
 
 __all__ = ["ProxyHeaderFactory", "ProxyHeaderProtocol", "Refusals", "unvetted"]

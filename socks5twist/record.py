@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger, LogLevel
 
-from .codec import HEX_BYTE, Command
+from .codec import Command
 from .logsafe import field, printable
 from .policy import show
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .session import SOCKS5ServerProtocol
 
 __all__ = [
+    "HEX_BYTE",
     "SESSION_FORMAT",
     "WORKER_SESSION_FORMAT",
     "SessionRecord",
@@ -36,6 +37,9 @@ __all__ = [
     "log_record",
     "log_worker_record",
 ]
+
+# How the line and the metrics show a reply code: 0x00 ... 0xff.
+HEX_BYTE = tuple(f"{i:#04x}" for i in range(256))
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,10 +125,6 @@ class StreamRelay:
         self.up = 0
         self.down = 0
 
-    @property
-    def remote_transport(self) -> Any:
-        return self._transports[Side.REMOTE]
-
     def start(self) -> None:
         """Register each side as the other's producer, and start the idle clock."""
         client = self._transports[Side.CLIENT]

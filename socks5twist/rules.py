@@ -47,7 +47,7 @@ from typing import Any
 
 from .limits import Limit, LimitError, parse_quota, parse_rate
 from .names import InvalidName, canonical_pattern
-from .policy import IPNetwork
+from .networks import IPNetwork
 from .ruleset import (
     ALLOW_ALL,
     ANONYMOUS,

@@ -13,9 +13,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .addresses import IPAddress
 from .codec import Command
-from .policy import (
-    IPAddress,
+from .networks import (
     IPNetwork,
     client_in,
     in_networks,

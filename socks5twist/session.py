@@ -34,11 +34,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import codec
+from .addresses import Address, IPAddress
 from .auth import ISOCKSUser
-from .codec import Address, Command, Reply
+from .codec import Command, Reply
 from .commands import COMMANDS, Handler
-from .commands.context import why
 from .commands.host import CommandHost
 from .connection import (
     NEED_DATA,
@@ -51,9 +50,10 @@ from .connection import (
 )
 from .connection import State as Wire
 from .gate import Refusal, Slot
-from .logsafe import field
-from .policy import IPAddress, describe, ip_of
+from .logsafe import field, why
+from .policy import describe, ip_of
 from .proxylistener import unvetted
+from .record import HEX_BYTE
 from .relay import Side, no_delay, send_now
 from .ruleset import COMMAND_NAMES
 from .states import State, session_state
@@ -121,7 +121,7 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
     @property
     def reply_label(self) -> str:
         """The last reply code as metrics name it (none: no reply was sent)."""
-        return codec.HEX_BYTE[self.replies[-1]] if self.replies else "none"
+        return HEX_BYTE[self.replies[-1]] if self.replies else "none"
 
     # -- state ---------------------------------------------------------------
 
@@ -368,7 +368,8 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
 
     # -- timers and accidents ----------------------------------------------------
 
-    def _handshake_timed_out(self) -> None:
+    def handshake_timed_out(self) -> None:
+        """The client did not finish negotiating in time (the factory's timer says)."""
         self.log.info(
             "handshake timeout for {client} in {state}",
             client=self.client_text,

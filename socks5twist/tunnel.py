@@ -21,9 +21,10 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
 from . import outbound, splice
-from .codec import Address, ip_text
-from .policy import IPAddress, describe, show
+from .addresses import Address, IPAddress, ip_text
+from .policy import describe, show
 from .relay import RemoteProtocol, Side, StreamRelay
+from .socketconnect import connect_socket
 from .splice import SpliceRelay
 
 __all__ = ["Relay", "Remote", "adopt", "connect", "join", "start", "will_splice"]
@@ -128,7 +129,7 @@ def connect(
             peer = show(Address.for_ip(ip_text(ip), port))
             return Remote(sock, bound, show(bound), peer)
 
-        sock = outbound.connect_socket(reactor, ip, port, timeout, bind=outgoing.get(ip.version))
+        sock = connect_socket(reactor, ip, port, timeout, bind=outgoing.get(ip.version))
         return sock.addCallback(connected)
 
     def protocol_connected(remote: Any) -> Remote:
@@ -167,7 +168,7 @@ def join(
     else:
         protocol = remote
         splicing = will_splice(splice_on, client, remote.transport)
-    relay: StreamRelay | SpliceRelay
+    relay: Relay
     if splicing:
         relay = SpliceRelay(
             reactor,

@@ -33,9 +33,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import codec, outbound
-from .codec import Address, MalformedMessage, parse_ip
+from .addresses import Address, IPAddress, literal_ip, parse_ip
+from .codec import MalformedMessage
 from .logsafe import escape
-from .policy import IPAddress
 from .relay import IdleClock
 
 # Bounds on what one association remembers.
@@ -72,7 +72,7 @@ class Lock(enum.Enum):
 
 def lock_for(client_ip: IPAddress, stated: Address) -> Lock:
     """The L{Lock} of an association whose request stated C{stated}."""
-    ip = outbound.literal_ip(stated)
+    ip = literal_ip(stated)
     if ip is not None and ip.is_unspecified:
         return Lock.UNSPECIFIED
     if ip != client_ip:
@@ -199,7 +199,7 @@ class UDPAssociation:
             return
         self.client_address = (addr[0], addr[1])
         self._touch()
-        ip = outbound.literal_ip(parsed.address)
+        ip = literal_ip(parsed.address)
         if ip is not None:
             self._send(ip, parsed.address.port, parsed.data, None)
             return

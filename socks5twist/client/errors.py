@@ -23,7 +23,7 @@ escaped (L{socks5twist.logsafe}), so C{str(error)} may be logged as it is.
 
 from __future__ import annotations
 
-from ..codec import HEX_BYTE, Address, Reply
+from ..codec import Address, Reply
 from ..logsafe import escape
 
 __all__ = [
@@ -82,7 +82,7 @@ class SOCKS5Error(SOCKS5ClientError):
     def __init__(self, code: int | None = None, destination: Address | None = None) -> None:
         if code is not None:
             self.code = code
-        super().__init__(f"the proxy replied {HEX_BYTE[self.code]} ({self.meaning})", destination)
+        super().__init__(f"the proxy replied {self.code:#04x} ({self.meaning})", destination)
 
 
 class GeneralFailure(SOCKS5Error):
@@ -171,7 +171,7 @@ class NoAcceptableMethods(AuthenticationError):
     """
 
     def __init__(self, offered: tuple[int, ...]) -> None:
-        names = ", ".join(HEX_BYTE[m] for m in offered)
+        names = ", ".join(f"{m:#04x}" for m in offered)
         super().__init__(f"the proxy accepts none of the methods offered ({names})")
         self.offered = offered
 
@@ -181,7 +181,7 @@ class LoginRejected(AuthenticationError):
 
     def __init__(self, status: int, username: bytes) -> None:
         super().__init__(
-            f"the proxy refused the password of user {escape(username)} (status {HEX_BYTE[status]})"
+            f"the proxy refused the password of user {escape(username)} (status {status:#04x})"
         )
         self.status = status
         self.username = username

@@ -251,12 +251,12 @@ class ClientConnection:
     # -- the proxy's messages ----------------------------------------------------
 
     def _method_selected(self, method: int) -> Event:
-        self._nothing_after(f"method selection {codec.HEX_BYTE[method]}")
+        self._nothing_after(f"method selection {method:#04x}")
         if method == Method.NO_ACCEPTABLE:
             self._move(K.NONE_ACCEPTABLE)
             raise NoAcceptableMethods(self.methods)
         if method not in self.methods:
-            raise self._violation(f"the proxy chose method {codec.HEX_BYTE[method]}, not offered")
+            raise self._violation(f"the proxy chose method {method:#04x}, not offered")
         if method == Method.USERNAME_PASSWORD:
             assert self._credentials is not None
             self._move(K.SELECT_PASSWORD)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from ..codec import Address, Reply
+from ..addresses import Address, IPAddress
+from ..codec import Reply
 from ..gate import UNLIMITED, Refusal
-from ..policy import IPAddress, show
+from ..policy import show
 from ..udp import UDPAssociation
 from .context import Context, admitted, wildcard_for
 

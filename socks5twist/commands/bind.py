@@ -15,13 +15,14 @@ from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .. import outbound
-from ..bind import BindWaiter
-from ..codec import Address, AddressType, Reply
-from ..policy import IPAddress, describe, ip_of, show
+from ..addresses import Address, AddressType, IPAddress, literal_ip
+from ..bindlistener import BindWaiter
+from ..codec import Reply
+from ..logsafe import why
+from ..policy import describe, ip_of, show
 from ..relay import RemoteProtocol
 from ..states import State
-from .context import Context, admitted, resolve_allowed, why, wildcard_for
+from .context import Context, admitted, resolve_allowed, wildcard_for
 
 log = Logger()
 
@@ -34,7 +35,7 @@ class Bind:
         self.waiter: BindWaiter | None = None
 
     def start(self, address: Address) -> None:
-        ip = outbound.literal_ip(address)
+        ip = literal_ip(address)
         if ip is None or ip.is_unspecified:
             # The peer is known only when it connects (then it is checked).
             allowed = admitted(self.ctx, None, None, None)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from twisted.python.failure import Failure
 
 from .. import outbound, tunnel
-from ..codec import Address
-from ..policy import IPAddress
+from ..addresses import Address, IPAddress, literal_ip
+from ..logsafe import why
 from ..states import State
-from .context import Context, admitted, resolve_allowed, why
+from .context import Context, admitted, resolve_allowed
 
 
 class Connect:
@@ -26,7 +26,7 @@ class Connect:
 
     def start(self, address: Address) -> None:
         ctx = self.ctx
-        ip = outbound.literal_ip(address)
+        ip = literal_ip(address)
         if ip is not None:
             if admitted(ctx, ip, address.port, None):
                 self._connect_to([ip], "")

@@ -7,8 +7,9 @@ replies or fails, waits on a Deferred the session may cancel, opens the
 tunnel, and notes what the session's record shows (C{bound},
 C{connected_to}).  Its replies move the session's state (see
 L{socks5twist.states}); it only reads it.  L{Config} lists the settings a
-command reads.  The session (L{socks5twist.session}) implements both; tests
-may hand in fakes.
+command reads.  The session implements L{Context} (in
+L{socks5twist.commands.host}) and hands out its factory as the L{Config};
+tests may hand in fakes of either.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from twisted.internet.interfaces import IHostnameResolver
 from twisted.python.failure import Failure
 
 from .. import outbound
-from ..codec import Address, Reply
-from ..logsafe import escape
-from ..policy import IPAddress
+from ..addresses import Address, IPAddress
+from ..codec import Reply
 from ..ruleset import Decision
 from ..states import State
 
@@ -184,8 +184,3 @@ def wildcard_for(address: str | None) -> str:
     if address is not None and ipaddress.ip_address(address).version == 6:
         return "::"
     return "0.0.0.0"
-
-
-def why(failure: Failure) -> str:
-    """What went wrong, for a log line (escaped: messages may quote a peer)."""
-    return escape(failure.getErrorMessage() or type(failure.value).__name__)

@@ -21,11 +21,12 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from .. import tunnel
-from ..codec import Address, Command, Reply
+from ..addresses import Address, IPAddress
+from ..codec import Command, Reply
 from ..connection import ServerConnection
 from ..gate import Refusal, Slot
 from ..logsafe import field
-from ..policy import IPAddress, ip_of, show
+from ..policy import ip_of, show
 from ..relay import RemoteProtocol, send_now
 from ..ruleset import COMMAND_NAMES, Decision, Query
 from ..tunnel import Relay

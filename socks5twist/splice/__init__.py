@@ -7,7 +7,7 @@ relay's own.
 Used only when the client's end is a plain TCP transport of Twisted's own
 (no TLS, no PROXY-protocol wrapper) with nothing left in its write buffer,
 and the other end is one too (a BIND peer) or a bare connected socket (a
-CONNECT destination: see L{socks5twist.outbound.connect_socket}); every
+CONNECT destination: see L{socks5twist.socketconnect.connect_socket}); every
 other tunnel uses L{socks5twist.relay.StreamRelay}.
 
 The modules, one concern each:

@@ -218,7 +218,7 @@ class End:
     def __init__(self, relay: SpliceRelay, end: tcp.Connection | socket.socket) -> None:
         self.relay = relay
         # A Twisted transport, or a bare socket that the relay owns (a
-        # destination connected by L{socks5twist.outbound.connect_socket}).
+        # destination connected by L{socks5twist.socketconnect.connect_socket}).
         if isinstance(end, socket.socket):
             self.transport: tcp.Connection | None = None
             self.sock = end

@@ -1,7 +1,9 @@
 """
 The package's layout: no module imports, at run time, one that imports it
 back (type-only imports under C{if TYPE_CHECKING:} aside), so each module
-can be read, and loaded, after the ones it uses.
+can be read, and loaded, after the ones it uses; and the sans-I/O modules
+(the wire format, the negotiation, the rules) load no Twisted at all, so
+they can be read and tested without a reactor.
 """
 
 from __future__ import annotations
@@ -44,6 +46,15 @@ def runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
     imports (in any C{if}/C{try} but C{if TYPE_CHECKING:}), not those inside
     functions, which run later.
     """
+    return {m for m in module_imports(name, path, known) if m in known} - {name}
+
+
+def module_imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """
+    Every module C{name} imports as it loads (see L{runtime_imports}), of
+    the package (C{known}) or not: C{from a import b} is C{a.b} where that
+    is a module of the package, else C{a}.
+    """
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
@@ -58,15 +69,12 @@ def runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
     def visit(statements: list[ast.stmt]) -> None:
         for node in statements:
             if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names if alias.name in known)
+                found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 target = resolve(node.level, node.module)
                 for alias in node.names:
                     submodule = f"{target}.{alias.name}"
-                    if submodule in known:
-                        found.add(submodule)
-                    elif target in known:
-                        found.add(target)
+                    found.add(submodule if submodule in known else target)
             elif isinstance(node, ast.If):
                 if not _is_type_checking(node.test):
                     visit(node.body)
@@ -78,7 +86,6 @@ def runtime_imports(name: str, path: Path, known: set[str]) -> set[str]:
                     visit(handler.body)
 
     visit(ast.parse(path.read_text(encoding="utf-8")).body)
-    found.discard(name)
     return found
 
 
@@ -128,3 +135,59 @@ class ImportCycleTests(SynchronousTestCase):
         factory = runtime_imports("socks5twist.factory", PACKAGE / "factory.py", set(modules()))
         self.assertNotIn("socks5twist.metrics", factory)  # imported when metrics are enabled
         self.assertIn("socks5twist.session", factory)
+
+
+# The modules that do no I/O: bytes or text in, values out.
+SANS_IO = (
+    "socks5twist.addresses",
+    "socks5twist.client.errors",
+    "socks5twist.client.negotiation",
+    "socks5twist.codec",
+    "socks5twist.connection",
+    "socks5twist.limits",
+    "socks5twist.logsafe",
+    "socks5twist.names",
+    "socks5twist.networks",
+    "socks5twist.passwordformat",
+    "socks5twist.proxyheader",
+    "socks5twist.ruleset",
+    "socks5twist.states",
+)
+
+
+def twisted_loaded_by(name: str, found: dict[str, Path]) -> dict[str, set[str]]:
+    """
+    The Twisted (and zope) modules that loading C{name} imports, by the
+    module of the package that imports them: C{name} and every module of
+    the package it loads, the package's C{__init__} aside (it serves
+    C{import socks5twist}, not the modules under it).
+    """
+    known = set(found) - {"socks5twist"}
+    seen: set[str] = set()
+    todo = [name]
+    loaded: dict[str, set[str]] = {}
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        imports = module_imports(module, found[module], known)
+        foreign = {m for m in imports if m.split(".")[0] in ("twisted", "zope")}
+        if foreign:
+            loaded[module] = foreign
+        todo.extend(m for m in imports if m in known)
+    return loaded
+
+
+class SansIOTests(SynchronousTestCase):
+    def test_sans_io_modules_load_nothing_of_twisted(self) -> None:
+        found = modules()
+        for name in SANS_IO:
+            self.assertEqual(twisted_loaded_by(name, found), {}, name)
+
+    def test_the_check_sees_twisted_loaded_through_another_module(self) -> None:
+        found = modules()
+        # The session loads Twisted itself; the allow-list's module too.
+        self.assertIn("socks5twist.session", twisted_loaded_by("socks5twist.session", found))
+        loaded = twisted_loaded_by("socks5twist.gate", found)
+        self.assertIn("twisted.internet.address", loaded["socks5twist.policy"])

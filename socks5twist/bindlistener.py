@@ -1,11 +1,12 @@
 """
-BIND (RFC 1928 section 4): wait for the one inbound connection a client asks
-for, from the peer it names.
+BIND's one-shot listener (RFC 1928 section 4): wait for the one inbound
+connection a client asks for, from the peer it names.
 
 A L{BindWaiter} owns the listening port and the timer of one BIND request.
 It accepts exactly one connection, from an allowed peer, and then stops
 listening at once; connections from anyone else are closed, logged, and the
-wait goes on.  The session decides what the replies say.
+wait goes on.  What the replies say, and what the rules make of the peer,
+is the command's (L{socks5twist.commands.bind}).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from .policy import IPAddress, describe, ip_of
+from .addresses import IPAddress
+from .policy import describe, ip_of
 from .relay import RemoteProtocol
 
 
@@ -55,7 +57,6 @@ class BindWaiter(ServerFactory):
         self.port: IListeningPort | None = None
         self._timer: IDelayedCall | None = None
         self.accepted = False
-        self.rejected = 0
 
     def listen(self) -> IAddress:
         """Start listening (raises L{CannotListenError}); return the bound address."""
@@ -69,7 +70,6 @@ class BindWaiter(ServerFactory):
             return None
         ip = ip_of(addr)
         if self.allowed is not None and ip not in self.allowed:
-            self.rejected += 1
             self.log.warn(
                 "BIND on {interface}: closed a connection from {peer}, "
                 "not the expected peer ({expected})",
@@ -79,7 +79,6 @@ class BindWaiter(ServerFactory):
             )
             return None
         if self._admit is not None and not self._admit(addr):
-            self.rejected += 1
             return None
         self.accepted = True
         self.stop()
