@@ -9,6 +9,7 @@ running session ends on SIGHUP.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
 import socketserver
@@ -17,22 +18,36 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from socks5twist import rules
+from socks5twist.limits import Quota
+
 from . import rawsocks
 from .conftest import wait_until
+from .test_readme import blocks
 
 QUOTA = 2 << 20  # 2 MiB a day
 CHUNK = 64 << 10
 PACE = 0.02  # seconds between chunks: about 3 MiB/s
 SENT_AT_MOST = 16 << 20
 
-# The README's query: usage per user today.
-USAGE_TODAY = """
-SELECT key, bytes_up, bytes_down, sessions FROM usage
-WHERE period = strftime('%Y-%m-%d', 'now') ORDER BY bytes_up + bytes_down DESC
-"""
+
+def readme_queries() -> list[str]:
+    """The README's queries for operators, one statement each."""
+    _, language, text = blocks()["accounting-queries"]
+    assert language == "sql"
+    lines = [line for line in text.splitlines() if not line.startswith("--")]
+    return [q.strip() for q in "\n".join(lines).split(";") if q.strip()]
+
+
+def test_the_readme_quota_example_parses() -> None:
+    _, language, text = blocks()["quota"]
+    assert language == "toml"
+    [limit] = rules.parse(text, "README.md").limits
+    assert limit.quota == Quota(10 << 30, "month")
 
 
 class _PacedSender(socketserver.BaseRequestHandler):
@@ -61,6 +76,12 @@ def paced_origin() -> Iterator[tuple[str, int]]:
     yield "127.0.0.1", server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+def connect_as(server: Any, target: tuple[str, int], user: tuple[bytes, bytes]) -> Any:
+    """CONNECT to C{target} through C{server} as C{user} (name, password)."""
+    host, port = target
+    return rawsocks.connect(server.address, host, port, credentials=user)
 
 
 def read_until_closed(sock: socket.socket, deadline: float) -> tuple[int, float | None]:
@@ -103,7 +124,7 @@ def test_a_used_up_quota_cuts_the_transfer_refuses_with_x02_and_survives_a_resta
     wait_until(lambda: f"accounting in sqlite:{db}: 0 keys" in server.log(), 5, "accounting")
     alice, bob = (b"alice", b"a"), (b"bob", b"b")
 
-    sock, code = rawsocks.connect(server.address, *paced_origin, credentials=alice)
+    sock, code = connect_as(server, paced_origin, alice)
     with sock:
         assert code == 0
         received, reached = read_until_closed(sock, time.monotonic() + 20)
@@ -113,25 +134,30 @@ def test_a_used_up_quota_cuts_the_transfer_refuses_with_x02_and_survives_a_resta
     why = f"quota of [[limit]] #1 (small) used: {QUOTA} B/day"
     wait_until(lambda: f"closing 1 session of user:alice: {why}" in server.log(), 5, "the line")
 
-    sock, code = rawsocks.connect(server.address, *echo_server, credentials=alice)
+    sock, code = connect_as(server, echo_server, alice)
     sock.close()
     assert code == 2
-    assert f"refused CONNECT for user:alice from 127.0.0.1:" in server.log()
-    assert f": {why}" in server.log()
-    sock, code = rawsocks.connect(server.address, *echo_server, credentials=bob)
+    refused = r"refused CONNECT for user:alice from 127\.0\.0\.1:\d+: " + re.escape(why)
+    assert re.search(refused, server.log())
+    sock, code = connect_as(server, echo_server, bob)
     sock.close()
     assert code == 0
 
     server.stop()  # graceful: what was counted is written
+    this_month, top_today, alices_days = readme_queries()
     with sqlite3.connect(db) as operator:
-        rows = operator.execute(USAGE_TODAY).fetchall()
-    assert [row[0] for row in rows] == ["user:alice", "user:bob"]
-    _, up, down, sessions = rows[0]
+        month = operator.execute(this_month).fetchall()
+        today = operator.execute(top_today).fetchall()
+        days = operator.execute(alices_days).fetchall()
+    assert [row[0] for row in today] == ["user:alice", "user:bob"]
+    _, up, down, sessions = today[0]
     assert (up, sessions) == (0, 1)
     assert QUOTA <= down <= received + 4 * CHUNK, (down, received)
+    assert month[0] == ("user:alice", round(down / (1 << 30), 3), 1)
+    assert [(up, down, sessions) for _, up, down, sessions in days] == [today[0][1:]]
 
     again = start_server(*args)
-    sock, code = rawsocks.connect(again.address, *echo_server, credentials=alice)
+    sock, code = connect_as(again, echo_server, alice)
     sock.close()
     assert code == 2, "the used amount was forgotten across the restart"
 
@@ -142,8 +168,8 @@ def test_a_user_removed_from_the_password_file_is_closed_on_sighup(
     passwd = tmp_path / "passwd"
     passwd.write_text("alice:a\nbob:b\n")
     server = start_server("--auth", f"file:{passwd}")
-    alice, _ = rawsocks.connect(server.address, *echo_server, credentials=(b"alice", b"a"))
-    bob, _ = rawsocks.connect(server.address, *echo_server, credentials=(b"bob", b"b"))
+    alice, _ = connect_as(server, echo_server, (b"alice", b"a"))
+    bob, _ = connect_as(server, echo_server, (b"bob", b"b"))
     with alice, bob:
         alice.sendall(b"ping")
         assert rawsocks.recv_exact(alice, 4) == b"ping"
@@ -152,8 +178,10 @@ def test_a_user_removed_from_the_password_file_is_closed_on_sighup(
         alice.settimeout(5)
         assert alice.recv(100) == b""  # the end of alice's stream
         wait_until(
-            lambda: "closing 1 session of user:alice: no longer a user of the password files"
-            in server.log(),
+            lambda: (
+                "closing 1 session of user:alice: no longer a user of the password files"
+                in server.log()
+            ),
             5,
             "the line",
         )
