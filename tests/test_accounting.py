@@ -14,6 +14,7 @@ import signal
 import socket
 import socketserver
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from socks5twist import rules
 from socks5twist.limits import Quota
 
 from . import rawsocks
-from .conftest import wait_until
+from .conftest import TWISTD, free_port, wait_until
 from .test_readme import blocks
 
 QUOTA = 2 << 20  # 2 MiB a day
@@ -188,3 +189,21 @@ def test_a_user_removed_from_the_password_file_is_closed_on_sighup(
         bob.sendall(b"pong")
         assert rawsocks.recv_exact(bob, 4) == b"pong"  # bob goes on
     assert "closing 1 session of user:bob" not in server.log()
+
+
+def test_a_store_that_cannot_be_used_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-database.db"
+    bad.write_bytes(b"this is not SQLite " * 10)
+    port = f"tcp:{free_port()}:interface=127.0.0.1"
+    result = subprocess.run(
+        [*TWISTD, "-n", "--pidfile=", "socks5", "--port", port, "--accounting", f"sqlite:{bad}"],
+        capture_output=True,
+        timeout=30,
+        text=True,
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    why = f"cannot use sqlite:{bad}: file is not a database"
+    assert f"twistd socks5: error: --accounting: {why}" in output
+    assert "Traceback" not in output
