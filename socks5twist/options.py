@@ -372,7 +372,9 @@ class Options(usage.Options, AuthOptionMixin):
             self["parsed-rules"] = _rules(self["rules"])
             unremembered = quota_without_store(self["parsed-rules"])
             if unremembered is not None and self["accounting"] is None:
-                raise usage.UsageError(f"--rules {self['rules']}: {unremembered}: add --accounting")
+                raise usage.UsageError(
+                    f"--rules {self['rules']}: {unremembered}: add --accounting sqlite:PATH"
+                )
 
 
 def _password_file(path: str) -> PasswordFile:

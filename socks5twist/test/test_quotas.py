@@ -198,7 +198,7 @@ class OptionTests(SynchronousTestCase):
         self.assertEqual(
             str(caught.exception),
             f"--rules {path}: [[limit]] #1 has a quota, which needs an accounting store"
-            " (where used amounts survive restarts): add --accounting",
+            " (where used amounts survive restarts): add --accounting sqlite:PATH",
         )
         options = Options()
         db = self.mktemp()
