@@ -37,7 +37,8 @@ class SOCKSUser:
     name: str
 
 
-def _avatar_name(avatarId: bytes | str) -> str:
+def avatar_name(avatarId: bytes | str) -> str:
+    """A user's name as sessions, logs and rules know it (a checker's avatar ID decoded)."""
     if isinstance(avatarId, bytes):
         return avatarId.decode("utf-8", "backslashreplace")
     return str(avatarId)
@@ -52,7 +53,7 @@ class SOCKSRealm:
     ) -> tuple[Any, SOCKSUser, Any]:
         if ISOCKSUser not in interfaces:
             raise NotImplementedError("SOCKSRealm only provides ISOCKSUser")
-        return ISOCKSUser, SOCKSUser(_avatar_name(avatarId)), lambda: None
+        return ISOCKSUser, SOCKSUser(avatar_name(avatarId)), lambda: None
 
 
 @implementer(ICredentialsChecker)

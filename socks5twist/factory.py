@@ -18,7 +18,9 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .accesslog import AccessLog
+from .accounting import Accountant, AccountingStore, quota_without_store
 from .gate import Gate, Refusal, Slot
+from .limits import limit_key
 from .networks import IPNetwork, parse_network
 from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
 from .record import SessionRecord, log_record
@@ -44,6 +46,8 @@ class Stats:
     udp_datagrams: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_dropped: collections.Counter[str] = field(default_factory=collections.Counter)
     udp_locks: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Running sessions closed on SIGHUP, by reason (user-removed, disabled).
+    closed: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
 class SOCKS5ServerFactory(ServerFactory):
@@ -102,6 +106,15 @@ class SOCKS5ServerFactory(ServerFactory):
         text) of the load balancers whose PROXY-protocol header a listener
         wrapped in L{socks5twist.proxylistener.ProxyHeaderFactory} believes;
         empty (the default): such a listener refuses every connection.
+    @param accounting: where what each user (or client address) relayed is
+        counted, per UTC day, month and in total
+        (L{socks5twist.accounting.SQLiteStore}, or another
+        L{socks5twist.accounting.AccountingStore}); the C{[[limit]]} quotas
+        of C{rules} need one.  C{factory.accountant} counts into it, once
+        started: L{socks5twist.service.SOCKS5Service} starts it and stops it
+        (writing what is left); a program without that service calls
+        C{factory.accountant.start()} before its reactor runs, and
+        C{factory.accountant.stop()} (a Deferred) before it stops.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -131,6 +144,7 @@ class SOCKS5ServerFactory(ServerFactory):
         access_log: AccessLog | None = None,
         resolver: IHostnameResolver | None = None,
         trusted_proxies: Iterable[IPNetwork | str] = (),
+        accounting: AccountingStore | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -146,6 +160,10 @@ class SOCKS5ServerFactory(ServerFactory):
                 raise ValueError(f"{name} must be 0 or more, not {value}")
         if max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, not {max_clients}")
+        if accounting is None and rules is not None:
+            unremembered = quota_without_store(rules)
+            if unremembered is not None:
+                raise ValueError(f"{unremembered}: pass accounting=SQLiteStore(PATH)")
         for name, limit in (
             ("max_udp_per_client", max_udp_per_client),
             ("max_sessions_per_client", max_sessions_per_client),
@@ -195,6 +213,8 @@ class SOCKS5ServerFactory(ServerFactory):
             max_udp_per_client=max_udp_per_client,
         )
         self.sessions: set[SOCKS5ServerProtocol] = set()  # the sessions the gate admitted
+        self.accountant = None if accounting is None else Accountant(reactor, accounting)
+        self.gate.accountant = self.accountant
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
             parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
         )
@@ -251,6 +271,22 @@ class SOCKS5ServerFactory(ServerFactory):
         if self.metrics is not None:
             self.metrics.handshake.observe(time.time() - session.started)
 
+    def account_request(self, session: SOCKS5ServerProtocol) -> Refusal | None:
+        """
+        A request's quota and its accounting: C{None} (it goes on, and what
+        it relays counts against its key from now on), or the gate's
+        refusal (logged, counted).  Without accounting, nothing to do.
+        """
+        accountant = self.accountant
+        if accountant is None or session.command is None:
+            return None
+        limit = self.gate.rules.limit_for(session.client_ip, session.user, session.command_label)
+        key = limit_key(session.client_ip, session.user)
+        refusal = self.gate.admit_quota(key, limit, session.command.name, session.client_text)
+        if refusal is None:
+            accountant.watch(session, key, limit)
+        return refusal
+
     def auth_failed(self) -> None:
         self.stats.auth_failures += 1
 
@@ -259,6 +295,8 @@ class SOCKS5ServerFactory(ServerFactory):
         self.sessions.discard(session)
         if not self.sessions and self.on_idle is not None:
             self.reactor.callLater(0, self._idle_now)
+        if self.accountant is not None:
+            self.accountant.ended(session)
         udp = session.udp
         stats = self.stats
         stats.ended[(session.command_label, session.reply_label)] += 1

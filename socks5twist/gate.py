@@ -12,7 +12,9 @@ A session asks, at each step, and the gate says yes or no:
   - L{Gate.admit_login}: logins in progress from one address;
   - L{Gate.admit_request}: the per-user limit (C{--max-sessions-per-user});
   - L{Gate.decide}: the rules, for a command to a destination;
-  - L{Gate.admit_udp}: UDP associations per client (C{--max-udp-per-client}).
+  - L{Gate.admit_udp}: UDP associations per client (C{--max-udp-per-client});
+  - L{Gate.admit_quota}: the quota of a request's C{[[limit]]}, as the
+    accounting (L{socks5twist.accounting}) counts it.
 
 A limit that says yes hands out a L{Slot}, which the holder releases (once:
 a second release does nothing); one that says no hands out a L{Refusal} and
@@ -29,17 +31,22 @@ from __future__ import annotations
 import collections
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 
+from .accounting.accountant import quota_text
 from .addresses import IPAddress
 from .bursts import BurstLog
 from .codec import Method
 from .logsafe import field
 from .policy import ClientPolicy
 from .ruleset import Decision, Query, Rules
+
+if TYPE_CHECKING:
+    from .accounting import Accountant
+    from .limits import Limit
 
 __all__ = ["MAX_LOGINS_PER_CLIENT", "Gate", "Refusal", "Slot"]
 
@@ -122,6 +129,8 @@ class Gate:
         # What was refused: by limit, and by the rule that denied.
         self.limited: collections.Counter[str] = collections.Counter()
         self.denials: collections.Counter[str] = collections.Counter()
+        # What counts quotas (None: no accounting, so no quota either).
+        self.accountant: Accountant | None = None
 
     # -- clients ---------------------------------------------------------------
 
@@ -240,6 +249,34 @@ class Gate:
             return Refusal("too many UDP associations for this client")
         self.udp_associations[ip] += 1
         return Slot((self.udp_associations, ip))
+
+    # -- quotas ----------------------------------------------------------------
+
+    def admit_quota(
+        self, key: str, limit: Limit | None, command: str, client: str
+    ) -> Refusal | None:
+        """
+        Whether a request of C{key} (a user, or a client address without a
+        login) under C{limit} may go on: not once the limit's quota is used
+        up in its current period.  Logged once per burst and key (a client
+        may ask again at once, and again).
+        """
+        accountant = self.accountant
+        if accountant is None or limit is None or limit.quota is None:
+            return None
+        quota = limit.quota
+        if not accountant.over_quota(key, quota):
+            return None
+        return self._refuse(
+            "quota",
+            "quota used",
+            ("quota", key),
+            "refused {command} for {who} from {client}: {why}",
+            command=command,
+            who=field(key),
+            client=client,
+            why=quota_text(limit, quota),
+        )
 
     # --------------------------------------------------------------------------
 

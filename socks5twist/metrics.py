@@ -39,6 +39,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_FactoryCollector(factory))
+        if factory.accountant is not None:
+            from .accounting.collector import AccountingCollector
+
+            self.registry.register(AccountingCollector(factory.accountant))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -133,6 +137,17 @@ class _FactoryCollector(Collector):
         for limit, n in sorted(f.gate.limited.items()):
             limited.add_metric([limit], n)
         yield limited
+
+        closed = CounterMetricFamily(
+            "socks5_sessions_closed_by_limit",
+            "Running sessions closed: quota used up, user removed or disabled (on SIGHUP).",
+            labels=["reason"],
+        )
+        quota_closures = f.accountant.quota_closures if f.accountant is not None else 0
+        closed.add_metric(["quota"], quota_closures)
+        for reason in ("user-removed", "disabled"):
+            closed.add_metric([reason], stats.closed[reason])
+        yield closed
 
         datagrams = CounterMetricFamily(
             "socks5_udp_datagrams",

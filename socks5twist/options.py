@@ -24,6 +24,7 @@ from twisted.python import usage
 
 from . import startchecks
 from .accesslog import open_for_append
+from .accounting import parse_accounting, quota_without_store
 from .networks import parse_network
 from .passwords import PasswordFile, PasswordFileError
 from .rules import RulesError
@@ -148,6 +149,14 @@ class Options(usage.Options, AuthOptionMixin):
             _count("max-sessions-per-user"),
         ],
         ["rules", None, None, "TOML file of access rules (see the README); SIGHUP rereads it."],
+        [
+            "accounting",
+            None,
+            None,
+            "Count bytes and sessions per user (or client IP) in sqlite:PATH, per UTC day,"
+            " month and in total; [[limit]] quotas need it.",
+            parse_accounting,
+        ],
         [
             "access-log",
             None,
@@ -361,6 +370,11 @@ class Options(usage.Options, AuthOptionMixin):
         self["parsed-rules"] = None
         if self["rules"]:
             self["parsed-rules"] = _rules(self["rules"])
+            unremembered = quota_without_store(self["parsed-rules"])
+            if unremembered is not None and self["accounting"] is None:
+                raise usage.UsageError(
+                    f"--rules {self['rules']}: {unremembered}: add --accounting sqlite:PATH"
+                )
 
 
 def _password_file(path: str) -> PasswordFile:

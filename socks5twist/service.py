@@ -6,7 +6,10 @@ L{SOCKS5Service}: the lifecycle of one server.
   on stops the start with L{ListenFailed}, naming it.
 - SIGHUP: reread the rules file and the password files (a broken file
   leaves the old rules or users in force) and reopen the access log (after
-  a log rotation).
+  a log rotation); then close the running sessions of users no longer
+  listed, or disabled by a limit (L{socks5twist.liveusers}).
+- Accounting (C{--accounting}): the store is opened and read at start, and
+  what is counted is written at stop, after the last session has ended.
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
   go on for C{shutdown_grace} seconds, then close what is left; a second
   SIGTERM closes them at once.  A session is closed cleanly (what was
@@ -26,7 +29,8 @@ from twisted.application import service
 from twisted.internet import defer, error
 from twisted.logger import Logger, globalLogPublisher
 
-from . import textlog
+from . import liveusers, textlog
+from .accounting import StoreError, quota_without_store
 from .factory import SOCKS5ServerFactory
 from .logs import count
 from .passwords import PasswordFile
@@ -138,6 +142,14 @@ class SOCKS5Service(service.MultiService):
         self.workers.start()
 
     def startService(self) -> None:
+        accountant = self.factory.accountant
+        if accountant is not None:
+            try:
+                accountant.start()
+            except (StoreError, TimeoutError) as e:
+                if self.exit_on_listen_failure:
+                    _exit(f"twistd socks5: error: --accounting: {e}")
+                raise
         super().startService()
         if self.own_text_log:
             self._text_log = textlog.install(
@@ -156,13 +168,18 @@ class SOCKS5Service(service.MultiService):
     def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
         self.factory.reactor.callFromThread(self.hang_up)
 
-    def hang_up(self) -> None:
-        """What SIGHUP does: reopen the access log, reread the rules and password files."""
+    def hang_up(self) -> defer.Deferred[int]:
+        """
+        What SIGHUP does: reopen the access log, reread the rules and password
+        files, then close the sessions of users removed or disabled.  Fires
+        with how many sessions were closed.
+        """
         if self.factory.access_log is not None:
             self.factory.access_log.reopen()
         self.reload_rules()
-        for password_file in self.password_files:
-            password_file.reload()  # in a thread; logs its outcome
+        # Each in a thread; each logs its outcome.
+        reloads = [password_file.reload() for password_file in self.password_files]
+        return defer.gatherResults(reloads).addCallback(lambda _: liveusers.recheck(self.factory))
 
     def reload_rules(self) -> bool:
         """Reread the rules file (here and in every worker); on error keep the old rules."""
@@ -174,6 +191,14 @@ class SOCKS5Service(service.MultiService):
             rules = load(self.rules_path)
         except RulesError as e:
             log.error("rules NOT reloaded, the previous rules stay in force: {error}", error=e)
+            return False
+        unremembered = quota_without_store(rules) if self.factory.accountant is None else None
+        if unremembered is not None:
+            log.error(
+                "rules NOT reloaded, the previous rules stay in force: {why}"
+                " (start with --accounting sqlite:PATH)",
+                why=unremembered,
+            )
             return False
         self.factory.rules = rules
         log.info(
@@ -194,6 +219,10 @@ class SOCKS5Service(service.MultiService):
             self._previous_term = signal.signal(signal.SIGTERM, self._on_second_sigterm)
         stopped = defer.maybeDeferred(super().stopService)
         stopped.addCallback(lambda _: self._drain())
+        accountant = self.factory.accountant
+        if accountant is not None:
+            # After the last session: what it relayed is counted too.
+            stopped.addCallback(lambda _: accountant.stop())
         waits = [stopped]
         if self.workers is not None:
             waits.append(self.workers.stop())

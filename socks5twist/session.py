@@ -361,6 +361,10 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
             self.fail(Reply.NOT_ALLOWED, admitted.outcome)
             return
         self.held += (admitted,)
+        refused = factory.account_request(self)  # the quota, and counting from now
+        if refused is not None:
+            self.fail(Reply.NOT_ALLOWED, refused.outcome)
+            return
         # The command checks the rules as far as they can decide before any
         # name is resolved (what it knows of its destination differs).
         self.handler = COMMANDS[request.command](self)

@@ -63,6 +63,7 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         allowed_clients=options["allowed-clients"] or None,
         access_log=access_log,
         trusted_proxies=options["trusted-proxies"],
+        accounting=options["accounting"],
     )
 
 
