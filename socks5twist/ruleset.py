@@ -26,6 +26,7 @@ from .policy import (
 
 if TYPE_CHECKING:
     from .limits import Limit
+    from .routes import Route
 
 __all__ = [
     "ALLOW_ALL",
@@ -82,6 +83,9 @@ class Rule:
     destinations: tuple[IPNetwork, ...] | None = None
     names: tuple[str, ...] | None = None
     ports: tuple[tuple[int, int], ...] | None = None
+    # How an allow rule's requests leave (upstream proxies, egress
+    # addresses); None: directly, from --outgoing-address.
+    route: Route | None = None
 
     @property
     def label(self) -> str:

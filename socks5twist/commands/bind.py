@@ -20,8 +20,9 @@ from ..bind import BindWaiter
 from ..codec import Address, AddressType, Reply
 from ..policy import IPAddress, describe, ip_of, show
 from ..relay import RemoteProtocol
+from ..ruleset import Decision
 from ..states import State
-from .context import Context, admitted, resolve_allowed, why, wildcard_for
+from .context import Context, resolve_allowed, why, wildcard_for
 
 log = Logger()
 
@@ -37,17 +38,43 @@ class Bind:
         ip = outbound.literal_ip(address)
         if ip is None or ip.is_unspecified:
             # The peer is known only when it connects (then it is checked).
-            allowed = admitted(self.ctx, None, None, None)
+            decision = self.ctx.decide(None, None, None)
         else:
-            allowed = admitted(self.ctx, ip, address.port, None)
-        if not allowed:
+            decision = self.ctx.decide(ip, address.port, None)
+        if decision is not None and not decision.allowed:
+            self.ctx.deny(decision)
+            return
+        if decision is not None and self._routed(decision):
             return
         if ip is not None:
             self._listen(None if ip.is_unspecified else frozenset({ip}))
             return
-        resolve_allowed(
-            self.ctx, lambda ips: self._listen(frozenset(ips)), self._unresolved, "bind"
+        resolve_allowed(self.ctx, self._resolved, self._unresolved, "bind")
+
+    def _resolved(self, ips: list[IPAddress], decisions: dict[IPAddress, Decision]) -> None:
+        if self._routed(decisions[ips[0]]):
+            self.ctx.waited()
+            return
+        self._listen(frozenset(ips))
+
+    def _routed(self, decision: Decision) -> bool:
+        """
+        Whether the deciding rule sends requests through upstream proxies:
+        BIND through them is not supported, and is refused with X'07'
+        rather than listening here, where the rule did not mean the peer
+        to come from.
+        """
+        rule = decision.rule
+        if rule is None or rule.route is None or not rule.route.upstream:
+            return False
+        log.info(
+            "BIND from {client} refused: rule {rule} sends requests through upstream"
+            " proxies, and BIND through them is not supported",
+            client=self.ctx.client_text,
+            rule=decision.label,
         )
+        self.ctx.fail(Reply.COMMAND_NOT_SUPPORTED, "BIND through upstream proxies is not supported")
+        return True
 
     def stop(self) -> None:
         """Stop listening (the session closes)."""
