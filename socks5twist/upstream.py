@@ -2,8 +2,8 @@
 Reaching a destination through a rule's upstream proxies: the endpoints of
 a chain (L{endpoint_for}), the failover over a route's alternatives
 (L{connect}), and what the server remembers of upstreams that failed
-(L{Upstreams}: marks that last L{DOWN_FOR} seconds, and the counters that
-metrics show).
+(L{Upstreams}: marks that put a chain last for L{DOWN_FOR} seconds, and
+the counters that metrics show).
 
 A chain is client endpoints nested in one another
 (L{socks5twist.client.SOCKS5ClientEndpoint},
@@ -42,7 +42,7 @@ from .routes import Chain, Hop, Route, chain_label
 
 __all__ = ["DOWN_FOR", "AllRoutesFailed", "Answered", "HopFailed", "Routed", "Upstreams", "connect"]
 
-# Seconds an upstream chain that failed is passed over (while another is up).
+# Seconds an upstream chain that failed is tried last (after those up).
 DOWN_FOR = 30.0
 
 log = Logger()
@@ -117,18 +117,27 @@ class Upstreams:
         return True
 
     def order(self, chains: Sequence[Chain]) -> list[Chain]:
-        """The chains to try, in order: those up; when every one is down, all of them."""
-        up = [chain for chain in chains if not self.is_down(chain)]
-        return up or list(chains)
+        """
+        The chains to try, in order: those up first, then those marked down
+        (a last resort: no request fails without every chain tried).
+        """
+        down = [chain for chain in chains if self.is_down(chain)]
+        return [chain for chain in chains if chain not in down] + down
 
     def mark_down(self, chain: Chain, hop: Hop, rule: str, why: str) -> None:
-        """C{chain} failed at C{hop}: pass it over for L{down_for} seconds; one line."""
+        """
+        C{chain} failed at C{hop}: try it last for L{down_for} seconds.  One
+        line when it goes down; failing again while down extends the mark.
+        """
         label = chain_label(chain)
+        was_down = self.is_down(chain)
         self._down[label] = self._reactor.seconds() + self.down_for
         self.hop_failures[hop.label] += 1
+        if was_down:
+            return
         log.warn(
             "upstream {hop} failed (route {route} of rule {rule}): {why};"
-            " passed over for {seconds:g} s",
+            " marked down, tried last for {seconds:g} s",
             hop=hop.label,
             route=label,
             rule=rule,
@@ -283,7 +292,7 @@ def connect(
                 return
             hop, why = fault
             upstreams.mark_down(chain, hop, rule, why)
-            tried.append((chain_label(chain), f"{hop.label}: {why}"))
+            tried.append((chain_label(chain), why if len(chain) == 1 else f"at {hop.label}: {why}"))
             attempt(index + 1)
 
         d.addCallbacks(opened, failed)

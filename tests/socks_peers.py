@@ -122,7 +122,7 @@ def tinyproxy(
         "MaxClients 50",
         "Allow 127.0.0.0/8",
         "LogLevel Info",
-        f"LogFile \"{workdir / f'tinyproxy-{port}.log'}\"",
+        f'LogFile "{workdir / f"tinyproxy-{port}.log"}"',
     ]
     if user is not None and password is not None:
         lines.append(f"BasicAuth {user} {password}")

@@ -205,4 +205,189 @@ def test_reply_codes_of_the_last_hop_are_passed_on(
         line = session_line(server, f"-> 127.0.0.1:{refused_b}")
         assert "reply=0x01" in line and "HTTP 500" in line
         # An upstream that answered is not marked down.
-        assert "passed over" not in server.log()
+        assert "marked down" not in server.log()
+
+
+def test_a_dead_upstream_is_passed_over_for_the_next_and_marked_down(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+) -> None:
+    dest, other = destinations(), destinations()
+    dead, dead2 = closed_port(), closed_port()
+    with socks_peers.microsocks(bind="127.0.0.3") as ms:
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            rule(
+                dest[1],
+                f'upstreams = [["socks5://127.0.0.1:{dead}"], ["socks5://127.0.0.1:{ms[1]}"]]',
+            ),
+            rule(
+                other[1],
+                f'upstreams = ["socks5://127.0.0.1:{dead}", "http://127.0.0.1:{dead2}"]',
+            ),
+        )
+        server = start_server("--rules", str(rules))
+        assert peer_seen(server, *dest) == (0, "127.0.0.3")
+        down = f"upstream socks5://127.0.0.1:{dead} failed (route socks5://127.0.0.1:{dead}"
+        wait_until(lambda: down in server.log(), 5, "the line marking the upstream down")
+        assert "marked down, tried last for 30 s" in server.log()
+        # Marked down: the next request goes to the live one first.
+        assert peer_seen(server, *dest) == (0, "127.0.0.3")
+        assert server.log().count(down) == 1
+        assert f"CONNECT 127.0.0.1:{dead}" not in server.log()
+        line = session_line(server, f"-> 127.0.0.1:{dest[1]}")
+        assert f"route=socks5://127.0.0.1:{ms[1]}" in line
+        # Every upstream down: X'01', and one line naming the hops tried.
+        assert rawsocks.connect(server.address, *other)[1] == 1
+        every = "every route of rule #2 failed"
+        wait_until(lambda: every in server.log(), 5, "the line naming the hops tried")
+        [line] = [x for x in server.log().splitlines() if every in x]
+        assert f"socks5://127.0.0.1:{dead}" in line and f"http://127.0.0.1:{dead2}" in line
+        assert "route=none" in session_line(server, f"CONNECT 127.0.0.1:{other[1]}")
+
+
+def test_wrong_upstream_credentials_fail_with_x01_and_a_line_naming_the_hop(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+) -> None:
+    dest, dest2 = destinations(), destinations()
+    with (
+        socks_peers.microsocks("alice", "right") as ms,
+        socks_peers.tinyproxy(tmp_path, "bob", "right") as tiny,
+    ):
+        passwords = tmp_path / "upstreams.txt"
+        passwords.write_text(f"# upstream credentials\n127.0.0.1:{tiny[1]} bob:Wr0ngPw\n")
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            rule(dest[1], f'via = ["socks5://alice:Wr0ngPw@127.0.0.1:{ms[1]}"]'),
+            rule(
+                dest2[1],
+                f'via = ["http://127.0.0.1:{tiny[1]}"]',
+                password_file=f'"{passwords}"',
+            ),
+        )
+        server = start_server("--rules", str(rules))
+        assert rawsocks.connect(server.address, *dest)[1] == 1
+        assert rawsocks.connect(server.address, *dest2)[1] == 1
+        # (tinyproxy answers wrong credentials with 401; others with 407.)
+        wait_until(lambda: "HTTP 401" in server.log(), 5, "the HTTP proxy's refusal")
+        log = server.log()
+        assert f"upstream socks5://127.0.0.1:{ms[1]} failed" in log
+        assert "refused the password of user alice" in log
+        assert f"upstream http://127.0.0.1:{tiny[1]} failed" in log
+        assert "Wr0ngPw" not in log
+
+
+def test_the_password_file_gives_credentials(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+) -> None:
+    dest = destinations()
+    with socks_peers.microsocks("alice", "p:w d", bind="127.0.0.2") as ms:
+        passwords = tmp_path / "upstreams.txt"
+        passwords.write_text(f"127.0.0.1:{ms[1]} alice:p:w d\n")
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            rule(dest[1], f'via = ["socks5://127.0.0.1:{ms[1]}"]', password_file=f'"{passwords}"'),
+        )
+        server = start_server("--rules", str(rules))
+        assert peer_seen(server, *dest) == (0, "127.0.0.2")
+
+
+# -- egress -------------------------------------------------------------------
+
+
+def test_egress_pool_keeps_each_user_on_one_address(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+) -> None:
+    dest, single = destinations(), destinations()
+    pool = ["127.0.0.2", "127.0.0.3"]
+    rules = write_rules(
+        tmp_path / "rules.toml",
+        rule(dest[1], f"egress = {pool!r}".replace("'", '"')),
+        rule(single[1], 'egress = ["127.0.0.3"]'),
+    )
+    users = ["alice", "bob", "carol", "dave"]
+    server = start_server(
+        "--rules", str(rules), "--auth", "memory:" + ":".join(f"{u}:pw" for u in users)
+    )
+    seen = {}
+    for user in users * 2:
+        code, peer = peer_seen(server, *dest, credentials=(user.encode(), b"pw"))
+        assert code == 0
+        assert seen.setdefault(user, peer) == peer  # the same address every time
+        expected = egress_for([parse_egress(a) for a in pool], user)[4]
+        assert peer == expected
+    assert set(seen.values()) == set(pool)  # these four users spread over both
+    assert peer_seen(server, *single, credentials=(b"alice", b"pw")) == (0, "127.0.0.3")
+    line = session_line(server, f"-> 127.0.0.1:{single[1]}")
+    assert "bound=127.0.0.3:" in line and "route=egress" in line
+
+
+def test_egress_that_is_not_this_machines_stops_start_up_with_the_rules_line(
+    tmp_path: Path,
+) -> None:
+    from .test_operations import start_up_error
+
+    rules = write_rules(
+        tmp_path / "rules.toml", rule(80, 'egress = ["127.0.0.2", "192.0.2.1"]'), default="allow"
+    )
+    output = start_up_error("--rules", str(rules))
+    assert f"{rules}, line 6: [[rule]] #1: egress: 192.0.2.1: cannot bind" in output
+    rules = write_rules(
+        tmp_path / "rules.toml", rule(80, 'via = ["socks4://127.0.0.1:1080"]'), default="allow"
+    )
+    output = start_up_error("--rules", str(rules))
+    assert f"{rules}, line 6" in output and "socks4" in output
+
+
+# -- reload, and the other commands -------------------------------------------
+
+
+def test_reload_changes_the_route_and_running_tunnels_keep_theirs(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+) -> None:
+    dest = destinations()
+    with (
+        socks_peers.microsocks(bind="127.0.0.2") as ms2,
+        socks_peers.microsocks(bind="127.0.0.3") as ms3,
+    ):
+        path = tmp_path / "rules.toml"
+        write_rules(path, rule(dest[1], f'via = ["socks5://127.0.0.1:{ms2[1]}"]'))
+        server = start_server("--rules", str(path))
+        running, code = rawsocks.connect(server.address, *dest)
+        assert code == 0
+        assert rawsocks.recv_exact(running, 15) == b"peer=127.0.0.2\n"
+        write_rules(path, rule(dest[1], f'via = ["socks5://127.0.0.1:{ms3[1]}"]'))
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reloaded" in server.log(), 5, "the reload")
+        assert peer_seen(server, *dest) == (0, "127.0.0.3")
+        # The tunnel opened before the reload still goes the old way.
+        running.sendall(b"still")
+        assert rawsocks.recv_exact(running, 5) == b"still"
+        running.close()
+        write_rules(path, rule(dest[1], 'egress = ["127.0.0.2"]'))
+        server.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: server.log().count("reloaded") == 2, 5, "the second reload")
+        assert peer_seen(server, *dest) == (0, "127.0.0.2")
+
+
+def test_bind_and_udp_through_a_route_are_refused_with_x07(
+    start_server: Callable[..., SocksServer], tmp_path: Path
+) -> None:
+    rules = write_rules(
+        tmp_path / "rules.toml",
+        '[[rule]]\naction = "allow"\ncommands = ["bind", "udp"]\n'
+        'via = ["socks5://127.0.0.1:1080"]\n',
+    )
+    server = start_server("--rules", str(rules))
+    for command in (b"\x02", b"\x03"):
+        sock = rawsocks.open_socket(server.address)
+        with sock:
+            sock.sendall(b"\x05\x01\x00")
+            assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+            sock.sendall(b"\x05" + command + b"\x00" + rawsocks.address_bytes("0.0.0.0", 0))
+            assert rawsocks.read_reply(sock)[0] == 7
+    for command_name in ("BIND", "UDP_ASSOCIATE"):
+        line = session_line(server, f"{command_name} 0.0.0.0:0")
+        assert "reply=0x07" in line and "through upstream proxies is not supported" in line
+    log = server.log()
+    for command_name in ("BIND", "UDP"):
+        assert f"rule #1 sends requests through upstream proxies, and {command_name} through" in log

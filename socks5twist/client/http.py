@@ -12,10 +12,11 @@ response head is read up to L{MAX_HEAD} bytes and L{MAX_HEADERS} lines;
 anything longer, or not HTTP/1.x, is a L{ProxyProtocolError}.
 
 A refusal is an L{HTTPConnectError} carrying the status and the SOCKS reply
-code it maps to (L{reply_for_status}): 403 is X'02' (the proxy's rules),
-407 is L{ProxyAuthenticationRequired} (an L{AuthenticationError}, code
-X'02'), 502 X'05' and 504 X'04' (the proxy could not reach the
-destination, or not in time), anything else X'01'.
+code it maps to (L{reply_for_status}): 403 is X'02' (the proxy's rules);
+407 (and 401, which tinyproxy sends for wrong credentials) is
+L{ProxyAuthenticationRequired} (an L{AuthenticationError}, code X'02');
+502 is X'05' and 504 X'04' (the proxy could not reach the destination, or
+not in time); anything else X'01'.
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ class HTTPConnectError(SOCKS5Error):
 
 
 class ProxyAuthenticationRequired(AuthenticationError):
-    """407: the HTTP proxy wants credentials, or refused the ones sent."""
+    """407 (or 401): the HTTP proxy wants credentials, or refused the ones sent."""
 
     code = Reply.NOT_ALLOWED
 
-    def __init__(self, reason: str, destination: Address | None = None) -> None:
-        super().__init__(f"the proxy replied HTTP 407 {reason}".rstrip(), destination)
-        self.status = 407
+    def __init__(self, status: int, reason: str, destination: Address | None = None) -> None:
+        super().__init__(f"the proxy replied HTTP {status} {reason}".rstrip(), destination)
+        self.status = status
 
 
 class _Request:
@@ -170,8 +171,9 @@ class HTTPConnectConnection:
         if 200 <= status < 300:
             self.state = State.OPEN
             return Established(_UNKNOWN)
-        if status == 407:
-            raise self._fail(ProxyAuthenticationRequired(reason, self.request.address))
+        if status in (401, 407):
+            # (tinyproxy answers wrong credentials with 401.)
+            raise self._fail(ProxyAuthenticationRequired(status, reason, self.request.address))
         raise self._fail(HTTPConnectError(status, reason, self.request.address))
 
     def take_data(self) -> bytes:
