@@ -6,9 +6,10 @@ of L{Hop}s, in order: the first is reached directly, each next one through
 the ones before it) with alternatives tried in order when one fails (a
 L{Route} holds them), or, for direct connections, from an address of a pool
 (C{egress}).  This module reads the rules file's spelling of them
-(L{parse_hop}, L{read_password_file}) and picks from an egress pool
-(L{egress_for}); it does no I/O but reading a password file.  Connecting
-through a route is L{socks5twist.upstream}'s.
+(L{route_of}, L{parse_hop}, L{read_password_file}) and picks from an
+egress pool (L{egress_for}); it does no I/O but reading a password file and
+a bind test of each egress address.  Connecting through a route is
+L{socks5twist.upstream}'s.
 
 Credentials never leave a L{Hop} in text: its C{repr} and its C{label}
 (what logs and metrics show) hide them.
@@ -274,7 +275,10 @@ def route_of(raw: Mapping[str, object], check_local: bool = True) -> Route | Non
         if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
             raise RouteError("must be a non-empty list of IP addresses", "egress")
         for text in items:
-            ip = parse_egress(text)
+            try:
+                ip = parse_egress(text)
+            except RouteError as e:
+                raise RouteError(str(e), "egress") from None
             if check_local:
                 _check_bind(ip)
             if ip not in egress:

@@ -27,6 +27,10 @@ first match wins; without a match, checkers mean a password is required):
     clients = ["10.20.0.0/16"]
     method = "none"
 
+An allow rule may also say how its requests leave: C{via},
+C{upstreams}, C{egress} and C{password_file} (read by
+L{socks5twist.routes.route_of} into L{Rule.route}).
+
 C{[[limit]]} tables (bandwidth, quotas, concurrent sessions; see
 L{socks5twist.limits}) are read here too, into L{Rules.limits}.
 

@@ -19,7 +19,6 @@ import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -118,7 +117,7 @@ def session_line(server: SocksServer, needle: str) -> str:
 
 
 def test_chains_through_microsocks_dante_and_tinyproxy_come_from_their_last_hop(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     """
     One destination port per route; the destination sees the outgoing
@@ -156,7 +155,7 @@ def test_chains_through_microsocks_dante_and_tinyproxy_come_from_their_last_hop(
 
 
 def test_names_go_to_the_upstream_unresolved(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     """A rule about names decides on the name; the upstream gets the name."""
     dest = destinations()
@@ -179,7 +178,7 @@ def test_names_go_to_the_upstream_unresolved(
 
 
 def test_reply_codes_of_the_last_hop_are_passed_on(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     """X'05' from microsocks stays X'05'; tinyproxy's 403 is X'02', its 500 X'01'."""
     dest = destinations()
@@ -209,7 +208,7 @@ def test_reply_codes_of_the_last_hop_are_passed_on(
 
 
 def test_a_dead_upstream_is_passed_over_for_the_next_and_marked_down(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     dest, other = destinations(), destinations()
     dead, dead2 = closed_port(), closed_port()
@@ -246,7 +245,7 @@ def test_a_dead_upstream_is_passed_over_for_the_next_and_marked_down(
 
 
 def test_wrong_upstream_credentials_fail_with_x01_and_a_line_naming_the_hop(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     dest, dest2 = destinations(), destinations()
     with (
@@ -277,7 +276,7 @@ def test_wrong_upstream_credentials_fail_with_x01_and_a_line_naming_the_hop(
 
 
 def test_the_password_file_gives_credentials(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     dest = destinations()
     with socks_peers.microsocks("alice", "p:w d", bind="127.0.0.2") as ms:
@@ -295,7 +294,7 @@ def test_the_password_file_gives_credentials(
 
 
 def test_egress_pool_keeps_each_user_on_one_address(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     dest, single = destinations(), destinations()
     pool = ["127.0.0.2", "127.0.0.3"]
@@ -308,15 +307,16 @@ def test_egress_pool_keeps_each_user_on_one_address(
     server = start_server(
         "--rules", str(rules), "--auth", "memory:" + ":".join(f"{u}:pw" for u in users)
     )
-    seen = {}
+    seen: dict[str, str | None] = {}
     for user in users * 2:
-        code, peer = peer_seen(server, *dest, credentials=(user.encode(), b"pw"))
+        code, peer = peer_seen(server, dest[0], dest[1], credentials=(user.encode(), b"pw"))
         assert code == 0
         assert seen.setdefault(user, peer) == peer  # the same address every time
         expected = egress_for([parse_egress(a) for a in pool], user)[4]
         assert peer == expected
     assert set(seen.values()) == set(pool)  # these four users spread over both
-    assert peer_seen(server, *single, credentials=(b"alice", b"pw")) == (0, "127.0.0.3")
+    alice = (b"alice", b"pw")
+    assert peer_seen(server, single[0], single[1], credentials=alice) == (0, "127.0.0.3")
     line = session_line(server, f"-> 127.0.0.1:{single[1]}")
     assert "bound=127.0.0.3:" in line and "route=egress" in line
 
@@ -342,7 +342,7 @@ def test_egress_that_is_not_this_machines_stops_start_up_with_the_rules_line(
 
 
 def test_reload_changes_the_route_and_running_tunnels_keep_theirs(
-    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Any
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:
     dest = destinations()
     with (
@@ -391,3 +391,27 @@ def test_bind_and_udp_through_a_route_are_refused_with_x07(
     log = server.log()
     for command_name in ("BIND", "UDP"):
         assert f"rule #1 sends requests through upstream proxies, and {command_name} through" in log
+
+
+def test_readme_routes_example_loads(tmp_path: Path) -> None:
+    from socks5twist import rules
+
+    from .test_readme import blocks
+
+    _, language, text = blocks()["routes"]
+    assert language == "toml"
+    passwords = tmp_path / "upstreams"
+    passwords.write_text("proxy.partner.example:3128 partner:secret\n")
+    parsed = rules.parse(text.replace("/etc/socks5twist/upstreams", str(passwords)), "README.md")
+    partners, web, rest = (r.route for r in parsed.rules)
+    assert partners is not None and web is not None and rest is not None
+    [chain] = partners.chains
+    assert [h.label for h in chain] == [
+        "socks5://10.0.0.5:1080",
+        "http://proxy.partner.example:3128",
+    ]
+    assert chain[0].credentials == (b"alice", b"s3cret")
+    assert chain[1].credentials == (b"partner", b"secret")
+    assert [len(c) for c in web.chains] == [1, 2]
+    assert [str(ip) for ip in rest.egress] == ["127.0.0.2", "127.0.0.3"]
+    assert "s3cret" not in "".join(rules.describe(parsed)) + repr(parsed)
