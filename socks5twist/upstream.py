@@ -20,7 +20,7 @@ left).
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from zope.interface import implementer
 
 from .client import SOCKS5ClientEndpoint, SOCKS5ClientError, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
-from .codec import Address
+from .codec import Address, Reply
 from .logsafe import escape
 from .names import is_address
 from .relay import RemoteProtocol
@@ -67,6 +67,10 @@ class AllRoutesFailed(Exception):
         super().__init__("; ".join(f"{label}: {why}" for label, why in tried))
         self.tried = tuple(tried)
 
+    def describe(self) -> str:
+        """Each chain tried and why it failed, for a log line (escaped)."""
+        return ", ".join(f"{label} ({why})" for label, why in self.tried)
+
 
 class Answered(Exception):
     """
@@ -80,6 +84,13 @@ class Answered(Exception):
         self.chain = chain
         self.code = code
         self.why = why
+
+    @property
+    def reply(self) -> Reply:
+        """The code as a reply to send (one RFC 1928 does not assign: X'01')."""
+        if 0 < self.code <= Reply.ADDRESS_TYPE_NOT_SUPPORTED:
+            return Reply(self.code)
+        return Reply.GENERAL_FAILURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +193,7 @@ def _through(
     port: int,
     timeout: float | None,
     reactor: Any,
-) -> IStreamClientEndpoint:
+) -> SOCKS5ClientEndpoint | HTTPConnectEndpoint:
     """The endpoint to C{host}:C{port} through C{hop}, reached by C{proxy}."""
     user, password = hop.credentials or (None, None)
     cls = HTTPConnectEndpoint if hop.scheme == "http" else SOCKS5ClientEndpoint
@@ -196,7 +207,7 @@ def endpoint_for(
     port: int,
     timeout: float,
     outgoing: Mapping[int, str],
-) -> IStreamClientEndpoint:
+) -> SOCKS5ClientEndpoint | HTTPConnectEndpoint:
     """
     The endpoint to C{host}:C{port} (a name goes unresolved) through the
     hops of C{chain}; its C{timeout} bounds the whole attempt.
@@ -240,17 +251,29 @@ def connect(
     port: int,
     timeout: float,
     outgoing: Mapping[int, str],
+    listening: Callable[[Address], None] | None = None,
 ) -> defer.Deferred[Routed]:
     """
     Connect to C{host}:C{port} through C{route}'s chains, one after another
     (those marked down last: see L{Upstreams.order}), and fire with the
     first tunnel opened.  A chain that fails is marked down and the next
     tried; the destination's answer through a chain (a failure reply from
-    the last hop) ends the attempt with that L{SOCKS5Error}.  When every
-    chain failed, L{AllRoutesFailed}.  Cancelling cancels the attempt under
-    way.
+    the last hop) ends the attempt with L{Answered}.  When every chain
+    failed, L{AllRoutesFailed}.  Cancelling cancels the attempt under way.
+
+    With C{listening}, the request is a BIND for the peer C{host} names,
+    made by the last hop (through chains that end with a SOCKS5 hop: an
+    HTTP proxy cannot BIND, and a route with no such chain is answered
+    X'07'): C{listening} gets the last hop's first reply, from when on
+    there is no failover, and the result comes when the peer connects.
     """
     chains = upstreams.order(route.chains)
+    if listening is not None:
+        chains = [chain for chain in chains if chain[-1].scheme == "socks5"]
+        if not chains:
+            why = "BIND through an HTTP proxy is not possible"
+            return defer.fail(Answered(route.chains[0], Reply.COMMAND_NOT_SUPPORTED, why))
+    listened: list[bool] = []
     tried: list[tuple[str, str]] = []
     current: list[defer.Deferred[Any]] = []
 
@@ -268,9 +291,19 @@ def connect(
             result.errback(AllRoutesFailed(tried))
             return
         chain = chains[index]
+
+        def bound(address: Address) -> None:
+            listened.append(True)
+            assert listening is not None
+            listening(address)
+
         try:
             endpoint = endpoint_for(reactor, chain, host, port, timeout, outgoing)
-            d = endpoint.connect(_FACTORY)
+            if listening is not None:
+                assert isinstance(endpoint, SOCKS5ClientEndpoint)
+                d = endpoint.bind(_FACTORY, bound)
+            else:
+                d = endpoint.connect(_FACTORY)
         except Exception:
             d = defer.fail()
         current[:] = [d]
@@ -284,7 +317,8 @@ def connect(
             if result.called:
                 return
             fault = blame(chain, failure)
-            if fault is None:
+            if fault is None or listened:
+                # (Once a BIND's first reply is out, there is no other way.)
                 exc = failure.value
                 if isinstance(exc, SOCKS5Error):
                     failure = Failure(Answered(chain, exc.code, str(exc)))

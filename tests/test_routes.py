@@ -369,28 +369,73 @@ def test_reload_changes_the_route_and_running_tunnels_keep_theirs(
         assert peer_seen(server, *dest) == (0, "127.0.0.2")
 
 
-def test_bind_and_udp_through_a_route_are_refused_with_x07(
+def bind_request(server: SocksServer, peer: str) -> tuple[socket.socket, int, str, int]:
+    """BIND for C{peer}; the socket and the first reply's code, host and port."""
+    sock = rawsocks.open_socket(server.address)
+    sock.sendall(b"\x05\x01\x00")
+    assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+    sock.sendall(b"\x05\x02\x00" + rawsocks.address_bytes(peer, 0))
+    code, host, port, _ = rawsocks.read_reply(sock)
+    return sock, code, host, port
+
+
+def test_bind_through_dante_listens_there_and_relays_the_peer(
     start_server: Callable[..., SocksServer], tmp_path: Path
 ) -> None:
-    rules = write_rules(
-        tmp_path / "rules.toml",
-        '[[rule]]\naction = "allow"\ncommands = ["bind", "udp"]\n'
-        'via = ["socks5://127.0.0.1:1080"]\n',
-    )
-    server = start_server("--rules", str(rules))
-    for command in (b"\x02", b"\x03"):
-        sock = rawsocks.open_socket(server.address)
+    with socks_peers.dante(tmp_path) as dante:
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            '[[rule]]\naction = "allow"\ncommands = ["bind"]\n'
+            f'via = ["socks5://127.0.0.1:{dante[1]}"]\n',
+        )
+        server = start_server("--rules", str(rules))
+        sock, code, host, port = bind_request(server, "127.0.0.1")
         with sock:
-            sock.sendall(b"\x05\x01\x00")
-            assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
-            sock.sendall(b"\x05" + command + b"\x00" + rawsocks.address_bytes("0.0.0.0", 0))
-            assert rawsocks.read_reply(sock)[0] == 7
-    for command_name in ("BIND", "UDP_ASSOCIATE"):
-        line = session_line(server, f"{command_name} 0.0.0.0:0")
+            assert code == 0
+            # The address is Dante's listener, not this proxy's.
+            with socket.create_connection((host, port), timeout=10) as peer:
+                code, peer_host, peer_port, _ = rawsocks.read_reply(sock)
+                assert (code, peer_host, peer_port) == (0, *peer.getsockname())
+                peer.sendall(b"from the peer")
+                assert rawsocks.recv_exact(sock, 13) == b"from the peer"
+                sock.sendall(b"to the peer")
+                assert rawsocks.recv_exact(peer, 11) == b"to the peer"
+        line = session_line(server, "BIND 127.0.0.1:0")
+        assert f"bound={host}:{port}" in line and f"route=socks5://127.0.0.1:{dante[1]}" in line
+
+
+def test_bind_and_udp_that_a_route_cannot_carry_get_x07(
+    start_server: Callable[..., SocksServer], tmp_path: Path
+) -> None:
+    """microsocks answers BIND with X'07' (passed on); HTTP cannot BIND; UDP never goes."""
+    with socks_peers.microsocks() as ms:
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            '[[rule]]\naction = "allow"\ncommands = ["bind"]\nclients = ["127.0.0.1/32"]\n'
+            f'via = ["socks5://127.0.0.1:{ms[1]}"]\n',
+            '[[rule]]\naction = "allow"\ncommands = ["bind", "udp"]\n'
+            'via = ["http://127.0.0.1:3128"]\n',
+        )
+        server = start_server("--rules", str(rules))
+        sock, code, _, _ = bind_request(server, "127.0.0.1")
+        sock.close()
+        assert code == 7
+        line = session_line(server, "BIND 127.0.0.1:0")
+        assert "reply=0x07" in line and f"route=socks5://127.0.0.1:{ms[1]}" in line
+        # From 127.0.0.2: the second rule, through an HTTP proxy.
+        for command in (b"\x02", b"\x03"):
+            with socket.socket() as sock:
+                sock.settimeout(10)
+                sock.bind(("127.0.0.2", 0))
+                sock.connect(server.address)
+                sock.sendall(b"\x05\x01\x00")
+                assert rawsocks.recv_exact(sock, 2) == b"\x05\x00"
+                sock.sendall(b"\x05" + command + b"\x00" + rawsocks.address_bytes("0.0.0.0", 0))
+                assert rawsocks.read_reply(sock)[0] == 7
+        line = session_line(server, "UDP_ASSOCIATE 0.0.0.0:0")
         assert "reply=0x07" in line and "through upstream proxies is not supported" in line
-    log = server.log()
-    for command_name in ("BIND", "UDP"):
-        assert f"rule #1 sends requests through upstream proxies, and {command_name} through" in log
+        assert "BIND through an HTTP proxy is not possible" in session_line(server, "BIND 0.0.0.0")
+        assert "rule #2 sends requests through upstream proxies, and UDP" in server.log()
 
 
 def test_readme_routes_example_loads(tmp_path: Path) -> None:

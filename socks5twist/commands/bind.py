@@ -6,7 +6,9 @@ DST.ADDR names the peer: an IP accepts only that IP, a name any of the
 addresses it resolves to (that the rules allow), and 0.0.0.0 or :: (which
 some clients send) any peer.  DST.PORT is not checked: clients commonly send
 0, or a port the peer will not connect from.  The peer that connects is
-checked again, by its address and by the name the request gave.
+checked again, by its address and by the name the request gave.  A rule
+with upstream proxies has the last of them listen instead
+(L{socks5twist.commands.upstreambind}).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..relay import RemoteProtocol
 from ..ruleset import Decision
 from ..states import State
 from .context import Context, resolve_allowed, why, wildcard_for
+from .upstreambind import UpstreamBind
 
 log = Logger()
 
@@ -33,6 +36,7 @@ class Bind:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.waiter: BindWaiter | None = None
+        self.upstream: UpstreamBind | None = None  # through a rule's upstream proxies
 
     def start(self, address: Address) -> None:
         ip = outbound.literal_ip(address)
@@ -52,32 +56,29 @@ class Bind:
         resolve_allowed(self.ctx, self._resolved, self._unresolved, "bind")
 
     def _resolved(self, ips: list[IPAddress], decisions: dict[IPAddress, Decision]) -> None:
-        if self._routed(decisions[ips[0]]):
+        if _upstream(decisions[ips[0]]):
             self.ctx.waited()
+            if self.ctx.state is State.BINDING:
+                self._routed(decisions[ips[0]])
             return
         self._listen(frozenset(ips))
 
     def _routed(self, decision: Decision) -> bool:
         """
-        Whether the deciding rule sends requests through upstream proxies:
-        BIND through them is not supported, and is refused with X'07'
-        rather than listening here, where the rule did not mean the peer
-        to come from.
+        Whether the deciding rule sends requests through upstream proxies;
+        if so, the last of them listens (L{UpstreamBind}), not this proxy.
         """
-        rule = decision.rule
-        if rule is None or rule.route is None or not rule.route.upstream:
+        if not _upstream(decision):
             return False
-        log.info(
-            "BIND from {client} refused: rule {rule} sends requests through upstream"
-            " proxies, and BIND through them is not supported",
-            client=self.ctx.client_text,
-            rule=decision.label,
-        )
-        self.ctx.fail(Reply.COMMAND_NOT_SUPPORTED, "BIND through upstream proxies is not supported")
+        assert decision.rule is not None and decision.rule.route is not None
+        self.upstream = UpstreamBind(self.ctx, decision, decision.rule.route)
+        self.upstream.start()
         return True
 
     def stop(self) -> None:
         """Stop listening (the session closes)."""
+        if self.upstream is not None:
+            self.upstream.stop()
         if self.waiter is not None:
             waiter, self.waiter = self.waiter, None
             waiter.stop()
@@ -166,3 +167,8 @@ class Bind:
                 Reply.HOST_UNREACHABLE,
                 f"no BIND peer within {self.ctx.config.bind_timeout:g} seconds",
             )
+
+
+def _upstream(decision: Decision) -> bool:
+    route = decision.rule.route if decision.rule is not None else None
+    return route is not None and route.upstream

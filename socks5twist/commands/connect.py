@@ -173,11 +173,10 @@ class Connect:
         if isinstance(exc, upstream.Answered):
             # The destination's answer, through the last hop: its code, as it is.
             ctx.route = chain_label(exc.chain)
-            code = exc.code if 0 < exc.code <= Reply.ADDRESS_TYPE_NOT_SUPPORTED else 1
-            ctx.fail(Reply(code), f"connect failed: {escape(exc.why)}")
+            ctx.fail(exc.reply, f"connect failed: {escape(exc.why)}")
             return
         if isinstance(exc, upstream.AllRoutesFailed):
-            tried = ", ".join(f"{label} ({fault})" for label, fault in exc.tried)
+            tried = exc.describe()
             log.warn(
                 "CONNECT {destination} for {client}: every route of rule {rule} failed: {tried}",
                 destination=show(ctx.destination),

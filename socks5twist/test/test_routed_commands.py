@@ -1,8 +1,8 @@
 """
-CONNECT by a rule with a route, through a whole session on a memory
-reactor: what the upstream is asked (a name, or a checked address), what
-the client is answered, where a direct connection binds (egress), and what
-the session's record names.
+CONNECT and BIND by a rule with a route, through a whole session on a
+memory reactor: what the upstream is asked (a name, or a checked address),
+what the client is answered, where a direct connection binds (egress), and
+what the session's record names.
 """
 
 from __future__ import annotations
@@ -129,3 +129,62 @@ class RoutedConnectTests(SynchronousTestCase):
         self.assertEqual(s.reactor.tcpClients[0][:2], ("192.0.2.5", 80))
         self.assertEqual(s.reactor.tcpClients[0][4], ("127.0.0.1", 0))
         self.assertEqual(s.protocol.route, "egress")
+
+
+BIND_RULES = """
+default = "deny"
+[[rule]]
+action = "deny"
+commands = ["bind"]
+destinations = ["192.0.2.66/32"]
+[[rule]]
+action = "allow"
+commands = ["bind"]
+via = ["socks5://10.0.0.1:1080"]
+"""
+PEER = Address(AddressType.IPV4, "192.0.2.5", 40000)
+# (A BIND for 0.0.0.0 stays undecided until its peer comes, by the deny rule
+# about peers: this proxy listens itself then; see the README.)
+
+
+class RoutedBindTests(SynchronousTestCase):
+    def bind(self, peer: str = "192.0.2.5", **kwargs: Any) -> tuple[Any, Any]:
+        """A BIND for C{peer} (an address, or a name the reactor resolves to 127.0.0.1)."""
+        s = make_session(rules=rules.parse(BIND_RULES), **kwargs)
+        request = b"\x05\x02" + request_for(peer, 0)[2:]
+        s.send(NO_AUTH_GREETING + request)
+        s.reactor.advance(0)
+        _, _, factory, _, _ = s.reactor.tcpClients[-1]
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        s.take()
+        protocol.dataReceived(b"\x05\x00")
+        self.assertTrue(transport.value().endswith(request))
+        protocol.dataReceived(codec.build_reply(0, BOUND))
+        self.assertEqual(s.take(), codec.build_reply(0, BOUND))  # the upstream's listener
+        self.assertEqual(s.protocol.bound, "198.51.100.7:5000")
+        return s, protocol
+
+    def test_the_peer_the_upstream_reports_is_relayed(self) -> None:
+        s, protocol = self.bind()
+        protocol.dataReceived(codec.build_reply(0, PEER) + b"hello")
+        self.assertEqual(s.take(), codec.build_reply(0, PEER) + b"hello")
+        self.assertEqual(s.protocol.connected_to, "192.0.2.5:40000")
+
+    def test_a_peer_the_rules_deny_gets_x02(self) -> None:
+        s, protocol = self.bind("peer.example")
+        protocol.dataReceived(codec.build_reply(0, Address.for_ip("192.0.2.66", 1)))
+        self.assertEqual(s.take()[:2], b"\x05\x02")
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_a_peer_other_than_the_one_asked_for_gets_x02(self) -> None:
+        s, protocol = self.bind("192.0.2.7")
+        protocol.dataReceived(codec.build_reply(0, PEER))
+        self.assertEqual(s.take()[:2], b"\x05\x02")
+
+    def test_no_peer_within_the_bind_timeout_is_x04(self) -> None:
+        s, protocol = self.bind(bind_timeout=5)
+        s.reactor.advance(5)
+        self.assertEqual(s.take()[:2], b"\x05\x04")
+        self.assertTrue(protocol.transport.disconnecting)
