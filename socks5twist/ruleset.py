@@ -144,6 +144,16 @@ class Decision:
         return self.verdict is Verdict.ALLOW
 
     @property
+    def route(self) -> Route | None:
+        """How the requests it allows leave (C{None}: directly, from --outgoing-address)."""
+        return self.rule.route if self.rule is not None else None
+
+    @property
+    def upstream(self) -> bool:
+        """Whether the requests it allows go through upstream proxies."""
+        return self.rule is not None and self.rule.route is not None and self.rule.route.upstream
+
+    @property
     def label(self) -> str:
         if self.rule is not None:
             return self.rule.label

@@ -310,6 +310,9 @@ def connect(
 
         def opened(protocol: Any) -> None:
             transport = protocol.transport
+            if result.called:  # given up meanwhile
+                transport.loseConnection()
+                return
             upstreams.tunnels[(rule, chain_label(chain))] += 1
             result.callback(Routed(protocol, transport.bound, chain))
 

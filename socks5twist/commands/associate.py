@@ -18,7 +18,6 @@ from twisted.logger import Logger
 from ..codec import Address, Reply
 from ..gate import UNLIMITED, Refusal
 from ..policy import IPAddress, show
-from ..ruleset import Decision
 from ..udp import UDPAssociation
 from .context import Context, wildcard_for
 
@@ -39,7 +38,7 @@ class Associate:
         if decision is not None and not decision.allowed:
             ctx.deny(decision)
             return
-        if decision is not None and _upstream(decision):
+        if decision is not None and decision.upstream:
             log.info(
                 "UDP ASSOCIATE from {client} refused: rule {rule} sends requests through"
                 " upstream proxies, and UDP through them is not supported",
@@ -99,7 +98,7 @@ class Associate:
         decision = self.ctx.decide(ip, port, name)
         if decision is None:
             return None
-        if decision.allowed and _upstream(decision):
+        if decision.allowed and decision.upstream:
             # A rule with upstream proxies: its datagrams cannot go that way.
             return False
         if not decision.allowed:
@@ -108,9 +107,3 @@ class Associate:
 
     def _idle(self) -> None:
         self.ctx.close("idle timeout")
-
-
-def _upstream(decision: Decision) -> bool:
-    """Whether the deciding rule sends requests through upstream proxies."""
-    rule = decision.rule
-    return rule is not None and rule.route is not None and rule.route.upstream

@@ -56,7 +56,7 @@ class Bind:
         resolve_allowed(self.ctx, self._resolved, self._unresolved, "bind")
 
     def _resolved(self, ips: list[IPAddress], decisions: dict[IPAddress, Decision]) -> None:
-        if _upstream(decisions[ips[0]]):
+        if decisions[ips[0]].upstream:
             self.ctx.waited()
             if self.ctx.state is State.BINDING:
                 self._routed(decisions[ips[0]])
@@ -68,10 +68,10 @@ class Bind:
         Whether the deciding rule sends requests through upstream proxies;
         if so, the last of them listens (L{UpstreamBind}), not this proxy.
         """
-        if not _upstream(decision):
+        if not decision.upstream:
             return False
-        assert decision.rule is not None and decision.rule.route is not None
-        self.upstream = UpstreamBind(self.ctx, decision, decision.rule.route)
+        assert decision.route is not None
+        self.upstream = UpstreamBind(self.ctx, decision, decision.route)
         self.upstream.start()
         return True
 
@@ -167,8 +167,3 @@ class Bind:
                 Reply.HOST_UNREACHABLE,
                 f"no BIND peer within {self.ctx.config.bind_timeout:g} seconds",
             )
-
-
-def _upstream(decision: Decision) -> bool:
-    route = decision.rule.route if decision.rule is not None else None
-    return route is not None and route.upstream

@@ -28,16 +28,12 @@ from .. import outbound, tunnel, upstream
 from ..codec import Address, Reply, ip_text
 from ..logsafe import escape
 from ..policy import IPAddress, show
-from ..routes import Route, chain_label, egress_for
+from ..routes import chain_label, egress_for
 from ..ruleset import Decision
 from ..states import State
 from .context import Context, resolve_allowed, why
 
 log = Logger()
-
-
-def _route_of(decision: Decision) -> Route | None:
-    return decision.rule.route if decision.rule is not None else None
 
 
 class Connect:
@@ -55,7 +51,7 @@ class Connect:
         elif ip is not None:
             assert decision is not None  # the address is known
             self._go([ip], decision, "")
-        elif decision is not None and _upstream(decision):
+        elif decision is not None and decision.upstream:
             # A rule about names decided: the name goes on unresolved.
             self._through(decision, address.host)
         else:
@@ -72,8 +68,8 @@ class Connect:
     def _resolved(self, ips: list[IPAddress], decisions: dict[IPAddress, Decision]) -> None:
         assert self.ctx.destination is not None
         first = decisions[ips[0]]
-        same = [ip for ip in ips if _route_of(decisions[ip]) is _route_of(first)]
-        if not _upstream(first):
+        same = [ip for ip in ips if decisions[ip].route is first.route]
+        if not first.upstream:
             self._go(same, first, self.ctx.destination.host)
         elif all(d.rule is first.rule for d in decisions.values()):
             self._through(first, self.ctx.destination.host)
@@ -85,7 +81,7 @@ class Connect:
     def _go(self, ips: list[IPAddress], decision: Decision, name: str) -> None:
         ctx, config = self.ctx, self.ctx.config
         assert ctx.destination is not None
-        route = _route_of(decision)
+        route = decision.route
         if route is not None and route.upstream:
             self._through(decision, ip_text(ips[0]))
             return
@@ -133,7 +129,7 @@ class Connect:
     def _through(self, decision: Decision, host: str) -> None:
         ctx, config = self.ctx, self.ctx.config
         assert ctx.destination is not None
-        route = _route_of(decision)
+        route = decision.route
         assert route is not None
         port = ctx.destination.port
         # (Canonical already: a name, or an address's text.)
@@ -188,8 +184,3 @@ class Connect:
             ctx.fail(Reply.GENERAL_FAILURE, f"every route failed: {tried}")
             return
         ctx.fail(Reply.GENERAL_FAILURE, f"connect failed: {why(failure)}")
-
-
-def _upstream(decision: Decision) -> bool:
-    route = _route_of(decision)
-    return route is not None and route.upstream
