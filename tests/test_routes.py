@@ -244,6 +244,31 @@ def test_a_dead_upstream_is_passed_over_for_the_next_and_marked_down(
         assert "route=none" in session_line(server, f"CONNECT 127.0.0.1:{other[1]}")
 
 
+def test_a_silent_upstream_times_out_and_the_next_is_tried(
+    start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
+) -> None:
+    dest = destinations()
+    with (
+        socket.socket() as silent,
+        socks_peers.microsocks(bind="127.0.0.2") as ms,
+    ):
+        # Connections complete in the kernel's backlog; nothing ever answers.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hung = silent.getsockname()[1]
+        rules = write_rules(
+            tmp_path / "rules.toml",
+            rule(
+                dest[1],
+                f'upstreams = ["socks5://127.0.0.1:{hung}", "socks5://127.0.0.1:{ms[1]}"]',
+            ),
+        )
+        server = start_server("--rules", str(rules), "--connect-timeout", "1")
+        assert peer_seen(server, *dest) == (0, "127.0.0.2")
+        log = server.log()
+        assert f"upstream socks5://127.0.0.1:{hung} failed" in log and "timed out after 1 s" in log
+
+
 def test_wrong_upstream_credentials_fail_with_x01_and_a_line_naming_the_hop(
     start_server: Callable[..., SocksServer], tmp_path: Path, destinations: Callable[[], Addr]
 ) -> None:

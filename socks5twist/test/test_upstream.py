@@ -81,6 +81,16 @@ class FailoverTests(SynchronousTestCase):
         self.reactor.advance(DOWN_FOR)
         self.assertFalse(self.upstreams.is_down(A))
 
+    def test_an_upstream_that_does_not_answer_times_out_and_the_next_is_tried(self) -> None:
+        self.start(A, B)
+        self.answer(0)  # connected, but it never answers the greeting
+        self.reactor.advance(9.9)
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        self.reactor.advance(0.1)
+        self.assertEqual(self.reactor.tcpClients[1][:2], ("10.0.0.2", 1080))
+        self.assertTrue(self.upstreams.is_down(A))
+        self.assertEqual(self.results, [])
+
     def test_the_destinations_answer_is_passed_on_without_failover(self) -> None:
         self.start(A, B)
         self.answer(0, b"\x05\x00", codec.build_reply(5))
