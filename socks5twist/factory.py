@@ -28,6 +28,7 @@ from .ruleset import ALLOW_ALL, Rules
 from .session import SOCKS5ServerProtocol
 from .splice import available as splice_available
 from .timers import Deadlines
+from .upstream import Upstreams
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -192,6 +193,8 @@ class SOCKS5ServerFactory(ServerFactory):
         self.access_log = access_log
         self._resolver = resolver
         self.stats = Stats()
+        # Upstream proxies that failed, and routed sessions (kept across reloads).
+        self.upstreams = Upstreams(reactor)
         self.metrics: Metrics | None = None
         # Called when the last session ends (a draining service listens).
         self.on_idle: Callable[[], None] | None = None

@@ -177,6 +177,40 @@ class _FactoryCollector(Collector):
         for lock in UDP_LOCKS:
             associations.add_metric([lock], stats.udp_locks[lock] + live_locks.get(lock, 0))
         yield associations
+        yield from _route_metrics(f)
+
+
+def _route_metrics(f: SOCKS5ServerFactory) -> Iterator[Metric]:
+    """
+    Routes (L{socks5twist.upstream.Upstreams}): labels are rules, and chains
+    and hops as the operator's rules files name them (no credentials).
+    """
+    upstreams = f.upstreams
+    tunnels = CounterMetricFamily(
+        "socks5_route_tunnels",
+        "CONNECT tunnels opened by a rule's route, by rule and route"
+        " (the chain of upstream proxies, or egress).",
+        labels=["rule", "route"],
+    )
+    for (rule, route), n in sorted(upstreams.tunnels.items()):
+        tunnels.add_metric([rule, route], n)
+    yield tunnels
+    hops = CounterMetricFamily(
+        "socks5_upstream_failures",
+        "Attempts through an upstream proxy that failed there (it was marked down), by hop.",
+        labels=["hop"],
+    )
+    for hop, n in sorted(upstreams.hop_failures.items()):
+        hops.add_metric([hop], n)
+    yield hops
+    failed = CounterMetricFamily(
+        "socks5_route_failures",
+        "CONNECT requests that failed because every route of their rule failed, by rule.",
+        labels=["rule"],
+    )
+    for rule, n in sorted(upstreams.route_failures.items()):
+        failed.add_metric([rule], n)
+    yield failed
 
 
 class MetricsResource(resource.Resource):

@@ -71,6 +71,10 @@ class SessionRecord:
     duration: float
     relay: str
     outcome: str
+    # How the tunnel left, when a rule's route chose (the chain of upstream
+    # proxies without credentials, "egress", or "none" when every one
+    # failed); None: directly, and the line has no route= at all.
+    route: str | None = None
 
     @classmethod
     def of(cls, session: SOCKS5ServerProtocol, now: float | None = None) -> SessionRecord:
@@ -106,6 +110,7 @@ class SessionRecord:
             duration=(time.time() if now is None else now) - session.started,
             relay=relay.kind if relay is not None else "-",
             outcome=printable(session.outcome),
+            route=session.route,
         )
 
     @property
@@ -125,7 +130,8 @@ class SessionRecord:
             f"session {self.client} user={self.user} {self.command} {self.destination} "
             f"-> {self.connected} bound={self.bound} reply={self.reply} "
             f"up={self.up} down={self.down}{self.extra} "
-            f"duration={self.duration:.3f}s relay={self.relay} ({self.outcome})"
+            f"duration={self.duration:.3f}s relay={self.relay}"
+            f"{'' if self.route is None else ' route=' + self.route} ({self.outcome})"
         )
 
     def fields(self, line: str | None = None) -> dict[str, object]:
@@ -153,6 +159,7 @@ class SessionRecord:
             "relay": self.relay,
             "duration": self.duration,
             "outcome": self.outcome,
+            "route": self.route,
         }
 
 

@@ -27,6 +27,10 @@ first match wins; without a match, checkers mean a password is required):
     clients = ["10.20.0.0/16"]
     method = "none"
 
+An allow rule may also say how its requests leave: C{via},
+C{upstreams}, C{egress} and C{password_file} (read by
+L{socks5twist.routes.route_of} into L{Rule.route}).
+
 C{[[limit]]} tables (bandwidth, quotas, concurrent sessions; see
 L{socks5twist.limits}) are read here too, into L{Rules.limits}.
 
@@ -48,6 +52,7 @@ from typing import Any
 from .limits import Limit, LimitError, parse_quota, parse_rate
 from .names import InvalidName, canonical_pattern
 from .networks import IPNetwork
+from .routes import ROUTE_KEYS, RouteError, route_of
 from .ruleset import (
     ALLOW_ALL,
     ANONYMOUS,
@@ -83,7 +88,17 @@ class RulesError(Exception):
 
 # -- parsing ------------------------------------------------------------------
 
-_RULE_KEYS = {"name", "action", "clients", "users", "commands", "destinations", "names", "ports"}
+_RULE_KEYS = {
+    "name",
+    "action",
+    "clients",
+    "users",
+    "commands",
+    "destinations",
+    "names",
+    "ports",
+    *ROUTE_KEYS,
+}
 _AUTH_KEYS = {"clients", "method"}
 _LIMIT_KEYS = {
     "name",
@@ -309,9 +324,17 @@ def _rule(index: int, raw: object, locator: _Locator) -> Rule:
                     "rule", index, "names", f"{e.why} (a host name or *.suffix)"
                 ) from None
         names = tuple(canonical)
+    action = _verdict(raw["action"], locator, index, "action")
+    try:
+        route = route_of(raw)
+    except RouteError as e:
+        raise locator.error("rule", index, e.key or "rule", str(e)) from None
+    if route is not None and action is Verdict.DENY:
+        key = sorted(ROUTE_KEYS & set(raw))[0]
+        raise locator.error("rule", index, key, "only an allow rule has a route")
     return Rule(
         index=index,
-        action=_verdict(raw["action"], locator, index, "action"),
+        action=action,
         name=name,
         clients=_networks(raw["clients"], locator, "rule", index, "clients")
         if "clients" in raw
@@ -327,6 +350,7 @@ def _rule(index: int, raw: object, locator: _Locator) -> Rule:
         ),
         names=names,
         ports=_ports(raw["ports"], locator, index) if "ports" in raw else None,
+        route=route,
     )
 
 
@@ -355,7 +379,10 @@ def _auth_rule(index: int, raw: object, locator: _Locator) -> AuthRule:
 def describe(rules: Rules) -> Sequence[str]:
     """One line per rule and per limit, for the start-up log."""
     return (
-        [f"{r.label}: {r.action.value}" for r in rules.rules]
+        [
+            f"{r.label}: {r.action.value}" + (f" {r.route.describe()}" if r.route else "")
+            for r in rules.rules
+        ]
         + [f"default: {rules.default.value}"]
         + [f"{limit.label}: {limit.describe()}" for limit in rules.limits]
     )

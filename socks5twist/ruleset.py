@@ -26,6 +26,7 @@ from .networks import (
 
 if TYPE_CHECKING:
     from .limits import Limit
+    from .routes import Route
 
 __all__ = [
     "ALLOW_ALL",
@@ -82,6 +83,9 @@ class Rule:
     destinations: tuple[IPNetwork, ...] | None = None
     names: tuple[str, ...] | None = None
     ports: tuple[tuple[int, int], ...] | None = None
+    # How an allow rule's requests leave (upstream proxies, egress
+    # addresses); None: directly, from --outgoing-address.
+    route: Route | None = None
 
     @property
     def label(self) -> str:
@@ -138,6 +142,16 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
+
+    @property
+    def route(self) -> Route | None:
+        """How the requests it allows leave (C{None}: directly, from --outgoing-address)."""
+        return self.rule.route if self.rule is not None else None
+
+    @property
+    def upstream(self) -> bool:
+        """Whether the requests it allows go through upstream proxies."""
+        return self.rule is not None and self.rule.route is not None and self.rule.route.upstream
 
     @property
     def label(self) -> str:

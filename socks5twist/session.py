@@ -88,7 +88,7 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
     __slots__ = (
         "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
         "connected_to", "connection", "destination", "handler", "held", "outcome", "relay",
-        "replies", "started", "udp", "user",
+        "replies", "route", "started", "udp", "user",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -110,6 +110,7 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         self.destination: Address | None = None
         self.bound: str | None = None
         self.connected_to: str | None = None
+        self.route: str | None = None  # upstream proxies or egress pool taken, if any
         self.replies: list[int] = []
         self.outcome = ""
 

@@ -1,8 +1,10 @@
 """
-Third-party SOCKS5 servers started by the tests, on free loopback ports:
+Third-party proxies started by the tests, on free loopback ports:
 microsocks (Debian C{microsocks}) and Dante (Debian C{dante-server}, run as
-root).  Each is stopped by the PID the test started; a missing program fails
-the test under CI and skips it elsewhere (L{conftest.require_tool}).
+root), SOCKS5 servers, and tinyproxy (Debian C{tinyproxy}), an HTTP proxy
+that takes CONNECT.  Each is stopped by the PID the test started; a missing
+program fails the test under CI and skips it elsewhere
+(L{conftest.require_tool}).
 """
 
 from __future__ import annotations
@@ -94,4 +96,40 @@ def dante(workdir: Path, blocked_port: int | None = None) -> Iterator[tuple[str,
     )
     pidfile = workdir / f"danted-{port}.pid"
     with _running([path, "-f", str(conf), "-p", str(pidfile)], port) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def tinyproxy(
+    workdir: Path,
+    user: str | None = None,
+    password: str | None = None,
+    bind: str | None = None,
+    connect_ports: tuple[int, ...] = (),
+) -> Iterator[tuple[str, int]]:
+    """
+    tinyproxy on 127.0.0.1 in the foreground, with a configuration of its
+    own: Basic authentication (C{user}, C{password}), its outgoing address
+    (C{bind}), and the only ports CONNECT may reach (C{connect_ports}; none:
+    any port; others are refused with 403).
+    """
+    path = require_tool("tinyproxy")
+    port = free_port()
+    lines = [
+        f"Port {port}",
+        "Listen 127.0.0.1",
+        "Timeout 10",
+        "MaxClients 50",
+        "Allow 127.0.0.0/8",
+        "LogLevel Info",
+        f'LogFile "{workdir / f"tinyproxy-{port}.log"}"',
+    ]
+    if user is not None and password is not None:
+        lines.append(f"BasicAuth {user} {password}")
+    if bind is not None:
+        lines.append(f"Bind {bind}")
+    lines += [f"ConnectPort {p}" for p in connect_ports]
+    conf = workdir / f"tinyproxy-{port}.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    with _running([path, "-d", "-c", str(conf)], port) as address:
         yield address

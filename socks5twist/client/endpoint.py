@@ -17,6 +17,7 @@ the proxy endpoint's own failure to reach the proxy).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -144,6 +145,23 @@ class SOCKS5ClientEndpoint:
         attempt.start(self.proxy)
         return attempt.result
 
+    def bind(
+        self, protocolFactory: IProtocolFactory, listening: Callable[[Address], None]
+    ) -> Deferred[IProtocol]:
+        """
+        BIND (RFC 1928 section 4) for the peer C{destination} names: the
+        proxy listens, and C{listening} is called with its first reply's
+        address (where the peer is to connect); the Deferred fires once the
+        peer has connected, with the protocol built for it (its transport's
+        C{getHost()} is the peer's address, as the second reply gave it).
+        C{timeout} bounds the time to the first reply only: how long to
+        wait for the peer is the caller's (cancel the Deferred).
+        """
+        negotiation = ClientConnection(Command.BIND, self.destination, self._credentials)
+        attempt = _Attempt(protocolFactory, negotiation, self.timeout, self._reactor, listening)
+        attempt.start(self.proxy)
+        return attempt.result
+
 
 class _Attempt(Factory):
     """
@@ -159,9 +177,11 @@ class _Attempt(Factory):
         negotiation: ClientConnection,
         timeout: float | None,
         reactor: IReactorTime,
+        listening: Callable[[Address], None] | None = None,
     ) -> None:
         self.user_factory = user_factory
         self.negotiation = negotiation
+        self.listening = listening  # BIND's first reply goes here
         self.timeout = timeout
         self.result: Deferred[IProtocol] = Deferred(self._cancel)
         self.handshake: _Handshake | None = None
@@ -201,6 +221,12 @@ class _Attempt(Factory):
         # The proxy endpoint's own failure (or the cancellation of it).
         self._connecting = None
         self.fail(failure)
+
+    def bound(self, address: Address) -> None:
+        """BIND's first reply: the deadline is met; the caller waits for the peer."""
+        self._stop_timer()
+        if self.listening is not None:
+            self.listening(address)
 
     def _stop_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -303,8 +329,10 @@ class _Handshake(Protocol):
                 elif isinstance(event, Established):
                     self._open(event.address)
                     return
-                else:  # a BIND's first reply: not for a CONNECT endpoint
-                    raise AssertionError(f"unexpected {event!r}")
+                else:  # BIND's first reply (a CONNECT never gets one)
+                    self._attempt.bound(event.address)
+                    if self._negotiation.state is State.CLOSED:
+                        return  # the caller gave up meanwhile
         except SOCKS5ClientError as e:
             self.abort(Failure(e))
 

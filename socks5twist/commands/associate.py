@@ -20,7 +20,7 @@ from ..codec import Reply
 from ..gate import UNLIMITED, Refusal
 from ..policy import show
 from ..udp import UDPAssociation
-from .context import Context, admitted, wildcard_for
+from .context import Context, wildcard_for
 
 log = Logger()
 
@@ -35,7 +35,18 @@ class Associate:
 
     def start(self, expected: Address) -> None:
         ctx, config = self.ctx, self.ctx.config
-        if not admitted(ctx, None, None, None):  # each destination is checked later
+        decision = ctx.decide(None, None, None)  # each destination is checked later
+        if decision is not None and not decision.allowed:
+            ctx.deny(decision)
+            return
+        if decision is not None and decision.upstream:
+            log.info(
+                "UDP ASSOCIATE from {client} refused: rule {rule} sends requests through"
+                " upstream proxies, and UDP through them is not supported",
+                client=ctx.client_text,
+                rule=decision.label,
+            )
+            ctx.fail(Reply.COMMAND_NOT_SUPPORTED, "UDP through upstream proxies is not supported")
             return
         client_ip = ctx.client_ip
         if client_ip is None:
@@ -88,6 +99,9 @@ class Associate:
         decision = self.ctx.decide(ip, port, name)
         if decision is None:
             return None
+        if decision.allowed and decision.upstream:
+            # A rule with upstream proxies: its datagrams cannot go that way.
+            return False
         if not decision.allowed:
             self.ctx.count_denial(decision)
         return decision.allowed

@@ -6,7 +6,9 @@ DST.ADDR names the peer: an IP accepts only that IP, a name any of the
 addresses it resolves to (that the rules allow), and 0.0.0.0 or :: (which
 some clients send) any peer.  DST.PORT is not checked: clients commonly send
 0, or a port the peer will not connect from.  The peer that connects is
-checked again, by its address and by the name the request gave.
+checked again, by its address and by the name the request gave.  A rule
+with upstream proxies has the last of them listen instead
+(L{socks5twist.commands.upstreambind}).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from ..codec import Reply
 from ..logsafe import why
 from ..policy import describe, ip_of, show
 from ..relay import RemoteProtocol
+from ..ruleset import Decision
 from ..states import State
-from .context import Context, admitted, resolve_allowed, wildcard_for
+from .context import Context, resolve_allowed, wildcard_for
+from .upstreambind import UpstreamBind
 
 log = Logger()
 
@@ -33,25 +37,49 @@ class Bind:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.waiter: BindWaiter | None = None
+        self.upstream: UpstreamBind | None = None  # through a rule's upstream proxies
 
     def start(self, address: Address) -> None:
         ip = literal_ip(address)
         if ip is None or ip.is_unspecified:
             # The peer is known only when it connects (then it is checked).
-            allowed = admitted(self.ctx, None, None, None)
+            decision = self.ctx.decide(None, None, None)
         else:
-            allowed = admitted(self.ctx, ip, address.port, None)
-        if not allowed:
+            decision = self.ctx.decide(ip, address.port, None)
+        if decision is not None and not decision.allowed:
+            self.ctx.deny(decision)
+            return
+        if decision is not None and self._routed(decision):
             return
         if ip is not None:
             self._listen(None if ip.is_unspecified else frozenset({ip}))
             return
-        resolve_allowed(
-            self.ctx, lambda ips: self._listen(frozenset(ips)), self._unresolved, "bind"
-        )
+        resolve_allowed(self.ctx, self._resolved, self._unresolved, "bind")
+
+    def _resolved(self, ips: list[IPAddress], decisions: dict[IPAddress, Decision]) -> None:
+        if decisions[ips[0]].upstream:
+            self.ctx.waited()
+            if self.ctx.state is State.BINDING:
+                self._routed(decisions[ips[0]])
+            return
+        self._listen(frozenset(ips))
+
+    def _routed(self, decision: Decision) -> bool:
+        """
+        Whether the deciding rule sends requests through upstream proxies;
+        if so, the last of them listens (L{UpstreamBind}), not this proxy.
+        """
+        if not decision.upstream:
+            return False
+        assert decision.route is not None
+        self.upstream = UpstreamBind(self.ctx, decision, decision.route)
+        self.upstream.start()
+        return True
 
     def stop(self) -> None:
         """Stop listening (the session closes)."""
+        if self.upstream is not None:
+            self.upstream.stop()
         if self.waiter is not None:
             waiter, self.waiter = self.waiter, None
             waiter.stop()

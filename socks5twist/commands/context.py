@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ..gate import Refusal, Slot
     from ..relay import RemoteProtocol
     from ..udp import UDPAssociation
+    from ..upstream import Upstreams
 
 
 class Config(Protocol):
@@ -68,6 +69,9 @@ class Config(Protocol):
     @property
     def resolver(self) -> IHostnameResolver: ...
 
+    @property
+    def upstreams(self) -> Upstreams: ...
+
 
 class Context(Protocol):
     """What a command may do with its session."""
@@ -76,7 +80,9 @@ class Context(Protocol):
     destination: Address | None
     client_ip: IPAddress | None
     client_text: str
+    user: str | None
     bound: str | None
+    route: str | None  # how the tunnel left, for the record (None: directly)
     connected_to: str | None
     outcome: str
     udp: UDPAssociation | None
@@ -127,29 +133,17 @@ class Context(Protocol):
         """A bug in a command's callback: log it and close."""
 
 
-def admitted(ctx: Context, ip: IPAddress | None, port: int | None, name: str | None) -> bool:
-    """
-    Whether the rules let the request go on as far as they can tell now
-    (what is known of the destination: C{ip}, C{port}, C{name}); a request
-    they deny is refused (L{Context.deny}).
-    """
-    decision = ctx.decide(ip, port, name)
-    if decision is not None and not decision.allowed:
-        ctx.deny(decision)
-        return False
-    return True
-
-
 def resolve_allowed(
     ctx: Context,
-    then: Callable[[list[IPAddress]], None],
+    then: Callable[[list[IPAddress], dict[IPAddress, Decision]], None],
     failed: Callable[[Failure], None],
     phase: str,
 ) -> None:
     """
     Resolve the destination's name, keep the addresses the rules allow, and
-    go on with those (C{then}), or deny the request if none is left.  The
-    session's state must not change meanwhile, or the result is dropped.
+    go on with those (C{then}, given the decision on every address the name
+    resolved to), or deny the request if none is left.  The session's state
+    must not change meanwhile, or the result is dropped.
     """
     assert ctx.destination is not None
     name, port, state = ctx.destination.host, ctx.destination.port, ctx.state
@@ -158,10 +152,11 @@ def resolve_allowed(
         ctx.waited()
         if ctx.state is not state:
             return
-        allowed, denial = [], None
+        allowed, denial, decisions = [], None, {}
         for ip in ips:
             decision = ctx.decide(ip, port, name)
             assert decision is not None  # the address is known now
+            decisions[ip] = decision
             if decision.allowed:
                 allowed.append(ip)
             elif denial is None:
@@ -170,7 +165,7 @@ def resolve_allowed(
             assert denial is not None
             ctx.deny(denial)
             return
-        then(allowed)
+        then(allowed, decisions)
 
     config = ctx.config
     d = outbound.resolve(config.reactor, name, config.connect_timeout, config.resolver)

@@ -70,6 +70,18 @@ class SessionRecordTests(SynchronousTestCase):
             "(closed)",
         )
 
+    def test_routed_line_names_the_route_after_the_relay(self) -> None:
+        session = ended_connect()
+        session.route = "socks5://127.0.0.1:1080>http://[::1]:3128"
+        record = SessionRecord.of(session, now=1000.2414)
+        self.assertTrue(
+            record.line().endswith(
+                "relay=splice route=socks5://127.0.0.1:1080>http://[::1]:3128 (closed)"
+            ),
+            record.line(),
+        )
+        self.assertEqual(record.fields()["route"], session.route)
+
     def test_udp_line_has_datagrams_and_drops(self) -> None:
         session = SOCKS5ServerProtocol()
         session.started = 10.0
@@ -147,6 +159,7 @@ class SessionRecordTests(SynchronousTestCase):
                 "relay": "splice",
                 "duration": 0.25,
                 "outcome": "closed",
+                "route": None,
             },
         )
 

@@ -1,0 +1,167 @@
+"""L{socks5twist.routes} and the rules file's route keys: parsing, errors, egress choice."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from socks5twist.routes import (
+    RouteError,
+    egress_for,
+    parse_hop,
+    read_password_file,
+)
+from socks5twist.rules import RulesError, describe, parse
+
+
+def rules_with(route: str, action: str = "allow") -> str:
+    return f'default = "deny"\n\n[[rule]]\naction = "{action}"\n{route}\n'
+
+
+class HopTests(SynchronousTestCase):
+    def test_socks5_with_credentials_percent_decoded(self) -> None:
+        hop = parse_hop("socks5://al%40ice:p%3Aw@127.0.0.1:1080", {})
+        self.assertEqual((hop.scheme, hop.host, hop.port), ("socks5", "127.0.0.1", 1080))
+        self.assertEqual(hop.credentials, (b"al@ice", b"p:w"))
+
+    def test_socks5h_is_socks5_and_hosts_are_canonical(self) -> None:
+        self.assertEqual(
+            parse_hop("socks5h://Proxy.Example.:1080", {}).label, "socks5://proxy.example:1080"
+        )
+        self.assertEqual(parse_hop("http://[::1]:3128", {}).label, "http://[::1]:3128")
+
+    def test_label_and_repr_never_show_the_password(self) -> None:
+        hop = parse_hop("http://bob:Hunter2@10.0.0.1:3128", {})
+        self.assertEqual(hop.label, "http://10.0.0.1:3128")
+        self.assertNotIn("Hunter2", repr(hop))
+        self.assertIn("user=bob", repr(hop))
+
+    def test_password_file_fills_missing_credentials_only(self) -> None:
+        passwords = {("10.0.0.1", 1080): (b"file", b"pw")}
+        self.assertEqual(
+            parse_hop("socks5://10.0.0.1:1080", passwords).credentials, (b"file", b"pw")
+        )
+        url = "socks5://url:u@10.0.0.1:1080"
+        self.assertEqual(parse_hop(url, passwords).credentials, (b"url", b"u"))
+        self.assertIsNone(parse_hop("socks5://10.0.0.2:1080", passwords).credentials)
+
+    def test_bad_urls_say_why_without_the_password(self) -> None:
+        for url, why in (
+            ("socks4://127.0.0.1:1080", "scheme"),
+            ("socks5://127.0.0.1", "scheme://"),
+            ("socks5://127.0.0.1:0", "outside"),
+            ("socks5://127.0.0.1:70000", "outside"),
+            ("socks5://bad\x00name:1080", "invalid name"),
+            ("socks5://[nothex]:1080", "scheme://"),
+            ("socks5://u:Secret1@h:1080/path", "scheme://"),
+        ):
+            with self.assertRaises(RouteError) as caught:
+                parse_hop(url, {})
+            self.assertIn(why, str(caught.exception), url)
+            self.assertNotIn("Secret1", str(caught.exception))
+
+
+class PasswordFileTests(SynchronousTestCase):
+    def write(self, text: str) -> str:
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.unlink, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+
+    def test_lines_comments_ipv6_and_passwords_with_colons_and_spaces(self) -> None:
+        path = self.write("# upstreams\n\n10.0.0.1:1080 alice:a b:c\n[::1]:3128 bob:x\n")
+        self.assertEqual(
+            read_password_file(path),
+            {("10.0.0.1", 1080): (b"alice", b"a b:c"), ("::1", 3128): (b"bob", b"x")},
+        )
+
+    def test_a_bad_line_is_named_and_not_quoted(self) -> None:
+        path = self.write("10.0.0.1:1080 alice:ok\n10.0.0.2 nopassword-Secret9\n")
+        with self.assertRaises(RouteError) as caught:
+            read_password_file(path)
+        self.assertIn(f"{path}, line 2", str(caught.exception))
+        self.assertNotIn("Secret9", str(caught.exception))
+
+    def test_a_missing_file_is_one_line(self) -> None:
+        with self.assertRaises(RouteError) as caught:
+            read_password_file("/nonexistent/upstreams")
+        self.assertIn("No such file", str(caught.exception))
+
+
+class EgressTests(SynchronousTestCase):
+    pool = [ipaddress.ip_address(a) for a in ("10.0.0.1", "10.0.0.2", "10.0.0.3", "2001:db8::1")]
+
+    def test_one_key_gets_one_address_of_each_version_always(self) -> None:
+        first = egress_for(self.pool, "alice")
+        self.assertEqual(egress_for(self.pool, "alice"), first)
+        self.assertIn(first[4], {"10.0.0.1", "10.0.0.2", "10.0.0.3"})
+        self.assertEqual(first[6], "2001:db8::1")
+
+    def test_keys_spread_over_the_pool(self) -> None:
+        chosen = {egress_for(self.pool, f"user{n}")[4] for n in range(60)}
+        self.assertEqual(chosen, {"10.0.0.1", "10.0.0.2", "10.0.0.3"})
+
+    def test_a_version_without_pool_members_is_left_to_the_default(self) -> None:
+        self.assertEqual(egress_for(self.pool[:1], "bob"), {4: "10.0.0.1"})
+
+
+class RulesFileRouteTests(SynchronousTestCase):
+    def test_via_upstreams_and_egress_are_read(self) -> None:
+        parsed = parse(
+            'default = "deny"\n'
+            '[[rule]]\naction = "allow"\nports = [1]\n'
+            'via = ["socks5://127.0.0.1:1080", "http://u:Pw9@[::1]:3128"]\n'
+            '[[rule]]\naction = "allow"\nports = [2]\n'
+            'upstreams = ["socks5://10.0.0.1:1", ["socks5://10.0.0.2:1", "http://10.0.0.3:2"]]\n'
+            '[[rule]]\naction = "allow"\negress = ["127.0.0.1", "::1", "127.0.0.1"]\n'
+        )
+        via, upstreams, egress = (r.route for r in parsed.rules)
+        assert via is not None and upstreams is not None and egress is not None
+        self.assertEqual([len(c) for c in via.chains], [2])
+        self.assertEqual([len(c) for c in upstreams.chains], [1, 2])
+        self.assertEqual([str(ip) for ip in egress.egress], ["127.0.0.1", "::1"])
+        self.assertEqual(
+            list(describe(parsed))[:3],
+            [
+                "#1: allow via socks5://127.0.0.1:1080>http://[::1]:3128",
+                "#2: allow via socks5://10.0.0.1:1 | socks5://10.0.0.2:1>http://10.0.0.3:2",
+                "#3: allow egress 127.0.0.1, ::1",
+            ],
+        )
+        self.assertNotIn("Pw9", repr(parsed))
+
+    def test_errors_name_the_line_and_the_key(self) -> None:
+        for route, action, expected in (
+            ('via = ["socks4://127.0.0.1:1"]', "allow", "line 5: [[rule]] #1: via: 'socks4'"),
+            ("via = []", "allow", "line 5: [[rule]] #1: via: a chain is a non-empty list"),
+            ('upstreams = "x"', "allow", "line 5: [[rule]] #1: upstreams: must be a list"),
+            ('via = ["socks5://127.0.0.1:1"]', "deny", "line 5: [[rule]] #1: via: only an allow"),
+            ('egress = ["10.0.0.0/8"]', "allow", "line 5: [[rule]] #1: egress: '10.0.0.0/8'"),
+            ('egress = ["192.0.2.7"]', "allow", "egress: 192.0.2.7: cannot bind to it"),
+            ('password_file = "/nonexistent"', "allow", "line 5: [[rule]] #1: password_file:"),
+            (
+                'via = ["socks5://127.0.0.1:1"]\negress = ["127.0.0.1"]',
+                "allow",
+                "line 6: [[rule]] #1: egress: egress is for direct connections",
+            ),
+            (
+                'via = ["socks5://127.0.0.1:1"]\nupstreams = [["socks5://127.0.0.1:2"]]',
+                "allow",
+                "line 6: [[rule]] #1: upstreams: give via",
+            ),
+        ):
+            with self.assertRaises(RulesError) as caught:
+                parse(rules_with(route, action), "rules.toml")
+            self.assertIn(expected, str(caught.exception), route)
+
+    def test_a_password_file_without_hops_is_an_error(self) -> None:
+        fd, path = tempfile.mkstemp()
+        os.close(fd)
+        self.addCleanup(os.unlink, path)
+        with self.assertRaises(RulesError) as caught:
+            parse(rules_with(f'password_file = "{path}"'), "rules.toml")
+        self.assertIn("password_file needs via or upstreams", str(caught.exception))
