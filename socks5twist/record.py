@@ -60,6 +60,7 @@ class SessionRecord:
     duration: float
     relay: str
     outcome: str
+    limit: int | None = None  # the [[limit]] the session was under (its number)
 
     @classmethod
     def of(cls, session: SOCKS5ServerProtocol, now: float | None = None) -> SessionRecord:
@@ -95,6 +96,7 @@ class SessionRecord:
             duration=(time.time() if now is None else now) - session.started,
             relay=relay.kind if relay is not None else "-",
             outcome=printable(session.outcome),
+            limit=session.limit.index if session.limit is not None else None,
         )
 
     @property
@@ -114,7 +116,8 @@ class SessionRecord:
             f"session {self.client} user={self.user} {self.command} {self.destination} "
             f"-> {self.connected} bound={self.bound} reply={self.reply} "
             f"up={self.up} down={self.down}{self.extra} "
-            f"duration={self.duration:.3f}s relay={self.relay} ({self.outcome})"
+            f"duration={self.duration:.3f}s relay={self.relay}"
+            f"{'' if self.limit is None else f' limit=#{self.limit}'} ({self.outcome})"
         )
 
     def fields(self, line: str | None = None) -> dict[str, object]:
@@ -142,6 +145,7 @@ class SessionRecord:
             "relay": self.relay,
             "duration": self.duration,
             "outcome": self.outcome,
+            "limit": self.limit,
         }
 
 

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..relay import Side
+from ..shaping import Shaping
 from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
@@ -88,6 +89,7 @@ class SpliceRelay:
         to_remote: bytes = b"",
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         # Fixed from here on: reactor, lock, clock, _state, _client,
         # _remote, _up, _down, _early, _on_idle, _idle_timeout.
@@ -116,6 +118,9 @@ class SpliceRelay:
         self._down = Pump(self, self._remote, self._client, to_client)
         self._client.outgoing = self._remote.incoming = self._up
         self._remote.outgoing = self._client.incoming = self._down
+        if shaping is not None:
+            self._up.budget = shaping.up
+            self._down.budget = shaping.down
         self._on_idle = on_idle
         self._idle_timeout = idle_timeout
         # (reactor.seconds reads the system clock: no state of the reactor's.)
@@ -215,6 +220,36 @@ class SpliceRelay:
             log.info(message, **fields)
         else:
             self.reactor.callFromThread(log.info, message, **fields)
+
+    def later(self, delay: float, step: Callable[[], None]) -> None:
+        """
+        Run C{step} (a pump's) in C{delay} seconds, in whichever thread owns
+        the tunnel then: a timer of the owner's now (the reactor's, or the
+        relay thread's); one that fires on the reactor after the tunnel has
+        moved passes the step on to the thread.
+        """
+        thread = self.thread
+        if thread is None:
+            self.reactor.callLater(delay, self._due_on_reactor, step)
+        else:
+            thread.later(delay, lambda: self.run_in_thread(step))
+
+    def _due_on_reactor(self, step: Callable[[], None]) -> None:
+        thread = self.thread
+        if thread is None:
+            self._step(step)
+        else:
+            thread.call(lambda: self.run_in_thread(step))
+
+    def run_in_thread(self, step: Callable[[], None]) -> None:
+        """Run a pump step in the relay thread; a socket error ends the tunnel."""
+        if self.finished:
+            return
+        try:
+            step()
+        except OSError as e:
+            if e.errno not in AGAIN:
+                self._release(abort=True)
 
     def other(self, pump: Pump) -> Pump:
         """The pump of the other direction."""

@@ -147,6 +147,7 @@ class SessionRecordTests(SynchronousTestCase):
                 "relay": "splice",
                 "duration": 0.25,
                 "outcome": "closed",
+                "limit": None,
             },
         )
 
