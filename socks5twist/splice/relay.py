@@ -76,8 +76,8 @@ class SpliceRelay:
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_handed_back", "_idle_call", "_idle_timeout",
-        "_lost", "_on_idle", "_remote", "_state", "_up", "active_at", "clock", "finished",
-        "idled", "lock", "reactor", "reads", "scheduler", "thread",
+        "_lost", "_on_idle", "_remote", "_state", "_throttle_calls", "_up", "active_at",
+        "clock", "finished", "idled", "lock", "reactor", "reads", "scheduler", "thread",
     )  # fmt: skip
 
     def __init__(
@@ -106,6 +106,7 @@ class SpliceRelay:
         self._lost: set[Side] = set()
         self._idle_call: IDelayedCall | None = None
         self._handed_back = False
+        self._throttle_calls: list[IDelayedCall] = []  # the reactor's timers of later()
         # The owner's (the reactor thread, then the relay thread once moved):
         # these, the ends and the pumps (but for Pump.moved: under the lock).
         self.finished = False
@@ -230,7 +231,9 @@ class SpliceRelay:
         """
         thread = self.thread
         if thread is None:
-            self.reactor.callLater(delay, self._due_on_reactor, step)
+            calls = self._throttle_calls
+            calls[:] = [call for call in calls if call.active()]  # (two at most)
+            calls.append(self.reactor.callLater(delay, self._due_on_reactor, step))
         else:
             thread.later(delay, lambda: self.run_in_thread(step))
 
@@ -363,6 +366,10 @@ class SpliceRelay:
         turn for a writable event.
         """
         self._handed_back = True
+        for call in self._throttle_calls:
+            if call.active():
+                call.cancel()
+        self._throttle_calls = []
         if self._idle_call is not None:
             if self._idle_call.active():
                 self._idle_call.cancel()

@@ -136,9 +136,7 @@ class ThrottledStreamRelayTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         s = Shaper(self.reactor.seconds)
         client, remote = StringTransport(), StringTransport()
-        relay = StreamRelay(
-            self.reactor, client, remote, shaping=s.shaping(limit, "user:alice")
-        )
+        relay = StreamRelay(self.reactor, client, remote, shaping=s.shaping(limit, "user:alice"))
         relay.start()
         return relay, client, remote, s
 
@@ -159,6 +157,7 @@ class ThrottledStreamRelayTests(SynchronousTestCase):
         relay.from_client(b"x" * (30 * KIB))
         self.assertEqual(client.producerState, "paused")
         producer = remote.producer  # the client's reading, as the remote's producer
+        assert producer is not None
         producer.resumeProducing()  # the remote drained its buffer
         self.assertEqual(client.producerState, "paused")  # still in debt
         producer.pauseProducing()  # and full again
@@ -169,7 +168,7 @@ class ThrottledStreamRelayTests(SynchronousTestCase):
 
     def test_an_eof_ends_the_throttle_of_that_side(self) -> None:
         """After EOF nothing resumes the side's reading (it would report EOF twice)."""
-        relay, client, remote, _ = self.relay(ALICE_2)
+        relay, _, remote, _ = self.relay(ALICE_2)
         relay.from_remote(b"x" * (30 * KIB))
         relay.eof(Side.REMOTE)
         self.assertEqual(self.reactor.getDelayedCalls(), [])
