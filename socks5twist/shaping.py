@@ -9,15 +9,19 @@ it: the key's shared bucket of that direction (C{bandwidth}: one per limit,
 key and direction, shared by all the key's sessions) and the session's own
 (C{session_bandwidth}).
 
-Charging is by reservation: a relay moves a chunk (at most what it read in
-one go), then L{Budget.charge}s it, and the buckets may go into debt.  The
-answer is how long until this session's bytes are paid for; the relay stops
-reading for that long, then reads again without asking (no polling).
-Because each charge queues behind the debt of those before it, sessions of
-one key take turns in the order they charged, one chunk each: fair between
-them, and the long-run rate is exact whatever the chunk sizes.  A bucket
-that is not in debt answers 0, and the relay goes on: a limit that does not
-bite costs a lock and a few additions per chunk.
+Charging is by reservation: a relay moves a chunk (what it read in one
+go), then L{Budget.charge}s it, and the buckets may go into debt.  A budget
+charges its buckets once per I{quantum} (1/16 s of the slowest rate, between
+4 KiB and 1 MiB) of bytes moved, and the answer is how long until the debt,
+this session's quantum included, is paid; the relay stops reading for that
+long, then reads again without asking (no polling).  Because each charge
+queues behind the debt of those before it, and every charge is one quantum
+(whatever the reads were: a source that has little to read still waits its
+turn only once per quantum), sessions of one key take turns in the order
+they charged, a quantum each: fair between them in bytes, and the long-run
+rate is exact.  A bucket that is not in debt answers 0 and the relay goes
+on: a limit that does not bite costs a lock and an addition per chunk, and
+the clock and the buckets once per quantum.
 
 Threads: a splice tunnel may be relayed by the relay thread while the
 reactor thread relays others of the same key, so every bucket's tokens and
@@ -44,9 +48,11 @@ __all__ = ["BURST", "Bucket", "Budget", "Shaper", "Shaping", "ThrottledProducer"
 # What a full bucket holds, in seconds of its rate: the most a key may send
 # above its rate after a pause (1 % of a ten-second transfer).
 BURST = 0.1
-# The most a splice call moves of a limited direction once its bucket has
-# nothing in hand (a turn of the key's sessions), and the least.
-MAX_QUANTUM = 1 << 16
+# What a budget charges at once, and the most a splice call moves of a
+# limited direction: 1/16 s of its rate (a turn of the key's sessions), but
+# no more than a pipe holds (a limit far above the traffic splices as much
+# as an unlimited tunnel) and no less than a page.
+MAX_QUANTUM = 1 << 20
 MIN_QUANTUM = 1 << 12
 UNLIMITED = 1 << 30
 
@@ -85,38 +91,45 @@ class Budget:
     One direction of one session: the buckets it charges (none: not
     limited, but a reload may add some).
 
-    @ivar allowed: how much the splice relay may move in one call (the
-        least any bucket held at the last charge, but at least a quantum);
-        the owner's alone.
+    @ivar allowed: how much the splice relay may move in one call: what
+        completes the quantum under way.  Written by L{charge} (under the
+        lock), read by the owner of the tunnel, the only caller of
+        L{charge}.
     """
 
-    __slots__ = ("_clock", "_lock", "allowed", "buckets", "quantum")
+    __slots__ = ("_clock", "_lock", "allowed", "buckets", "owed", "quantum")
 
     def __init__(self, lock: threading.Lock, clock: Callable[[], float]) -> None:
         self._lock = lock
         self._clock = clock
-        self.buckets: tuple[Bucket, ...] = ()  # under the lock
+        # Under the lock:
+        self.buckets: tuple[Bucket, ...] = ()
         self.quantum = UNLIMITED
+        self.owed = 0  # moved, not yet charged (less than a quantum)
         self.allowed = UNLIMITED
 
     def charge(self, n: int) -> float:
         """
-        C{n} bytes were moved: take them from every bucket.  Seconds until
-        they are paid for, for which the relay must not read (0: go on).
+        C{n} bytes were moved: charge them (once a quantum has been moved).
+        Seconds until they are paid for, for which the relay must not read
+        (0: go on).
         """
-        now = self._clock()
         wait = 0.0
-        least = float(UNLIMITED)
         with self._lock:
+            owed = self.owed + n
+            quantum = self.quantum
+            if owed < quantum:
+                self.owed = owed
+                self.allowed = quantum - owed
+                return wait
+            self.owed = 0
+            self.allowed = quantum
+            now = self._clock()
             for bucket in self.buckets:
                 bucket.refill(now)
-                tokens = bucket.tokens = bucket.tokens - n
-                if tokens < least:
-                    least = tokens
+                tokens = bucket.tokens = bucket.tokens - owed
                 if tokens < 0 and -tokens / bucket.rate > wait:
                     wait = -tokens / bucket.rate
-        quantum = self.quantum
-        self.allowed = quantum if least < quantum else int(least)
         return wait
 
     def take(self, n: int) -> bool:
@@ -189,6 +202,7 @@ class Shaping:
             for budget, buckets_, quantum in plan:
                 budget.buckets = buckets_
                 budget.quantum = quantum
+                budget.owed = 0
         for key in held:
             shaper.let_go(key)
         self.limit = limit

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist.limits import Limit
 from socks5twist.relay import Side, StreamRelay
-from socks5twist.shaping import MIN_QUANTUM, Shaper
+from socks5twist.shaping import Shaper
 
 KIB = 1024
 
@@ -88,17 +88,23 @@ class BudgetTests(SynchronousTestCase):
         clock.now += 0.1
         self.assertTrue(up.take(100))
 
-    def test_splice_moves_at_most_what_the_bucket_holds_but_a_quantum(self) -> None:
-        s, clock = shaper()
+    def test_a_quantum_is_charged_at_once_and_a_splice_moves_no_more(self) -> None:
+        """
+        Reads are charged a quantum (1/16 s of the rate) at a time, so each
+        session's turn is as long, in bytes, as another's.
+        """
+        s, _ = shaper()
         down = s.shaping(ALICE_2, "user:alice").down
-        quantum = max((100 * KIB) // 16, MIN_QUANTUM)
+        quantum = 100 * KIB // 16
         self.assertEqual(down.allowed, quantum)  # before the first charge
-        down.charge(1)
-        clock.now += 1.0
-        down.charge(1)
-        self.assertEqual(down.allowed, 10 * KIB - 1)  # full again: all it holds
-        down.charge(20 * KIB)
-        self.assertEqual(down.allowed, quantum)  # in debt: one quantum a turn
+        self.assertEqual(down.charge(quantum - 100), 0.0)
+        self.assertEqual(down.allowed, 100)  # what completes the quantum
+        (bucket,) = down.buckets
+        self.assertEqual(bucket.tokens, 10 * KIB)  # nothing charged yet
+        self.assertEqual(down.charge(100), 0.0)
+        self.assertEqual(bucket.tokens, 10 * KIB - quantum)
+        self.assertAlmostEqual(down.charge(quantum), (2 * quantum - 10 * KIB) / (100 * KIB))
+        self.assertEqual(down.allowed, quantum)
 
     def test_no_bucket_outlives_its_sessions(self) -> None:
         s, _ = shaper()
