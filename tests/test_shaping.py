@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from socks5twist import rules as rules_file
+
 from . import rawsocks
 from .conftest import wait_until
+from .test_readme import blocks
 
 RATE = 2 << 20  # bytes per second, each user
 WINDOW = 10.0  # seconds each download is measured over
@@ -177,3 +180,11 @@ def test_disabled_and_sessions_refuse_with_x02(start_server, rules: str) -> None
     assert "refused CONNECT for 127.0.0.1:" in log
     assert "user=mallory: refused by [[limit]] #3: disabled" in log
     assert "user=carol: refused by [[limit]] #2: 1 sessions open (sessions = 1)" in log
+
+
+def test_readme_limits_example_loads() -> None:
+    _, language, text = blocks()["limits"]
+    assert language == "toml"
+    alice, anonymous = rules_file.parse('default = "allow"\n' + text, "README.md").limits
+    assert (alice.bandwidth, alice.session_bandwidth, alice.sessions) == (2 << 20, 1 << 20, 20)
+    assert anonymous.bandwidth == 500_000 and anonymous.commands == frozenset({"udp"})

@@ -14,7 +14,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist import codec
+from socks5twist.codec import Address, Command
 from socks5twist.rules import parse
+from socks5twist.shaping import Shaper
 
 from .helpers import (
     LOCAL_CLIENT,
@@ -26,6 +28,7 @@ from .helpers import (
     make_session,
     memory_portal,
 )
+from .test_udp import CLIENT, UDPReactor, datagram
 
 LIMITS = """\
 default = "allow"
@@ -155,3 +158,31 @@ class LimitSessionTests(SynchronousTestCase):
             [formatEvent(e) for e in events],
         )
         self.assertEqual(shaping.down.buckets, ())
+
+
+class ShapedUDPTests(SynchronousTestCase):
+    """Datagrams count against the bandwidth; one over the budget is dropped, not queued."""
+
+    def test_a_datagram_finding_the_budget_in_debt_is_dropped_and_counted(self) -> None:
+        reactor = UDPReactor()
+        s = make_session(reactor=reactor, rules=parse(LIMITS))  # anonymous UDP: 1000 B/s
+        s.factory.shaper = Shaper(reactor.seconds)
+        s.send(NO_AUTH_GREETING)
+        s.send(codec.build_request(Command.UDP_ASSOCIATE, Address.for_ip("0.0.0.0", 0)))
+        relay = reactor.udp[0]
+        payload = b"x" * 3000  # a full bucket holds 4096 bytes
+        for _ in range(3):
+            relay.receive(datagram("10.1.2.3", 53, payload), CLIENT)
+        remote = reactor.udp[1]
+        self.assertEqual(len(remote.sent), 2)  # the second went into debt; the third found it
+        reactor.advance(2.0)  # paid, and 96 bytes in hand
+        relay.receive(datagram("10.1.2.3", 53, payload), CLIENT)
+        self.assertEqual(len(remote.sent), 3)
+        for _ in range(3):
+            remote.receive(payload, ("10.1.2.3", 53))  # the other direction: its own bucket
+        self.assertEqual(len(relay.sent), 2)
+        with capturedLogs() as events:
+            s.protocol.connectionLost()
+        (line,) = [formatEvent(e) for e in events if "session_line" in e]
+        self.assertIn(" datagrams=3/2 dropped=bandwidth:2 ", line)
+        self.assertIn(" limit=#3 (closed)", line)
