@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -188,3 +189,50 @@ def test_readme_limits_example_loads() -> None:
     alice, anonymous = rules_file.parse('default = "allow"\n' + text, "README.md").limits
     assert (alice.bandwidth, alice.session_bandwidth, alice.sessions) == (2 << 20, 1 << 20, 20)
     assert anonymous.bandwidth == 500_000 and anonymous.commands == frozenset({"udp"})
+
+
+def test_a_reload_applies_to_running_sessions(start_server, tmp_path: Path) -> None:
+    """
+    SIGHUP: alice's running download goes from 1 MiB/s to 4 MiB/s, then,
+    her limit disabled, is closed.
+    """
+    path = tmp_path / "rules.toml"
+    slow = 'default = "allow"\n[[limit]]\nusers = ["alice"]\nbandwidth = "1MiB/s"\n'
+    path.write_text(slow)
+    server = start_server(*AUTH, "--rules", str(path))
+    with firehose() as origin:
+        sock, code = rawsocks.connect(server.address, *origin, credentials=(b"alice", b"pw"))
+        assert code == 0
+        sock.settimeout(5)
+
+        def read_for(seconds: float) -> int:
+            received = 0
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    break
+                received += len(chunk)
+            return received
+
+        def reload(text: str, count: int) -> None:
+            path.write_text(text)
+            server.process.send_signal(signal.SIGHUP)
+            wait_until(lambda: server.log().count("reloaded ") == count, 10, "the reload")
+
+        before = read_for(2.0)
+        reload(slow.replace("1MiB/s", "4MiB/s"), 1)
+        read_for(0.2)  # (what the slower rate had let through, and the faster's first steps)
+        after = read_for(2.0)
+        assert before <= 1.15 * (2 << 20), before
+        assert after >= 0.8 * (8 << 20), after
+        reload(slow.replace('bandwidth = "1MiB/s"', "disabled = true"), 2)
+        began = time.monotonic()
+        with sock:
+            while sock.recv(1 << 16):
+                pass
+        assert time.monotonic() - began < 1.0
+    wait_until(lambda: server.session_lines(), 5, "the session line")
+    (line,) = server.session_lines()
+    assert line.endswith("limit=#1 (closed by [[limit]] #1: disabled at reload)"), line
+    assert "closing the session of 127.0.0.1:" in server.log()

@@ -43,15 +43,15 @@ class ShapedSpliceTests(TestCase):
         skip = "no splice(2) on this platform"
 
     @defer.inlineCallbacks
-    def transfer(self, move: bool) -> Any:
-        """Send SENT bytes to the client at RATE; the seconds they took."""
+    def transfer(self, move: bool, up: bool = False) -> Any:
+        """Send SENT bytes to the client (C{up}: from it) at RATE; the seconds they took."""
         shaping = Shaper().shaping(Limit(index=1, bandwidth=RATE), "user:alice")
         ((client, relay, remote, _),) = yield make_tunnels(self, 1, shaping=shaping)
         yield start(client, relay, move)
         data = bytes(range(256)) * (SENT // 256)
         began = time.monotonic()
-        sender = send_in_thread(remote, data)
-        received = yield read(client, SENT)
+        sender = send_in_thread(client if up else remote, data)
+        received = yield read(remote if up else client, SENT)
         took = time.monotonic() - began
         sender.join(5)
         self.assertEqual(received, data)
@@ -69,6 +69,12 @@ class ShapedSpliceTests(TestCase):
     @defer.inlineCallbacks
     def test_in_the_relay_thread_the_rate_holds(self) -> Any:
         took = yield self.transfer(move=True)
+        self.assertGreaterEqual(took, (SENT - RATE * 0.1 - 64 * KIB) / RATE)
+        self.assertLess(took, 3.0)
+
+    @defer.inlineCallbacks
+    def test_from_the_client_the_rate_holds_too(self) -> Any:
+        took = yield self.transfer(move=True, up=True)
         self.assertGreaterEqual(took, (SENT - RATE * 0.1 - 64 * KIB) / RATE)
         self.assertLess(took, 3.0)
 
