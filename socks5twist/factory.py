@@ -21,7 +21,6 @@ from . import logsafe
 from .accesslog import AccessLog
 from .gate import Gate, Refusal, Slot
 from .limits import Limit, limit_key
-from .logsafe import escape
 from .policy import (
     ALLOW_ANY,
     LOOPBACK_ONLY,
@@ -254,7 +253,7 @@ class SOCKS5ServerFactory(ServerFactory):
             session.limit = limit
             session.shaping.apply(limit)
             if limit is not None and limit.disabled:
-                label = escape(limit.label)
+                label = logsafe.escape(limit.label)
                 self.log.warn(
                     "closing the session of {client} user={user}: {limit} is disabled now",
                     client=session.client_text,
