@@ -17,15 +17,17 @@ from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from . import logsafe
 from .accesslog import AccessLog
 from .accounting import Accountant, AccountingStore, quota_without_store
 from .gate import Gate, Refusal, Slot
-from .limits import limit_key
+from .limits import Limit, limit_key
 from .networks import IPNetwork, parse_network
 from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
 from .record import SessionRecord, log_record
 from .ruleset import ALLOW_ALL, Rules
 from .session import SOCKS5ServerProtocol
+from .shaping import Shaper, Shaping
 from .splice import available as splice_available
 from .timers import Deadlines
 from .upstream import Upstreams
@@ -218,6 +220,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.sessions: set[SOCKS5ServerProtocol] = set()  # the sessions the gate admitted
         self.accountant = None if accounting is None else Accountant(reactor, accounting)
         self.gate.accountant = self.accountant
+        self.shaper = Shaper()  # the [[limit]] tables' bandwidth buckets
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
             parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
         )
@@ -235,6 +238,47 @@ class SOCKS5ServerFactory(ServerFactory):
     @rules.setter
     def rules(self, rules: Rules) -> None:
         self.gate.rules = rules
+        self._reshape()
+
+    def shaping_for(
+        self,
+        limit: Limit | None,
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        user: str | None,
+    ) -> Shaping | None:
+        """
+        The bandwidth budgets of a request under C{limit} (C{None}: none)
+        from C{ip} as C{user}.  While the rules have no C{[[limit]]} at all,
+        none: such a session's relay is not shaped, and costs nothing.
+        Otherwise every session gets budgets, so that a reload may limit it.
+        """
+        if not self.gate.rules.limits:
+            return None
+        return self.shaper.shaping(limit, limit_key(ip, user))
+
+    def _reshape(self) -> None:
+        """
+        The rules were replaced (a reload): each running session is matched
+        again, and from now on charges its new limit's buckets at the new
+        rates (its place under C{sessions} stays where it was taken); one
+        whose new limit is C{disabled} is closed.
+        """
+        rules = self.gate.rules
+        for session in list(self.sessions):
+            if session.shaping is None or session.command is None:
+                continue
+            limit = rules.limit_for(session.client_ip, session.user, session.command_label)
+            session.limit = limit
+            session.shaping.apply(limit)
+            if limit is not None and limit.disabled:
+                label = logsafe.escape(limit.label)
+                self.log.warn(
+                    "closing the session of {client} user={user}: {limit} is disabled now",
+                    client=session.client_text,
+                    user=logsafe.field(session.user),
+                    limit=label,
+                )
+                session.close(f"closed by {label}: disabled at reload")
 
     @property
     def client_policy(self) -> ClientPolicy:

@@ -11,6 +11,7 @@ A session asks, at each step, and the gate says yes or no:
     rules' C{[[auth]]} tables may let it skip a password);
   - L{Gate.admit_login}: logins in progress from one address;
   - L{Gate.admit_request}: the per-user limit (C{--max-sessions-per-user});
+  - L{Gate.admit_limit}: the request's C{[[limit]]} (C{disabled}, C{sessions});
   - L{Gate.decide}: the rules, for a command to a destination;
   - L{Gate.admit_udp}: UDP associations per client (C{--max-udp-per-client});
   - L{Gate.admit_quota}: the quota of a request's C{[[limit]]}, as the
@@ -40,7 +41,8 @@ from .accounting.accountant import quota_text
 from .addresses import IPAddress
 from .bursts import BurstLog
 from .codec import Method
-from .logsafe import field
+from .limits import Limit, limit_key
+from .logsafe import escape, field
 from .policy import ClientPolicy
 from .ruleset import Decision, Query, Rules
 
@@ -126,6 +128,9 @@ class Gate:
         self.user_sessions: collections.Counter[str] = collections.Counter()
         self.logins: collections.Counter[IPAddress | None] = collections.Counter()
         self.udp_associations: collections.Counter[IPAddress] = collections.Counter()
+        # Sessions under a [[limit]] with `sessions`, by limit and key (a
+        # limit that a reload leaves as it was keeps its count).
+        self.limit_sessions: collections.Counter[tuple[Limit, str]] = collections.Counter()
         # What was refused: by limit, and by the rule that denied.
         self.limited: collections.Counter[str] = collections.Counter()
         self.denials: collections.Counter[str] = collections.Counter()
@@ -228,6 +233,43 @@ class Gate:
             return Refusal("too many sessions for this user")
         self.user_sessions[user] += 1
         return Slot((self.user_sessions, user))
+
+    def admit_limit(
+        self, ip: IPAddress | None, user: str | None, command: str, client: str
+    ) -> tuple[Limit | None, Slot] | Refusal:
+        """
+        The C{[[limit]]} a request (C{command}: connect, bind, udp) falls
+        under, and a place under its C{sessions} per key; or a refusal when
+        the limit is C{disabled} or the key's sessions are all taken.
+        """
+        limit = self.rules.limit_for(ip, user, command)
+        if limit is None:
+            return None, UNLIMITED
+        if limit.disabled:
+            return self._refuse_by_limit(limit, "limit-disabled", command, user, client, "disabled")
+        if limit.sessions is None:
+            return limit, UNLIMITED
+        key = (limit, limit_key(ip, user))
+        if self.limit_sessions[key] >= limit.sessions:
+            why = f"{limit.sessions} sessions open (sessions = {limit.sessions})"
+            return self._refuse_by_limit(limit, "limit-sessions", command, user, client, why)
+        self.limit_sessions[key] += 1
+        return limit, Slot((self.limit_sessions, key))
+
+    def _refuse_by_limit(
+        self, limit: Limit, counted: str, command: str, user: str | None, client: str, why: str
+    ) -> Refusal:
+        self.limited[counted] += 1
+        label = escape(limit.label)
+        self._log.warn(
+            "refused {command} for {client} user={user}: refused by {limit}: {why}",
+            command=command.upper(),
+            client=client,
+            user=field(user),
+            limit=label,
+            why=why,
+        )
+        return Refusal(f"refused by {label}: {why}")
 
     def decide(self, query: Query) -> Decision | None:
         """What the rules say (C{None}: they need the address; resolve, ask again)."""

@@ -75,6 +75,7 @@ class SessionRecord:
     # proxies without credentials, "egress", or "none" when every one
     # failed); None: directly, and the line has no route= at all.
     route: str | None = None
+    limit: int | None = None  # the [[limit]] the session was under (its number)
 
     @classmethod
     def of(cls, session: SOCKS5ServerProtocol, now: float | None = None) -> SessionRecord:
@@ -111,6 +112,7 @@ class SessionRecord:
             relay=relay.kind if relay is not None else "-",
             outcome=printable(session.outcome),
             route=session.route,
+            limit=session.limit.index if session.limit is not None else None,
         )
 
     @property
@@ -131,7 +133,8 @@ class SessionRecord:
             f"-> {self.connected} bound={self.bound} reply={self.reply} "
             f"up={self.up} down={self.down}{self.extra} "
             f"duration={self.duration:.3f}s relay={self.relay}"
-            f"{'' if self.route is None else ' route=' + self.route} ({self.outcome})"
+            f"{'' if self.route is None else ' route=' + self.route}"
+            f"{'' if self.limit is None else f' limit=#{self.limit}'} ({self.outcome})"
         )
 
     def fields(self, line: str | None = None) -> dict[str, object]:
@@ -160,6 +163,7 @@ class SessionRecord:
             "duration": self.duration,
             "outcome": self.outcome,
             "route": self.route,
+            "limit": self.limit,
         }
 
 

@@ -28,6 +28,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .shaping import Shaping, ThrottledProducer
 from .twistedinternals import plain_and_idle, write_to_socket
 
 __all__ = [
@@ -103,8 +104,8 @@ class StreamRelay:
 
     kind = "stream"
     __slots__ = (
-        "_eof", "_idle", "_lost", "_on_idle", "_reactor", "_reset_call", "_transports", "down",
-        "up",
+        "_eof", "_idle", "_lost", "_on_idle", "_reactor", "_reset_call", "_throttles",
+        "_transports", "down", "up",
     )  # fmt: skip
 
     def __init__(
@@ -114,8 +115,17 @@ class StreamRelay:
         remote: ITransport,
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self._transports: dict[Side, Any] = {Side.CLIENT: client, Side.REMOTE: remote}
+        # Under a [[limit]]: each side's reading, paused while its direction's
+        # budget is in debt (see socks5twist.shaping).  None: no cost at all.
+        self._throttles: dict[Side, ThrottledProducer] | None = None
+        if shaping is not None:
+            self._throttles = {
+                Side.CLIENT: ThrottledProducer(reactor, client, shaping.up),
+                Side.REMOTE: ThrottledProducer(reactor, remote, shaping.down),
+            }
         self._eof: set[Side] = set()
         self._lost: set[Side] = set()
         self._on_idle = on_idle
@@ -129,8 +139,13 @@ class StreamRelay:
         """Register each side as the other's producer, and start the idle clock."""
         client = self._transports[Side.CLIENT]
         remote = self._transports[Side.REMOTE]
-        client.registerProducer(remote, True)
-        remote.registerProducer(client, True)
+        throttles = self._throttles
+        if throttles is not None:
+            client.registerProducer(throttles[Side.REMOTE], True)
+            remote.registerProducer(throttles[Side.CLIENT], True)
+        else:
+            client.registerProducer(remote, True)
+            remote.registerProducer(client, True)
         if self._idle is not None:
             self._idle.start()
 
@@ -139,18 +154,24 @@ class StreamRelay:
         if self._idle is not None:
             self._idle.touch()
         self._transports[Side.REMOTE].write(data)
+        if self._throttles is not None:
+            self._throttles[Side.CLIENT].moved(len(data))
 
     def from_remote(self, data: bytes) -> None:
         self.down += len(data)
         if self._idle is not None:
             self._idle.touch()
         self._transports[Side.CLIENT].write(data)
+        if self._throttles is not None:
+            self._throttles[Side.REMOTE].moved(len(data))
 
     def eof(self, side: Side = Side.CLIENT) -> None:
         """C{side} will send nothing more: shut the other side's write half."""
         if side in self._eof or self._lost:
             return  # resumeProducing after EOF can report it twice
         self._eof.add(side)
+        if self._throttles is not None:
+            self._throttles[side].stop()  # it reads nothing more: never resume it
         other = self._transports[_other(side)]
         _unregister(other)
         lose_write = getattr(other, "loseWriteConnection", None)
@@ -181,6 +202,9 @@ class StreamRelay:
     def _close_all(self) -> None:
         if self._idle is not None:
             self._idle.stop()
+        if self._throttles is not None:
+            for throttle in self._throttles.values():
+                throttle.stop()
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue

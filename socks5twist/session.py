@@ -50,12 +50,14 @@ from .connection import (
 )
 from .connection import State as Wire
 from .gate import Refusal, Slot
+from .limits import Limit
 from .logsafe import field, why
 from .policy import describe, ip_of
 from .proxylistener import unvetted
 from .record import HEX_BYTE
 from .relay import Side, no_delay, send_now
 from .ruleset import COMMAND_NAMES
+from .shaping import Shaping
 from .states import State, session_state
 from .tunnel import Relay
 from .udp import UDPAssociation
@@ -87,8 +89,8 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
         "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
-        "connected_to", "connection", "destination", "handler", "held", "outcome", "relay",
-        "replies", "route", "started", "udp", "user",
+        "connected_to", "connection", "destination", "handler", "held", "limit", "outcome",
+        "relay", "replies", "route", "shaping", "started", "udp", "user",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -100,6 +102,9 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         self.relay: Relay | None = None
         # The gate's slots this session holds (empty: not admitted, or ended).
         self.held: tuple[Slot, ...] = ()
+        # The [[limit]] the request fell under, and its bandwidth budgets.
+        self.limit: Limit | None = None
+        self.shaping: Shaping | None = None
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
@@ -240,6 +245,8 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         if self._logout is not None:
             logout, self._logout = self._logout, None
             logout()
+        if self.shaping is not None:
+            self.shaping.release()
         if self.held:
             held, self.held = self.held, ()
             for slot in held:
@@ -362,6 +369,8 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
             self.fail(Reply.NOT_ALLOWED, admitted.outcome)
             return
         self.held += (admitted,)
+        if not self._place_under_limit():
+            return
         refused = factory.account_request(self)  # the quota, and counting from now
         if refused is not None:
             self.fail(Reply.NOT_ALLOWED, refused.outcome)
@@ -370,6 +379,23 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         # name is resolved (what it knows of its destination differs).
         self.handler = COMMANDS[request.command](self)
         self.handler.start(request.address)
+
+    def _place_under_limit(self) -> bool:
+        """
+        Find the request's C{[[limit]]} (the gate's), and take its place and
+        budgets; or refuse the request (X'02').  Whether it goes on.
+        """
+        factory = self.factory
+        placed = factory.gate.admit_limit(
+            self.client_ip, self.user, self.command_label, self.client_text
+        )
+        if isinstance(placed, Refusal):
+            self.fail(Reply.NOT_ALLOWED, placed.outcome)
+            return False
+        self.limit, slot = placed
+        self.held += (slot,)
+        self.shaping = factory.shaping_for(self.limit, self.client_ip, self.user)
+        return True
 
     # -- timers and accidents ----------------------------------------------------
 

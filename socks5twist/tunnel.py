@@ -24,6 +24,7 @@ from . import outbound, splice
 from .addresses import Address, IPAddress, ip_text
 from .policy import describe, show
 from .relay import RemoteProtocol, Side, StreamRelay
+from .shaping import Shaping
 from .socketconnect import connect_socket
 from .splice import SpliceRelay
 
@@ -151,12 +152,14 @@ def join(
     splice_on: bool,
     idle_timeout: float,
     on_idle: Callable[[], None],
+    shaping: Shaping | None = None,
 ) -> Relay:
     """
     The relay between the client's transport and C{remote} (a protocol, or
     a bare socket from L{connect}), not started yet; C{reply} (the success
     reply) goes to the client first, and the splice relay sends C{early}
-    (what the client sent after its request) on as it starts.
+    (what the client sent after its request) on as it starts.  Either
+    relay keeps to C{shaping}'s budgets (C{None}: no [[limit]] to keep).
     """
     protocol: RemoteProtocol | None
     if isinstance(remote, socket.socket):
@@ -178,6 +181,7 @@ def join(
             to_remote=early,
             idle_timeout=idle_timeout,
             on_idle=on_idle,
+            shaping=shaping,
         )
     else:
         assert protocol is not None
@@ -188,6 +192,7 @@ def join(
             protocol.transport,  # type: ignore[arg-type]
             idle_timeout=idle_timeout,
             on_idle=on_idle,
+            shaping=shaping,
         )
     if protocol is not None:
         protocol.relay = relay

@@ -37,6 +37,7 @@ from .addresses import Address, IPAddress, literal_ip, parse_ip
 from .codec import MalformedMessage
 from .logsafe import escape
 from .relay import IdleClock
+from .shaping import Shaping
 
 # Bounds on what one association remembers.
 MAX_DESTINATIONS = 4096  # addresses the client has sent to (replies allowed from)
@@ -103,6 +104,9 @@ class UDPAssociation:
     @param interface: the local address of the client-facing socket.
     @param any_source: relay datagrams from any remote address, not only
         from those the client has sent to.
+    @param shaping: the budgets of a [[limit]]'s bandwidth: a datagram (its
+        payload) that finds its direction's budget in debt is dropped
+        (counted as C{bandwidth}), not queued.
     """
 
     log = Logger()
@@ -120,8 +124,10 @@ class UDPAssociation:
         check: Callable[[IPAddress | None, int, str | None], bool | None] | None = None,
         outgoing: Mapping[int, str] | None = None,
         resolver: IHostnameResolver | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         self._reactor = reactor
+        self._shaping = shaping
         self.client_ip = client_ip
         self.lock = lock_for(client_ip, expected)
         self._expected_port = expected.port if self.lock is Lock.EXACT else None
@@ -283,6 +289,9 @@ class UDPAssociation:
             self._allowed[checked] = None
             if len(self._allowed) > MAX_DESTINATIONS:
                 self._allowed.popitem(last=False)
+        if self._shaping is not None and not self._shaping.up.take(len(data)):
+            self.dropped["bandwidth"] += 1
+            return
         try:
             remote = self._remote_port(ip.version)
             remote.write(data, (str(ip), port))  # type: ignore[attr-defined]
@@ -320,6 +329,9 @@ class UDPAssociation:
             return
         if self.client_address is None or self._client_port is None:
             self.dropped["no client address"] += 1
+            return
+        if self._shaping is not None and not self._shaping.down.take(len(datagram)):
+            self.dropped["bandwidth"] += 1
             return
         self._touch()
         header = Address.for_ip(str(ip), addr[1])

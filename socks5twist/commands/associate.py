@@ -71,6 +71,7 @@ class Associate:
             resolver=config.resolver,
             check=self._allowed,
             outgoing=config.outgoing,
+            shaping=ctx.shaping,
         )
         try:
             host = association.open()

@@ -32,6 +32,7 @@ from ..states import State
 if TYPE_CHECKING:
     from ..gate import Refusal, Slot
     from ..relay import RemoteProtocol
+    from ..shaping import Shaping
     from ..udp import UDPAssociation
     from ..upstream import Upstreams
 
@@ -86,6 +87,7 @@ class Context(Protocol):
     connected_to: str | None
     outcome: str
     udp: UDPAssociation | None
+    shaping: Shaping | None  # the budgets of the session's [[limit]], if any
 
     @property
     def config(self) -> Config: ...

@@ -29,6 +29,7 @@ from ..logsafe import field
 from ..policy import ip_of, show
 from ..relay import RemoteProtocol, send_now
 from ..ruleset import COMMAND_NAMES, Decision, Query
+from ..shaping import Shaping
 from ..tunnel import Relay
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class CommandHost:
     command: Command | None
     destination: Address | None
     relay: Relay | None
+    shaping: Shaping | None
     replies: list[int]
     outcome: str
     _pending: defer.Deferred[Any] | None
@@ -163,6 +165,7 @@ class CommandHost:
             splice_on=factory.splice,
             idle_timeout=factory.idle_timeout,
             on_idle=self._idle,
+            shaping=self.shaping,
         )
         self.replies.append(Reply.SUCCEEDED)
         self.relay = relay

@@ -68,8 +68,18 @@ C{active_at}:
      transports (L{SpliceRelay.finish_on_reactor}).  A tunnel on the reactor
      ends the same way without the queue.
   5. The reactor thread alone touches the transports, the relay's C{reads},
-     C{_lost}, C{_idle_call} and C{_handed_back}, the shared poller, and the
-     registry of per-reactor state (under its own small lock).
+     C{_lost}, C{_idle_call}, C{_throttle_calls} and C{_handed_back}, the
+     shared poller, and the registry of per-reactor state (under its own
+     small lock).
+  6. A direction under a C{[[limit]]}'s bandwidth (C{Pump.budget}) that is in
+     debt stops reading its source and sets a timer of its owner's
+     (L{SpliceRelay.later}): the reactor's C{callLater}, or the relay
+     thread's own timers (its C{epoll} wait is bounded by the next one),
+     which only the thread touches.  A reactor timer that fires once the
+     tunnel has moved passes its step on by L{RelayThread.call}, like any
+     other request.  The budgets and their buckets, shared by tunnels in
+     both threads, are under the lock of their L{Shaper
+     <socks5twist.shaping.Shaper>}, not this one.
 
 What both threads touch goes through one lock per reactor
 (C{ReactorState.lock}), which guards exactly: each relay thread's C{state},

@@ -38,6 +38,7 @@ from zope.interface import implementer
 from ..twistedinternals import socket_of
 
 if TYPE_CHECKING:
+    from ..shaping import Budget
     from .relay import SpliceRelay
 
 PIPE_SIZE = 1 << 20
@@ -57,8 +58,8 @@ class Pump:
     """One direction: C{source} → pipe → C{sink}."""
 
     __slots__ = (
-        "copying", "done", "eof", "in_pipe", "moved", "no_pipe", "pending", "pipe",
-        "relay", "sink", "source",
+        "budget", "copying", "done", "eof", "in_pipe", "moved", "no_pipe", "pending", "pipe",
+        "relay", "sink", "source", "throttled",
     )  # fmt: skip
 
     def __init__(self, relay: SpliceRelay, source: End, sink: End, pending: bytes) -> None:
@@ -76,6 +77,10 @@ class Pump:
         # read fills the whole buffer.
         self.copying = True
         self.no_pipe = False
+        # Under a [[limit]]'s bandwidth: this direction's budget, and whether
+        # the source is not read until the budget's debt is paid.
+        self.budget: Budget | None = None
+        self.throttled = False
 
     def fill(self) -> None:
         """The source is readable: move what fits into the pipe, then on."""
@@ -94,6 +99,9 @@ class Pump:
         if room <= 0:
             self.source.stop_reading()
             return
+        budget = self.budget
+        if budget is not None and budget.allowed < room:
+            room = budget.allowed  # at most what the budget allows
         try:
             n = os.splice(self.source.fd, self.pipe[1], room, flags=FLAGS)
         except BlockingIOError:
@@ -103,6 +111,8 @@ class Pump:
             self.source.stop_reading()
         else:
             self.in_pipe += n
+            if budget is not None:
+                self.charge(budget, n)
         self.drain()
 
     def copy(self) -> None:
@@ -124,6 +134,8 @@ class Pump:
             self.moved += len(data)
         if relay.clock is not None:
             relay.active_at = relay.clock()
+        if self.budget is not None:
+            self.charge(self.budget, len(data))
         if len(data) == COPY_SIZE and self.pipe is None and not self.no_pipe:
             # A full buffer: bulk data.  Splice from now on.
             self.copying = False
@@ -164,8 +176,26 @@ class Pump:
         self.sink.stop_writing()
         if self.eof:
             self._finish()
-        elif not self.done:
+        elif not self.done and not self.throttled:
             self.source.start_reading()
+
+    def charge(self, budget: Budget, n: int) -> None:
+        """
+        C{n} bytes were read from the source: charge them, and if the budget
+        is in debt, stop reading the source until it is paid (a timer of the
+        owner's, L{SpliceRelay.later}: no polling meanwhile).
+        """
+        wait = budget.charge(n)
+        if wait > 0 and not self.throttled:
+            self.throttled = True
+            self.source.stop_reading()
+            self.relay.later(wait, self.unthrottle)
+
+    def unthrottle(self) -> None:
+        """The budget's debt is paid: read the source again (if there is room)."""
+        self.throttled = False
+        if not self.done and not self.relay.finished:
+            self.drain()
 
     def _wait_for_sink(self) -> None:
         # The sink is full: stop reading the source until it drains.

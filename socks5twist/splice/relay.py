@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from ..relay import Side
+from ..shaping import Shaping
 from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
 from .poller import ReactorInterest, SharedPoller
 from .pump import AGAIN, End, Pump, Scheduler
@@ -75,8 +76,8 @@ class SpliceRelay:
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_handed_back", "_idle_call", "_idle_timeout",
-        "_lost", "_on_idle", "_remote", "_state", "_up", "active_at", "clock", "finished",
-        "idled", "lock", "reactor", "reads", "scheduler", "thread",
+        "_lost", "_on_idle", "_remote", "_state", "_throttle_calls", "_up", "active_at",
+        "clock", "finished", "idled", "lock", "reactor", "reads", "scheduler", "thread",
     )  # fmt: skip
 
     def __init__(
@@ -88,6 +89,7 @@ class SpliceRelay:
         to_remote: bytes = b"",
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
+        shaping: Shaping | None = None,
     ) -> None:
         # Fixed from here on: reactor, lock, clock, _state, _client,
         # _remote, _up, _down, _early, _on_idle, _idle_timeout.
@@ -104,6 +106,7 @@ class SpliceRelay:
         self._lost: set[Side] = set()
         self._idle_call: IDelayedCall | None = None
         self._handed_back = False
+        self._throttle_calls: list[IDelayedCall] = []  # the reactor's timers of later()
         # The owner's (the reactor thread, then the relay thread once moved):
         # these, the ends and the pumps (but for Pump.moved: under the lock).
         self.finished = False
@@ -116,6 +119,9 @@ class SpliceRelay:
         self._down = Pump(self, self._remote, self._client, to_client)
         self._client.outgoing = self._remote.incoming = self._up
         self._remote.outgoing = self._client.incoming = self._down
+        if shaping is not None:
+            self._up.budget = shaping.up
+            self._down.budget = shaping.down
         self._on_idle = on_idle
         self._idle_timeout = idle_timeout
         # (reactor.seconds reads the system clock: no state of the reactor's.)
@@ -215,6 +221,38 @@ class SpliceRelay:
             log.info(message, **fields)
         else:
             self.reactor.callFromThread(log.info, message, **fields)
+
+    def later(self, delay: float, step: Callable[[], None]) -> None:
+        """
+        Run C{step} (a pump's) in C{delay} seconds, in whichever thread owns
+        the tunnel then: a timer of the owner's now (the reactor's, or the
+        relay thread's); one that fires on the reactor after the tunnel has
+        moved passes the step on to the thread.
+        """
+        thread = self.thread
+        if thread is None:
+            calls = self._throttle_calls
+            calls[:] = [call for call in calls if call.active()]  # (two at most)
+            calls.append(self.reactor.callLater(delay, self._due_on_reactor, step))
+        else:
+            thread.later(delay, lambda: self.run_in_thread(step))
+
+    def _due_on_reactor(self, step: Callable[[], None]) -> None:
+        thread = self.thread
+        if thread is None:
+            self._step(step)
+        else:
+            thread.call(lambda: self.run_in_thread(step))
+
+    def run_in_thread(self, step: Callable[[], None]) -> None:
+        """Run a pump step in the relay thread; a socket error ends the tunnel."""
+        if self.finished:
+            return
+        try:
+            step()
+        except OSError as e:
+            if e.errno not in AGAIN:
+                self._release(abort=True)
 
     def other(self, pump: Pump) -> Pump:
         """The pump of the other direction."""
@@ -328,6 +366,10 @@ class SpliceRelay:
         turn for a writable event.
         """
         self._handed_back = True
+        for call in self._throttle_calls:
+            if call.active():
+                call.cancel()
+        self._throttle_calls = []
         if self._idle_call is not None:
             if self._idle_call.active():
                 self._idle_call.cancel()

@@ -37,10 +37,13 @@ descriptors alone (they are still the thread's) and logs one line.
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import os
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +101,10 @@ class RelayThread:
         self._epoll.register(self._wake, IN)
         self._quitting = False
         self._handed_any = False  # hand_back was called in this batch
+        # Steps to run later (a throttled pump's: see socks5twist.shaping),
+        # by when (time.monotonic), in order.
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._sequence = itertools.count()
         self._thread = threading.Thread(target=self._run, name="socks5twist splice", daemon=True)
         self._thread.start()
 
@@ -195,6 +202,10 @@ class RelayThread:
             self._epoll.register(fd, mask)
             ends[fd] = end
 
+    def later(self, delay: float, step: Callable[[], None]) -> None:
+        """Run C{step} in this thread in C{delay} seconds (from this thread only)."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), step))
+
     def hand_back(self, relay: SpliceRelay, abort: bool) -> None:
         """C{relay} has let go of its sockets: its transports go back to the reactor."""
         with self.lock:
@@ -219,13 +230,18 @@ class RelayThread:
         poll = self._epoll.poll
         ends = self.ends
         wake = self._wake
+        timers = self._timers
         while not self._quitting:
-            try:
+            if timers:
+                timeout = max(0.0, timers[0][0] - time.monotonic())
+            else:
                 # (Without sockets to watch, wake up to see whether to linger on.)
-                events = poll(-1 if ends else self.LINGER, self.BATCH)
+                timeout = -1 if ends else self.LINGER
+            try:
+                events = poll(timeout, self.BATCH)
             except InterruptedError:
                 continue
-            if not events and self._linger_over():
+            if not events and not timers and self._linger_over():
                 return
             for fd, event in events:
                 if fd == wake:
@@ -247,8 +263,20 @@ class RelayThread:
                 except Exception:
                     self.log_failure("splice relay")
                     self._abort(end.relay)
+            if timers:
+                self._run_timers()
             if self._handed_any:
                 self._post_give_back()
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            step = heapq.heappop(timers)[2]
+            try:
+                step()
+            except Exception:
+                self.log_failure("splice relay")
 
     def _post_give_back(self) -> None:
         self._handed_any = False

@@ -160,6 +160,7 @@ class SessionRecordTests(SynchronousTestCase):
                 "duration": 0.25,
                 "outcome": "closed",
                 "route": None,
+                "limit": None,
             },
         )
 
