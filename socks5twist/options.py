@@ -351,6 +351,14 @@ class Options(usage.Options, AuthOptionMixin):
                 "--metrics cannot be used with --workers: each process counts only its own"
                 " sessions (run one server per metrics endpoint instead)"
             )
+        passed = [p for p in self["ports"] if p.removeprefix(PROXY_PREFIX).startswith("systemd:")]
+        if self["workers"] > 1 and passed:
+            # The workers are started with the same options, and systemd
+            # passed the socket to this process only: they could not have it.
+            raise usage.UsageError(
+                f"--port {passed[0]!r}: a socket systemd passed is not shared with --workers"
+                " (serve it with one process, or use the plain unit with --port N --workers N)"
+            )
         if self["udp-interface"]:
             startchecks.check_local_address("--udp-interface", self["udp-interface"], udp=True)
         if self["access-log"]:
