@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .codec import Address, AddressType, Reply, ip_text, parse_ip
+from .logs import seconds
 from .policy import IPAddress
 from .twistedinternals import HostResolution
 
@@ -205,7 +206,7 @@ def _timed_out(result: object, timeout: float) -> object:
     # Endpoints fail a cancelled attempt with ConnectingCancelledError, which
     # Deferred.addTimeout would pass on as it is; say what happened instead.
     if isinstance(result, Failure):
-        raise error.TimeoutError(f"no connection within {timeout:g} seconds")
+        raise error.TimeoutError(f"no connection within {seconds(timeout)}")
     return result
 
 
@@ -260,7 +261,7 @@ class _SocketConnect:
     def timed_out(self, timeout: float) -> None:
         self._timer = None
         self._stop()
-        self._fail(error.TimeoutError(string=f"no connection within {timeout:g} seconds"))
+        self._fail(error.TimeoutError(string=f"no connection within {seconds(timeout)}"))
 
     def _stop(self) -> None:
         self._reactor.removeWriter(self)

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from .. import outbound
 from ..bind import BindWaiter
 from ..codec import Address, AddressType, Reply
+from ..logs import seconds
 from ..policy import IPAddress, describe, ip_of, show
 from ..relay import RemoteProtocol
 from ..states import State
@@ -137,5 +138,5 @@ class Bind:
         if self.ctx.state is State.BINDING:
             self.ctx.fail(
                 Reply.HOST_UNREACHABLE,
-                f"no BIND peer within {self.ctx.config.bind_timeout:g} seconds",
+                f"no BIND peer within {seconds(self.ctx.config.bind_timeout)}",
             )
