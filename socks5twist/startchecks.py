@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _PORT_TYPES = ("tcp", "tcp6", "ssl")
+# The local shadow database, which the unix checker reads through spwd.
+SHADOW = "/etc/shadow"
 # The value of interface= up to the next key=value argument (or the end):
 # the part in which an IPv6 address's colons must be escaped.
 _INTERFACE = re.compile(r"interface=(.*?)(?=(?<!\\):\w+=|$)")
@@ -160,6 +162,17 @@ def _unix_problem() -> str | None:
             import spwd
         except ImportError:
             return "this Python has no spwd module to read /etc/shadow: use file:PATH instead"
+    # getspnam alone is not proof: where nsswitch.conf says "shadow: files
+    # systemd" (Debian's default with systemd), nss-systemd answers for root
+    # with a locked entry when the file cannot be read, and every real
+    # account's login would then fail.  So the file first, where there is one.
+    try:
+        with open(SHADOW, "rb"):
+            pass
+    except FileNotFoundError:
+        pass  # no local file: the accounts are elsewhere (spwd may reach them)
+    except OSError as e:
+        return f"cannot read {SHADOW}: {e.strerror} (run as root)"
     try:
         spwd.getspnam("root")
     except KeyError:

@@ -6,6 +6,7 @@ socks5twist.options), and the IPv6-only listener that a bare port adds.
 from __future__ import annotations
 
 import io
+import os
 import socket
 from contextlib import redirect_stdout
 
@@ -121,6 +122,20 @@ class CheckerTests(TestCase):
         self.assertEqual(
             refusal("--auth", "file:/nonexistent/passwd"),
             "--auth file: /nonexistent/passwd: No such file or directory",
+        )
+
+    def test_unix_checker_that_cannot_read_the_shadow_file_stops_the_start(self) -> None:
+        """
+        Run as a user who cannot read it, where nss-systemd answers for root,
+        the start used to go on with a checker that let nobody in.  (A
+        directory stands in for the unreadable file: the tests run as root.)
+        """
+        unreadable = self.mktemp()
+        os.mkdir(unreadable)
+        self.patch(startchecks, "SHADOW", unreadable)
+        self.assertEqual(
+            refusal("--auth", "unix"),
+            f"--auth unix: cannot read {unreadable}: Is a directory (run as root)",
         )
 
     def test_unknown_checker(self) -> None:
