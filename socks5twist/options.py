@@ -288,6 +288,7 @@ class Options(usage.Options, AuthOptionMixin):
         """Listen on this endpoint (repeatable). A bare number N listens on IPv4 and IPv6 (tcp:N and an IPv6-only tcp6:N); tcp:N is IPv4 only; also tcp6:, unix:, haproxy:, systemd: descriptions (escape colons in addresses: tcp6:1080:interface=\\:\\:1). Default: 1080, IPv4 and IPv6."""  # noqa: E501
         text = description.strip()
         startchecks.check_endpoint("--port", text)
+        startchecks.check_not_twice("--port", text, self["ports"])
         if text.isdigit():
             self._dual_stack(str(int(text)))
         else:

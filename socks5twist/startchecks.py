@@ -27,12 +27,15 @@ from . import systemd
 __all__ = [
     "check_endpoint",
     "check_local_address",
+    "check_not_twice",
     "checker_problem",
     "ipv6_problem",
     "split_description",
 ]
 
 _PORT_TYPES = ("tcp", "tcp6", "ssl")
+# A description whose port is 0: the system picks one, another each time.
+_ANY_PORT = re.compile(r"^(haproxy:)?(tcp6?|ssl):(port=)?0(:|$)")
 # The local shadow database, which the unix checker reads through spwd.
 SHADOW = "/etc/shadow"
 # The value of interface= up to the next key=value argument (or the end):
@@ -99,6 +102,19 @@ def check_endpoint(option: str, description: str) -> str:
         path = named.get("address") or (positional[0] if positional else "")
         _check_socket_directory(option, description, path)
     return description
+
+
+def check_not_twice(option: str, description: str, earlier: list[str]) -> None:
+    """
+    A port some earlier C{option} already listens on (a bare N as C{tcp:N}):
+    else the second listen fails as "Address already in use", as if another
+    program held the port.  Port 0 twice is two ports, and allowed.
+    """
+    same = f"tcp:{int(description)}" if description.isdigit() else description
+    if same in earlier and not _ANY_PORT.search(same):
+        raise usage.UsageError(
+            f"{option} {description!r}: {same} is already listened on by an earlier {option}"
+        )
 
 
 def _unescaped_interface(description: str) -> str | None:

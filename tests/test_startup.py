@@ -59,6 +59,10 @@ def refused_start(*args: str, prefix: list[str] | None = None) -> str:
         (["--metrics", "tcp:99999"], "--metrics 'tcp:99999': the port must be a number from 0"),
         (["--port", "-1"], "a port is a number from 0 to 65535"),
         (
+            ["--port", "1080", "--port", "1080"],
+            "--port '1080': tcp:1080 is already listened on by an earlier --port",
+        ),
+        (
             ["--port", "unix:/nonexistent/dir/s.sock"],
             "the directory /nonexistent/dir does not exist",
         ),

@@ -64,6 +64,17 @@ class EndpointTests(TestCase):
         message = refusal("--port", "tcp6:1080:interface=fe80::1:backlog=5")
         self.assertIn("tcp6:1080:interface=fe80\\:\\:1:backlog=5", message)
 
+    def test_a_port_given_twice_is_named(self) -> None:
+        self.assertEqual(
+            refusal("--port", "1080", "--port", "tcp:1080"),
+            "--port 'tcp:1080': tcp:1080 is already listened on by an earlier --port",
+        )
+        self.assertEqual(
+            refusal("--port", "unix:/tmp/s", "--port", "unix:/tmp/s"),
+            "--port 'unix:/tmp/s': unix:/tmp/s is already listened on by an earlier --port",
+        )
+        self.assertEqual(parse("--port", "tcp:0", "--port", "tcp:0")["ports"], ["tcp:0", "tcp:0"])
+
     def test_unix_socket_directory_must_exist(self) -> None:
         self.assertEqual(
             refusal("--port", "unix:/nonexistent/dir/s.sock"),
