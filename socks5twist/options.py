@@ -19,11 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from . import startchecks
 from .accesslog import open_for_append
+from .authhelp import AuthHelpMixin
 from .passwords import PasswordFile, PasswordFileError
 from .policy import parse_network
 from .rules import RulesError
@@ -99,7 +99,7 @@ Examples:
 """
 
 
-class Options(usage.Options, AuthOptionMixin):
+class Options(usage.Options, AuthHelpMixin):
     """Options of C{twistd socks5}."""
 
     synopsis = "[options]"
@@ -265,6 +265,8 @@ class Options(usage.Options, AuthOptionMixin):
         """Display socks5twist's and Twisted's versions and exit."""
         print(version_text())
         sys.exit(0)
+
+    opt_h = usage.Options.opt_help
 
     def opt_auth(self, description: str) -> None:
         """Require a username and password (RFC 1929), checked by this checker; repeatable (any checker's yes lets a user in). A checker is a Twisted strcred description: memory:alice:secret:bob:hunter2 (users on the command line), file:/etc/socks5/passwd (a password file, plain or hashed; SIGHUP rereads it), unix (the system's accounts; needs root). See --help-auth and --help-auth-type TYPE."""  # noqa: E501

@@ -181,6 +181,28 @@ class HelpTests(TestCase):
             )
         )
 
+    def test_h_is_help(self) -> None:
+        text = self.output("-h")
+        self.assertIn("-h, --help ", text)
+        self.assertIn("\nExamples:\n", text)
+
+    def test_auth_help_describes_our_password_file_not_twisteds(self) -> None:
+        said = []
+        for argv in (["--help-auth"], ["--help-auth-type", "file"]):
+            options = Options()
+            options.authOutput = io.StringIO()
+            with self.assertRaises(SystemExit):
+                options.parseOptions(argv)
+            said.append(options.authOutput.getvalue())
+        listing, file_help = said
+        self.assertIn(
+            "  file  \tPath of a password file: user:password lines, plain or hashed.", listing
+        )
+        self.assertNotIn("FilePasswordDB", listing + file_help)
+        self.assertIn("memory", listing)
+        self.assertTrue(file_help.startswith("Usage: --auth file:PATH\n\nOne account a line"))
+        self.assertIn("bcrypt", file_help)
+
     def test_worker_listener_is_still_taken(self) -> None:
         options = parse("--worker-listener", "5:tcp:1080", "--worker-listener=6:unix:/x")
         self.assertEqual(options["worker-listeners"], [(5, "tcp:1080"), (6, "unix:/x")])
