@@ -383,6 +383,8 @@ def _password_file(path: str) -> PasswordFile:
         checker.load()
     except PasswordFileError as e:
         raise usage.UsageError(f"--auth file: {e}") from None
+    if not checker.accounts.users:
+        raise usage.UsageError(f"--auth file: {path}: names no user, so every login would fail")
     return checker
 
 

@@ -149,6 +149,15 @@ class CheckerTests(TestCase):
             f"--auth unix: cannot read {unreadable}: Is a directory (run as root)",
         )
 
+    def test_password_file_without_users_stops_the_start(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# users come later\n\n")
+        self.assertEqual(
+            refusal("--auth", f"file:{path}"),
+            f"--auth file: {path}: names no user, so every login would fail",
+        )
+
     def test_unknown_checker(self) -> None:
         self.assertIn("--auth nosuch:", refusal("--auth", "nosuch:x"))
 
