@@ -87,9 +87,7 @@ def check_endpoint(option: str, description: str) -> str:
     try:
         systemd.check(endpoints.serverFromString(reactor, description))
     except Exception as e:
-        raise usage.UsageError(
-            f"{option} {description!r}: {systemd.explain(description, e)}"
-        ) from None
+        raise usage.UsageError(f"{option} {description!r}: {_plainly(description, e)}") from None
     positional = [f for f in fields[1:] if "=" not in f]
     named = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
     if fields[0] in _PORT_TYPES:
@@ -115,6 +113,25 @@ def check_not_twice(option: str, description: str, earlier: list[str]) -> None:
         raise usage.UsageError(
             f"{option} {description!r}: {same} is already listened on by an earlier {option}"
         )
+
+
+def _plainly(description: str, error: Exception) -> str:
+    """Twisted's parser's error in an operator's words where it names its own internals."""
+    text = systemd.explain(description, error)
+    for pattern, say in _PARSER_ERRORS:
+        match = re.fullmatch(pattern, text)
+        if match:
+            return say.format(*match.groups())
+    return text
+
+
+# A parser's TypeError or ValueError, and what to say instead (a typo in a
+# parameter's name, a missing port, a word where a number goes).
+_PARSER_ERRORS = [
+    (r"_parse\w*\(\) got an unexpected keyword argument '(\w+)'", "no such parameter: {0}="),
+    (r"_parse\w*\(\) missing \d+ required positional arguments?: '(\w+)'.*", "needs a {0}"),
+    (r"invalid literal for int\(\) with base 10: (.*)", "expected a number, not {0}"),
+]
 
 
 def _unescaped_interface(description: str) -> str | None:

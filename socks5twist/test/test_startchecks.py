@@ -75,6 +75,15 @@ class EndpointTests(TestCase):
         )
         self.assertEqual(parse("--port", "tcp:0", "--port", "tcp:0")["ports"], ["tcp:0", "tcp:0"])
 
+    def test_typos_in_a_description_are_said_plainly(self) -> None:
+        for description, says in [
+            ("tcp:1080:interfase=127.0.0.1", "no such parameter: interfase="),
+            ("tcp", "needs a port"),
+            ("tcp:", "expected a number, not ''"),
+            ("tcp:1080:backlog=many", "expected a number, not 'many'"),
+        ]:
+            self.assertEqual(refusal("--port", description), f"--port {description!r}: {says}")
+
     def test_unix_socket_directory_must_exist(self) -> None:
         self.assertEqual(
             refusal("--port", "unix:/nonexistent/dir/s.sock"),
