@@ -6,7 +6,8 @@ L{SOCKS5Service}: the lifecycle of one server.
   on stops the start with L{ListenFailed}, naming it.
 - SIGHUP: reread the rules file and the password files (a broken file
   leaves the old rules or users in force) and reopen the access log (after
-  a log rotation).
+  a log rotation); with none of them, one line says so.  Under twistd the
+  handler is always installed, so that SIGHUP never ends a process.
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
   go on for C{shutdown_grace} seconds, then close what is left; a second
   SIGTERM closes them at once.  A session is closed cleanly (what was
@@ -143,12 +144,10 @@ class SOCKS5Service(service.MultiService):
             self._text_log = textlog.install(
                 globalLogPublisher, self.factory.reactor, self.factory.log.namespace
             )
-        if self.handle_signals and (
-            self.rules_path is not None
-            or self.workers is not None
-            or self.factory.access_log is not None
-            or self.password_files
-        ):
+        if self.handle_signals:
+            # Even with nothing to reread: SIGHUP's default action would end
+            # the process (systemctl reload would stop the service), and a
+            # worker gets every SIGHUP the first process does.
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- reload ----------------------------------------------------------------
@@ -158,6 +157,8 @@ class SOCKS5Service(service.MultiService):
 
     def hang_up(self) -> None:
         """What SIGHUP does: reopen the access log, reread the rules and password files."""
+        if self.factory.access_log is None and self.rules_path is None and not self.password_files:
+            log.info("SIGHUP: nothing to reread (no --rules, --auth file: or --access-log)")
         if self.factory.access_log is not None:
             self.factory.access_log.reopen()
         self.reload_rules()
