@@ -348,6 +348,7 @@ class Options(usage.Options, AuthHelpMixin):
         if self["metrics"]:
             text = self["metrics"].strip()
             startchecks.check_endpoint("--metrics", text)
+            startchecks.check_not_twice("--metrics", text, self["ports"], by="a --port")
             self["metrics"] = f"tcp:{int(text)}" if text.isdigit() else text
         if self["workers"] > 1 and self["metrics"]:
             raise usage.UsageError(
@@ -356,8 +357,7 @@ class Options(usage.Options, AuthHelpMixin):
             )
         passed = [p for p in self["ports"] if p.removeprefix(PROXY_PREFIX).startswith("systemd:")]
         if self["workers"] > 1 and passed:
-            # The workers are started with the same options, and systemd
-            # passed the socket to this process only: they could not have it.
+            # systemd passed the socket to this process only: workers cannot have it.
             raise usage.UsageError(
                 f"--port {passed[0]!r}: a socket systemd passed is not shared with --workers"
                 " (serve it with one process, or use the plain unit with --port N --workers N)"

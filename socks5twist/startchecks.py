@@ -102,17 +102,17 @@ def check_endpoint(option: str, description: str) -> str:
     return description
 
 
-def check_not_twice(option: str, description: str, earlier: list[str]) -> None:
+def check_not_twice(
+    option: str, description: str, earlier: list[str], by: str = "an earlier --port"
+) -> None:
     """
-    A port some earlier C{option} already listens on (a bare N as C{tcp:N}):
-    else the second listen fails as "Address already in use", as if another
-    program held the port.  Port 0 twice is two ports, and allowed.
+    A port that C{earlier} descriptions already listen on (a bare N as
+    C{tcp:N}): else the second listen fails as "Address already in use", as
+    if another program held the port.  Port 0 twice is two ports, and allowed.
     """
     same = f"tcp:{int(description)}" if description.isdigit() else description
     if same in earlier and not _ANY_PORT.search(same):
-        raise usage.UsageError(
-            f"{option} {description!r}: {same} is already listened on by an earlier {option}"
-        )
+        raise usage.UsageError(f"{option} {description!r}: {same} is already listened on by {by}")
 
 
 def _plainly(description: str, error: Exception) -> str:

@@ -74,6 +74,10 @@ class EndpointTests(TestCase):
             "--port 'unix:/tmp/s': unix:/tmp/s is already listened on by an earlier --port",
         )
         self.assertEqual(parse("--port", "tcp:0", "--port", "tcp:0")["ports"], ["tcp:0", "tcp:0"])
+        self.assertEqual(
+            refusal("--port", "1080", "--metrics", "1080"),
+            "--metrics '1080': tcp:1080 is already listened on by a --port",
+        )
 
     def test_typos_in_a_description_are_said_plainly(self) -> None:
         for description, says in [
