@@ -45,6 +45,7 @@ class AuthHelpMixin(AuthOptionMixin):
     def opt_help_auth_type(self, authType: str) -> None:
         """Show help for a particular authentication type."""
         if authType != "file":
-            super().opt_help_auth_type(authType)
+            super().opt_help_auth_type(authType)  # Twisted's help; exits
+            return
         self.authOutput.write(f"Usage: --auth file:PATH\n\n{PasswordFileHelp.authHelp}\n")
         raise SystemExit(0)
