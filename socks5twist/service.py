@@ -18,6 +18,7 @@ L{SOCKS5Service}: the lifecycle of one server.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from types import FrameType
@@ -109,6 +110,8 @@ class SOCKS5Service(service.MultiService):
                 description = getattr(child, "_description", "?")
                 cause = e.socketError if isinstance(e, error.CannotListenError) else e
                 reason = getattr(cause, "strerror", None) or str(cause)
+                if getattr(cause, "errno", None) == errno.EACCES and _privileged(e):
+                    reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
                 failure = ListenFailed(f"cannot listen on {description}: {reason}")
                 if self.exit_on_listen_failure:
                     _exit(f"twistd socks5: error: {failure}")
@@ -296,3 +299,9 @@ class SOCKS5Service(service.MultiService):
         if self._force_timer is not None and self._force_timer.active():
             self._force_timer.cancel()
         self._force_timer = self.factory.reactor.callLater(delay, call)
+
+
+def _privileged(e: Exception) -> bool:
+    """Whether C{e} is a failure to listen on a TCP port below 1024."""
+    port = getattr(e, "port", None)
+    return isinstance(port, int) and 0 < port < 1024

@@ -111,7 +111,10 @@ def test_port_in_use_is_one_line_naming_the_port() -> None:
 def test_privileged_port_is_one_line_naming_the_port() -> None:
     prefix = without_capabilities("net_bind_service")
     line = refused_start("--port", "tcp:1:interface=127.0.0.1", prefix=prefix)
-    assert line == "cannot listen on tcp:1:interface=127.0.0.1: Permission denied"
+    assert line == (
+        "cannot listen on tcp:1:interface=127.0.0.1: Permission denied"
+        " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    )
 
 
 def without_capabilities(*names: str) -> list[str]:
