@@ -42,6 +42,7 @@ from .addresses import IPAddress
 from .bursts import BurstLog
 from .codec import Method
 from .limits import Limit, limit_key
+from .logs import count
 from .logsafe import escape, field
 from .policy import ClientPolicy
 from .ruleset import Decision, Query, Rules
@@ -152,18 +153,20 @@ class Gate:
                 "max-sessions-per-client",
                 "too many sessions from this client",
                 ("per-client", ip),
-                "refused {client}: {n} sessions open from it (--max-sessions-per-client)",
+                "refused {client}: {sessions} open from it (--max-sessions-per-client)",
                 client=client,
                 n=per_client,
+                sessions=count(per_client, "session"),
             )
         if self.sessions[None] >= self.max_clients:
             return self._refuse(
                 "max-clients",
                 "too many clients",
                 "max-clients",
-                "refused {client}: {n} sessions open, the limit (--max-clients)",
+                "refused {client}: {sessions} open, the limit (--max-clients)",
                 client=client,
                 n=self.max_clients,
+                sessions=count(self.max_clients, "session"),
             )
         self.sessions[None] += 1
         if per_client is None:
@@ -206,9 +209,10 @@ class Gate:
                 "logins-per-client",
                 "too many logins in progress from this client",
                 ("logins", ip),
-                "refused a login from {client}: {n} logins in progress from it",
+                "refused a login from {client}: {logins} in progress from it",
                 client=client,
                 n=self.max_logins_per_client,
+                logins=count(self.max_logins_per_client, "login"),
             )
         self.logins[ip] += 1
         return Slot((self.logins, ip))
@@ -224,11 +228,12 @@ class Gate:
             self.limited["max-sessions-per-user"] += 1
             self._log.warn(
                 "refused {command} for user {user} from {client}: "
-                "{n} sessions open (--max-sessions-per-user)",
+                "{sessions} open (--max-sessions-per-user)",
                 command=command,
                 user=field(user),
                 client=client,
                 n=limit,
+                sessions=count(limit, "session"),
             )
             return Refusal("too many sessions for this user")
         self.user_sessions[user] += 1
@@ -284,9 +289,10 @@ class Gate:
         if self.udp_associations[ip] >= self.max_udp_per_client:
             self.limited["max-udp-per-client"] += 1
             self._log.warn(
-                "refused UDP ASSOCIATE from {client}: {n} associations open (--max-udp-per-client)",
+                "refused UDP ASSOCIATE from {client}: {associations} open (--max-udp-per-client)",
                 client=client,
                 n=self.max_udp_per_client,
+                associations=count(self.max_udp_per_client, "association"),
             )
             return Refusal("too many UDP associations for this client")
         self.udp_associations[ip] += 1

@@ -65,6 +65,11 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def seconds(t: float) -> str:
+    """A duration as an option gives it: C{1 second}, C{0.5 seconds}, C{10 seconds}."""
+    return f"{t:g} second" if t == 1 else f"{t:g} seconds"
+
+
 @implementer(ILogObserver)
 class JSONLinesObserver:
     """

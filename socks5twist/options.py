@@ -19,12 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from . import startchecks
 from .accesslog import open_for_append
 from .accounting import parse_accounting, quota_without_store
+from .authhelp import AuthHelpMixin
 from .networks import parse_network
 from .passwords import PasswordFile, PasswordFileError
 from .rules import RulesError
@@ -100,7 +100,7 @@ Examples:
 """
 
 
-class Options(usage.Options, AuthOptionMixin):
+class Options(usage.Options, AuthHelpMixin):
     """Options of C{twistd socks5}."""
 
     synopsis = "[options]"
@@ -275,6 +275,8 @@ class Options(usage.Options, AuthOptionMixin):
         print(version_text())
         sys.exit(0)
 
+    opt_h = usage.Options.opt_help
+
     def opt_auth(self, description: str) -> None:
         """Require a username and password (RFC 1929), checked by this checker; repeatable (any checker's yes lets a user in). A checker is a Twisted strcred description: memory:alice:secret:bob:hunter2 (users on the command line), file:/etc/socks5/passwd (a password file, plain or hashed; SIGHUP rereads it), unix (the system's accounts; needs root). See --help-auth and --help-auth-type TYPE."""  # noqa: E501
         kind = description.partition(":")[0]
@@ -297,6 +299,7 @@ class Options(usage.Options, AuthOptionMixin):
         """Listen on this endpoint (repeatable). A bare number N listens on IPv4 and IPv6 (tcp:N and an IPv6-only tcp6:N); tcp:N is IPv4 only; also tcp6:, unix:, haproxy:, systemd: descriptions (escape colons in addresses: tcp6:1080:interface=\\:\\:1). Default: 1080, IPv4 and IPv6."""  # noqa: E501
         text = description.strip()
         startchecks.check_endpoint("--port", text)
+        startchecks.check_not_twice("--port", text, self["ports"])
         if text.isdigit():
             self._dual_stack(str(int(text)))
         else:
@@ -354,11 +357,19 @@ class Options(usage.Options, AuthOptionMixin):
         if self["metrics"]:
             text = self["metrics"].strip()
             startchecks.check_endpoint("--metrics", text)
+            startchecks.check_not_twice("--metrics", text, self["ports"], by="a --port")
             self["metrics"] = f"tcp:{int(text)}" if text.isdigit() else text
         if self["workers"] > 1 and self["metrics"]:
             raise usage.UsageError(
                 "--metrics cannot be used with --workers: each process counts only its own"
                 " sessions (run one server per metrics endpoint instead)"
+            )
+        passed = [p for p in self["ports"] if p.removeprefix(PROXY_PREFIX).startswith("systemd:")]
+        if self["workers"] > 1 and passed:
+            # systemd passed the socket to this process only: workers cannot have it.
+            raise usage.UsageError(
+                f"--port {passed[0]!r}: a socket systemd passed is not shared with --workers"
+                " (serve it with one process, or use the plain unit with --port N --workers N)"
             )
         if self["udp-interface"]:
             startchecks.check_local_address("--udp-interface", self["udp-interface"], udp=True)
@@ -386,6 +397,8 @@ def _password_file(path: str) -> PasswordFile:
         checker.load()
     except PasswordFileError as e:
         raise usage.UsageError(f"--auth file: {e}") from None
+    if not checker.accounts.users:
+        raise usage.UsageError(f"--auth file: {path}: names no user, so every login would fail")
     return checker
 
 

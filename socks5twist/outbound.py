@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from .addresses import IPAddress, literal_ip, parse_ip
 from .codec import Reply
+from .logs import seconds
 from .socketconnect import connect_socket
 from .twistedinternals import HostResolution
 
@@ -195,7 +196,7 @@ def _timed_out(result: object, timeout: float) -> object:
     # Endpoints fail a cancelled attempt with ConnectingCancelledError, which
     # Deferred.addTimeout would pass on as it is; say what happened instead.
     if isinstance(result, Failure):
-        raise error.TimeoutError(f"no connection within {timeout:g} seconds")
+        raise error.TimeoutError(f"no connection within {seconds(timeout)}")
     return result
 
 

@@ -122,7 +122,7 @@ class Accounts:
     cost_classes: int = 0
 
     def __repr__(self) -> str:
-        return f"<Accounts: {len(self.users)} users>"
+        return f"<Accounts: {len(self.users)} user{'' if len(self.users) == 1 else 's'}>"
 
 
 _CRYPT_HANDLERS = {

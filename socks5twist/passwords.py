@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from .logs import count
 from .passwordformat import (
     Accounts,
     PasswordFileError,
@@ -132,7 +133,7 @@ class PasswordFile:
         self._last_error: str | None = None
 
     def __repr__(self) -> str:
-        return f"<PasswordFile {self.path!r}: {len(self.accounts.users)} users>"
+        return f"<PasswordFile {self.path!r}: {count(len(self.accounts.users), 'user')}>"
 
     # -- reading -----------------------------------------------------------------
 
@@ -172,9 +173,10 @@ class PasswordFile:
             self._last_error = None
             self._warn_of_mixed_costs()
             log.info(
-                "passwords reloaded from {path}: {n} users",
+                "passwords reloaded from {path}: {users}",
                 path=self.path,
                 n=len(self.accounts.users),
+                users=count(len(self.accounts.users), "user"),
             )
             return True
         reason = result.value if hasattr(result, "value") else result
@@ -246,8 +248,9 @@ class PasswordFile:
             if not self._shedding:
                 self._shedding = True
                 log.warn(
-                    "{n} password checks waiting: refusing more logins until they are done",
+                    "{checks} waiting: refusing more logins until they are done",
                     n=self._pending,
+                    checks=count(self._pending, "password check"),
                 )
             return defer.fail(error.UnauthorizedLogin())
         self._pending += 1

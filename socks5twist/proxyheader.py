@@ -137,9 +137,8 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
     size = 4 if family == _V2_INET else 16
     needed = 2 * size + 4
     if length < needed:
-        raise MalformedHeader(
-            f"version 2 address block of {length} bytes, {needed} needed", data[:total]
-        )
+        got = f"{length} byte" if length == 1 else f"{length} bytes"
+        raise MalformedHeader(f"version 2 address block of {got}, {needed} needed", data[:total])
     block = data[V2_FIXED : V2_FIXED + needed]
     make = ipaddress.IPv4Address if family == _V2_INET else ipaddress.IPv6Address
     source_ip, destination_ip = make(block[:size]), make(block[size : 2 * size])

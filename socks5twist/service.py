@@ -7,7 +7,9 @@ L{SOCKS5Service}: the lifecycle of one server.
 - SIGHUP: reread the rules file and the password files (a broken file
   leaves the old rules or users in force) and reopen the access log (after
   a log rotation); then close the running sessions of users no longer
-  listed, or disabled by a limit (L{socks5twist.liveusers}).
+  listed, or disabled by a limit (L{socks5twist.liveusers}).  With nothing
+  to reread, one line says so.  Under twistd the handler is always
+  installed, so that SIGHUP never ends a process.
 - Accounting (C{--accounting}): the store is opened and read at start, and
   what is counted is written at stop, after the last session has ended.
 - Stop (SIGTERM under twistd): stop accepting at once, let running sessions
@@ -20,6 +22,7 @@ L{SOCKS5Service}: the lifecycle of one server.
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from types import FrameType
@@ -112,6 +115,8 @@ class SOCKS5Service(service.MultiService):
                 description = getattr(child, "_description", "?")
                 cause = e.socketError if isinstance(e, error.CannotListenError) else e
                 reason = getattr(cause, "strerror", None) or str(cause)
+                if getattr(cause, "errno", None) == errno.EACCES and _privileged(e):
+                    reason += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
                 failure = ListenFailed(f"cannot listen on {description}: {reason}")
                 if self.exit_on_listen_failure:
                     _exit(f"twistd socks5: error: {failure}")
@@ -155,12 +160,10 @@ class SOCKS5Service(service.MultiService):
             self._text_log = textlog.install(
                 globalLogPublisher, self.factory.reactor, self.factory.log.namespace
             )
-        if self.handle_signals and (
-            self.rules_path is not None
-            or self.workers is not None
-            or self.factory.access_log is not None
-            or self.password_files
-        ):
+        if self.handle_signals:
+            # Even with nothing to reread: SIGHUP's default action would end
+            # the process (systemctl reload would stop the service), and a
+            # worker gets every SIGHUP the first process does.
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- reload ----------------------------------------------------------------
@@ -174,6 +177,8 @@ class SOCKS5Service(service.MultiService):
         files, then close the sessions of users removed or disabled.  Fires
         with how many sessions were closed.
         """
+        if self.factory.access_log is None and self.rules_path is None and not self.password_files:
+            log.info("SIGHUP: nothing to reread (no --rules, --auth file: or --access-log)")
         if self.factory.access_log is not None:
             self.factory.access_log.reopen()
         self.reload_rules()
@@ -324,3 +329,9 @@ class SOCKS5Service(service.MultiService):
         if self._force_timer is not None and self._force_timer.active():
             self._force_timer.cancel()
         self._force_timer = self.factory.reactor.callLater(delay, call)
+
+
+def _privileged(e: Exception) -> bool:
+    """Whether C{e} is a failure to listen on a TCP port below 1024."""
+    port = getattr(e, "port", None)
+    return isinstance(port, int) and 0 < port < 1024

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .addresses import IPAddress, ip_text
+from .logs import seconds
 
 __all__ = ["connect_socket"]
 
@@ -79,7 +80,7 @@ class _SocketConnect:
     def timed_out(self, timeout: float) -> None:
         self._timer = None
         self._stop()
-        self._fail(error.TimeoutError(string=f"no connection within {timeout:g} seconds"))
+        self._fail(error.TimeoutError(string=f"no connection within {seconds(timeout)}"))
 
     def _stop(self) -> None:
         self._reactor.removeWriter(self)

@@ -27,12 +27,17 @@ from . import systemd
 __all__ = [
     "check_endpoint",
     "check_local_address",
+    "check_not_twice",
     "checker_problem",
     "ipv6_problem",
     "split_description",
 ]
 
 _PORT_TYPES = ("tcp", "tcp6", "ssl")
+# A description whose port is 0: the system picks one, another each time.
+_ANY_PORT = re.compile(r"^(haproxy:)?(tcp6?|ssl):(port=)?0(:|$)")
+# The local shadow database, which the unix checker reads through spwd.
+SHADOW = "/etc/shadow"
 # The value of interface= up to the next key=value argument (or the end):
 # the part in which an IPv6 address's colons must be escaped.
 _INTERFACE = re.compile(r"interface=(.*?)(?=(?<!\\):\w+=|$)")
@@ -82,9 +87,7 @@ def check_endpoint(option: str, description: str) -> str:
     try:
         systemd.check(endpoints.serverFromString(reactor, description))
     except Exception as e:
-        raise usage.UsageError(
-            f"{option} {description!r}: {systemd.explain(description, e)}"
-        ) from None
+        raise usage.UsageError(f"{option} {description!r}: {_plainly(description, e)}") from None
     positional = [f for f in fields[1:] if "=" not in f]
     named = dict(f.split("=", 1) for f in fields[1:] if "=" in f)
     if fields[0] in _PORT_TYPES:
@@ -97,6 +100,38 @@ def check_endpoint(option: str, description: str) -> str:
         path = named.get("address") or (positional[0] if positional else "")
         _check_socket_directory(option, description, path)
     return description
+
+
+def check_not_twice(
+    option: str, description: str, earlier: list[str], by: str = "an earlier --port"
+) -> None:
+    """
+    A port that C{earlier} descriptions already listen on (a bare N as
+    C{tcp:N}): else the second listen fails as "Address already in use", as
+    if another program held the port.  Port 0 twice is two ports, and allowed.
+    """
+    same = f"tcp:{int(description)}" if description.isdigit() else description
+    if same in earlier and not _ANY_PORT.search(same):
+        raise usage.UsageError(f"{option} {description!r}: {same} is already listened on by {by}")
+
+
+def _plainly(description: str, error: Exception) -> str:
+    """Twisted's parser's error in an operator's words where it names its own internals."""
+    text = systemd.explain(description, error)
+    for pattern, say in _PARSER_ERRORS:
+        match = re.fullmatch(pattern, text)
+        if match:
+            return say.format(*match.groups())
+    return text
+
+
+# A parser's TypeError or ValueError, and what to say instead (a typo in a
+# parameter's name, a missing port, a word where a number goes).
+_PARSER_ERRORS = [
+    (r"_parse\w*\(\) got an unexpected keyword argument '(\w+)'", "no such parameter: {0}="),
+    (r"_parse\w*\(\) missing \d+ required positional arguments?: '(\w+)'.*", "needs a {0}"),
+    (r"invalid literal for int\(\) with base 10: (.*)", "expected a number, not {0}"),
+]
 
 
 def _unescaped_interface(description: str) -> str | None:
@@ -160,6 +195,17 @@ def _unix_problem() -> str | None:
             import spwd
         except ImportError:
             return "this Python has no spwd module to read /etc/shadow: use file:PATH instead"
+    # getspnam alone is not proof: where nsswitch.conf says "shadow: files
+    # systemd" (Debian's default with systemd), nss-systemd answers for root
+    # with a locked entry when the file cannot be read, and every real
+    # account's login would then fail.  So the file first, where there is one.
+    try:
+        with open(SHADOW, "rb"):
+            pass
+    except FileNotFoundError:
+        pass  # no local file: the accounts are elsewhere (spwd may reach them)
+    except OSError as e:
+        return f"cannot read {SHADOW}: {e.strerror} (run as root)"
     try:
         spwd.getspnam("root")
     except KeyError:

@@ -59,6 +59,10 @@ def refused_start(*args: str, prefix: list[str] | None = None) -> str:
         (["--metrics", "tcp:99999"], "--metrics 'tcp:99999': the port must be a number from 0"),
         (["--port", "-1"], "a port is a number from 0 to 65535"),
         (
+            ["--port", "1080", "--port", "1080"],
+            "--port '1080': tcp:1080 is already listened on by an earlier --port",
+        ),
+        (
             ["--port", "unix:/nonexistent/dir/s.sock"],
             "the directory /nonexistent/dir does not exist",
         ),
@@ -107,7 +111,10 @@ def test_port_in_use_is_one_line_naming_the_port() -> None:
 def test_privileged_port_is_one_line_naming_the_port() -> None:
     prefix = without_capabilities("net_bind_service")
     line = refused_start("--port", "tcp:1:interface=127.0.0.1", prefix=prefix)
-    assert line == "cannot listen on tcp:1:interface=127.0.0.1: Permission denied"
+    assert line == (
+        "cannot listen on tcp:1:interface=127.0.0.1: Permission denied"
+        " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+    )
 
 
 def without_capabilities(*names: str) -> list[str]:

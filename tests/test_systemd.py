@@ -237,18 +237,22 @@ def test_socket_activated_start_serves_curl(
 
 
 @pytest.mark.parametrize(
-    ("options", "error"),
+    ("options", "extra", "error"),
     [
-        ([], "systemd passed no such socket to this process"),
-        (["--datagram", "--fdname=socks5"], "descriptor 3 is not a listening stream socket"),
+        ([], [], "systemd passed no such socket to this process"),
+        (["--datagram", "--fdname=socks5"], [], "descriptor 3 is not a listening stream socket"),
+        # Without the check, the server started and its worker, which cannot
+        # have the socket, failed and was restarted every second for ever.
+        (["--fdname=socks5"], ["--workers", "2"], "a socket systemd passed is not shared"),
     ],
-    ids=["no-fdnames", "datagram-socket"],
+    ids=["no-fdnames", "datagram-socket", "with-workers"],
 )
 def test_socket_activation_mistakes_stop_with_one_line(
-    tmp_path: Path, processes: list[Process], options: list[str], error: str
+    tmp_path: Path, processes: list[Process], options: list[str], extra: list[str], error: str
 ) -> None:
     port = free_port()
     argv = replace_port(exec_start("socks5twist-activated.service"), "systemd:domain=INET:index=0")
+    argv += extra
     server = Process(
         socket_activate(options, f"127.0.0.1:{port}", argv), tmp_path / "activated.out"
     )

@@ -86,3 +86,36 @@ def test_workers_share_the_port_reload_restart_and_stop(
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not alive(pid), f"worker {pid} outlived the server"
+
+
+def test_sighup_with_nothing_to_reread_stops_no_process(start_server, echo_server: Addr) -> None:
+    """
+    C{systemctl reload} of a server without C{--rules}, C{--auth file:} or
+    C{--access-log}: every process goes on.  Without a handler, SIGHUP's
+    default action ended the worker (restarted a second later) and, without
+    C{--workers}, the server itself, which systemd counts as a clean exit
+    (C{Restart=on-failure} then leaves it down).
+    """
+    server: SocksServer = start_server("--workers", "2")
+    [worker] = wait_until(lambda: children_of(server.pid), 15, "the worker process")
+    wait_until(lambda: server.log().count("] listening on ") >= 2, 15, "both processes to listen")
+    os.kill(server.pid, signal.SIGHUP)
+    said = "SIGHUP: nothing to reread (no --rules, --auth file: or --access-log)"
+    wait_until(lambda: server.log().count(said) >= 2, 10, "both processes to say so")
+    time.sleep(0.5)
+    assert server.process.poll() is None
+    assert alive(worker)
+    assert "ended unexpectedly" not in server.log()
+    sock, code = rawsocks.connect(server.address, *echo_server)
+    assert code == 0
+    sock.close()
+
+
+def test_sighup_leaves_a_lone_server_running(start_server, echo_server: Addr) -> None:
+    server: SocksServer = start_server()
+    os.kill(server.pid, signal.SIGHUP)
+    wait_until(lambda: "] SIGHUP: nothing to reread" in server.log(), 10, "the server to say so")
+    assert server.process.poll() is None
+    sock, code = rawsocks.connect(server.address, *echo_server)
+    assert code == 0
+    sock.close()

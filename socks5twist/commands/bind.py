@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from ..addresses import Address, AddressType, IPAddress, literal_ip
 from ..bindlistener import BindWaiter
 from ..codec import Reply
+from ..logs import seconds
 from ..logsafe import why
 from ..policy import describe, ip_of, show
 from ..relay import RemoteProtocol
@@ -166,5 +167,5 @@ class Bind:
         if self.ctx.state is State.BINDING:
             self.ctx.fail(
                 Reply.HOST_UNREACHABLE,
-                f"no BIND peer within {self.ctx.config.bind_timeout:g} seconds",
+                f"no BIND peer within {seconds(self.ctx.config.bind_timeout)}",
             )

@@ -15,6 +15,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from ..logs import count
 from ..relay import Side
 from ..shaping import Shaping
 from ..twistedinternals import end_transport, has_producer, plain_and_idle, socket_of, stop_watching
@@ -288,9 +289,10 @@ class SpliceRelay:
         """
         if data:
             log.error(
-                "splice relay was given {count} bytes the client sent, but reads the"
+                "splice relay was given {bytes} the client sent, but reads the"
                 " client's socket itself: aborting the tunnel (a bug)",
                 count=len(data),
+                bytes=count(len(data), "byte"),
             )
             self.abort()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import ip_address
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import Logger, capturedLogs
+from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist.gate import Gate, Refusal, Slot
@@ -71,3 +71,37 @@ class SlotTests(SynchronousTestCase):
         first.release()
         self.assertEqual(dict(g.client_sessions), {})
         self.assertIsInstance(g.admit_connection(other, "o"), Slot)
+
+
+class RefusalLineTests(SynchronousTestCase):
+    def test_a_limit_of_one_is_said_in_the_singular(self) -> None:
+        """C{--max-... 1}: "1 session open", never "1 sessions open"."""
+        g = gate(
+            max_clients=1,
+            max_sessions_per_client=1,
+            max_sessions_per_user=1,
+            max_udp_per_client=1,
+            max_logins_per_client=1,
+        )
+        other = ip_address("127.0.0.2")
+        with capturedLogs() as logs:
+            for admit in (
+                lambda: g.admit_connection(CLIENT, "c"),
+                lambda: g.admit_connection(other, "o"),
+                lambda: g.admit_request("alice", "CONNECT", "c"),
+                lambda: g.admit_udp(CLIENT, "c"),
+                lambda: g.admit_login(CLIENT, "c"),
+            ):
+                admit()
+                self.assertIsInstance(admit(), Refusal)
+        lines = [formatEvent(event) for event in logs]
+        self.assertEqual(
+            [line.split(": ", 1)[1] for line in lines],
+            [
+                "1 session open from it (--max-sessions-per-client)",
+                "1 session open, the limit (--max-clients)",
+                "1 session open (--max-sessions-per-user)",
+                "1 association open (--max-udp-per-client)",
+                "1 login in progress from it",
+            ],
+        )

@@ -130,6 +130,7 @@ class ConnectSocketTests(TestCase):
         writers = len(reactor.getWriters())
         d = outbound.connect_socket(reactor, LOOPBACK, port, 0.3)
         failure = yield self.assertFailure(d, error.TimeoutError)
+        self.assertIn("no connection within 0.3 seconds", str(failure))
         self.assertEqual(outbound.reply_for_failure(Failure(failure)), Reply.HOST_UNREACHABLE)
         self.assertEqual(len(reactor.getWriters()), writers)
 

@@ -11,7 +11,7 @@ from twisted.cred import error
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
@@ -323,6 +323,22 @@ class CheckerTests(TestCase):
         self.failureResultOf(self.login(checker, b"bob", b"new"))
         self.clock.advance(1.5)
         self.assertEqual(self.successResultOf(self.login(checker, b"bob", b"new")), b"bob")
+
+    def test_a_reload_says_how_many_users_in_plain_english(self) -> None:
+        checker = self.checker(b"alice:secret\nbob:x\n")
+        said = []
+        for content in (b"alice:secret\n", b"alice:secret\nbob:x\n"):
+            self.path.setContent(content)
+            self.assertTrue(self.successResultOf(checker.reload()))
+            said.append(formatEvent(self.events[-1]))
+        self.assertEqual(
+            said,
+            [
+                f"passwords reloaded from {self.path.path}: 1 user",
+                f"passwords reloaded from {self.path.path}: 2 users",
+            ],
+        )
+        self.assertEqual(repr(checker), f"<PasswordFile {self.path.path!r}: 2 users>")
 
     def test_broken_file_keeps_the_old_accounts_and_logs_once(self) -> None:
         checker = self.checker(b"alice:secret\n")

@@ -6,6 +6,7 @@ socks5twist.options), and the IPv6-only listener that a bare port adds.
 from __future__ import annotations
 
 import io
+import os
 import socket
 from contextlib import redirect_stdout
 
@@ -62,6 +63,30 @@ class EndpointTests(TestCase):
         self.assertIn("tcp:19090:interface=\\:\\:1", message)
         message = refusal("--port", "tcp6:1080:interface=fe80::1:backlog=5")
         self.assertIn("tcp6:1080:interface=fe80\\:\\:1:backlog=5", message)
+
+    def test_a_port_given_twice_is_named(self) -> None:
+        self.assertEqual(
+            refusal("--port", "1080", "--port", "tcp:1080"),
+            "--port 'tcp:1080': tcp:1080 is already listened on by an earlier --port",
+        )
+        self.assertEqual(
+            refusal("--port", "unix:/tmp/s", "--port", "unix:/tmp/s"),
+            "--port 'unix:/tmp/s': unix:/tmp/s is already listened on by an earlier --port",
+        )
+        self.assertEqual(parse("--port", "tcp:0", "--port", "tcp:0")["ports"], ["tcp:0", "tcp:0"])
+        self.assertEqual(
+            refusal("--port", "1080", "--metrics", "1080"),
+            "--metrics '1080': tcp:1080 is already listened on by a --port",
+        )
+
+    def test_typos_in_a_description_are_said_plainly(self) -> None:
+        for description, says in [
+            ("tcp:1080:interfase=127.0.0.1", "no such parameter: interfase="),
+            ("tcp", "needs a port"),
+            ("tcp:", "expected a number, not ''"),
+            ("tcp:1080:backlog=many", "expected a number, not 'many'"),
+        ]:
+            self.assertEqual(refusal("--port", description), f"--port {description!r}: {says}")
 
     def test_unix_socket_directory_must_exist(self) -> None:
         self.assertEqual(
@@ -123,6 +148,29 @@ class CheckerTests(TestCase):
             "--auth file: /nonexistent/passwd: No such file or directory",
         )
 
+    def test_unix_checker_that_cannot_read_the_shadow_file_stops_the_start(self) -> None:
+        """
+        Run as a user who cannot read it, where nss-systemd answers for root,
+        the start used to go on with a checker that let nobody in.  (A
+        directory stands in for the unreadable file: the tests run as root.)
+        """
+        unreadable = self.mktemp()
+        os.mkdir(unreadable)
+        self.patch(startchecks, "SHADOW", unreadable)
+        self.assertEqual(
+            refusal("--auth", "unix"),
+            f"--auth unix: cannot read {unreadable}: Is a directory (run as root)",
+        )
+
+    def test_password_file_without_users_stops_the_start(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# users come later\n\n")
+        self.assertEqual(
+            refusal("--auth", f"file:{path}"),
+            f"--auth file: {path}: names no user, so every login would fail",
+        )
+
     def test_unknown_checker(self) -> None:
         self.assertIn("--auth nosuch:", refusal("--auth", "nosuch:x"))
 
@@ -154,6 +202,28 @@ class HelpTests(TestCase):
                 "the socks5twist command: twistd -n with no\n      pidfile and the log on stdout."
             )
         )
+
+    def test_h_is_help(self) -> None:
+        text = self.output("-h")
+        self.assertIn("-h, --help ", text)
+        self.assertIn("\nExamples:\n", text)
+
+    def test_auth_help_describes_our_password_file_not_twisteds(self) -> None:
+        said = []
+        for argv in (["--help-auth"], ["--help-auth-type", "file"]):
+            options = Options()
+            options.authOutput = io.StringIO()
+            with self.assertRaises(SystemExit):
+                options.parseOptions(argv)
+            said.append(options.authOutput.getvalue())
+        listing, file_help = said
+        self.assertIn(
+            "  file  \tPath of a password file: user:password lines, plain or hashed.", listing
+        )
+        self.assertNotIn("FilePasswordDB", listing + file_help)
+        self.assertIn("memory", listing)
+        self.assertTrue(file_help.startswith("Usage: --auth file:PATH\n\nOne account a line"))
+        self.assertIn("bcrypt", file_help)
 
     def test_worker_listener_is_still_taken(self) -> None:
         options = parse("--worker-listener", "5:tcp:1080", "--worker-listener=6:unix:/x")
