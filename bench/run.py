@@ -162,7 +162,19 @@ class Peer:
         return [] if self.command is None else ["--proxy", f"127.0.0.1:{self.port}"]
 
 
-def twistd(*extra: str, access_log: bool = True) -> Callable[[int, Path], list[str]]:
+LIMITS = """default = "allow"
+
+[[limit]]
+name = "never reached"
+bandwidth = "100GiB/s"
+session_bandwidth = "100GiB/s"
+sessions = 1000000
+"""
+
+
+def twistd(
+    *extra: str, access_log: bool = True, limits: bool = False
+) -> Callable[[int, Path], list[str]]:
     """
     How to start socks5twist.  Every session's line is written: by default
     (C{access_log=False}) through Twisted's log to the log file, as a user
@@ -174,6 +186,10 @@ def twistd(*extra: str, access_log: bool = True) -> Callable[[int, Path], list[s
 
     def command(port: int, workdir: Path) -> list[str]:
         tuned = ["--access-log", str(workdir / f"access-{port}.log")] if access_log else []
+        if limits:
+            rules = workdir / f"limits-{port}.toml"
+            rules.write_text(LIMITS)
+            tuned += ["--rules", str(rules)]
         return [
             sys.executable, "-c",
             "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()",
@@ -204,6 +220,10 @@ def peers(loadgen: str, baseline: Path | None = None) -> tuple[list[Peer], list[
         Peer("socks5twist --access-log", twistd()),
         Peer("socks5twist --access-log --workers 2", twistd("--workers", "2")),
         Peer("socks5twist --access-log --no-splice", twistd("--no-splice")),
+        # Traffic control configured but never reached: what limits cost
+        # when they do not bite (a bandwidth bucket charged per chunk, a
+        # place under a session limit per request).
+        Peer("socks5twist --limits", twistd(access_log=False, limits=True)),
     ]
     if baseline is not None:
         # Another checkout of socks5twist (an earlier commit), measured in the
@@ -379,6 +399,7 @@ PAIRED_FIGURES = (
 PAIRED_OURS = (
     "socks5twist",
     "socks5twist --access-log",
+    "socks5twist --limits",
     "socks5twist --access-log --workers 2",
     "baseline",
     "baseline --access-log",
