@@ -96,6 +96,9 @@ class Accountant:
     @param interval: seconds between readings (and batches).
     @param thread: the store's thread (tests hand in a fake); by default a
         L{StoreThread} of C{store}.
+    @param fail_closed: while the store is away (its last write or lease
+        failed), refuse requests under a quota (X'01') instead of judging
+        them by the counts this process has (C{--accounting-failure}).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Accountant:
         *,
         interval: float = 1.0,
         thread: Any = None,
+        fail_closed: bool = False,
     ) -> None:
         self.reactor = reactor
         self.description = store.description
@@ -120,6 +124,8 @@ class Accountant:
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor
         self._failing: str | None = None
+        self.fail_closed = fail_closed
+        self.fleet: Any = None  # its FleetSessions, when the store holds leases (the factory's)
         self.started = False
         # For the metrics (no key in any of them).
         self.accounted = Usage()  # written to the store
@@ -140,6 +146,8 @@ class Accountant:
         self.totals = self.thread.call_blocking(_load, self._periods)
         self.started = True
         self._loop.start(self.interval, now=False)
+        if self.fleet is not None:
+            self.fleet.start()
         log.info(
             "accounting in {store}: {n} keys used something this month",
             store=self.description,
@@ -157,6 +165,8 @@ class Accountant:
         self.started = False
         if self._loop.running:
             self._loop.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
         self._read_live(self.reactor.seconds())
         while self._writing is not None:
             yield self._writing
@@ -318,20 +328,38 @@ class Accountant:
                 self.totals[cell] = usage
         moved = sum((u for (_, period), u in batch.items() if period == "total"), NOTHING)
         self.accounted += moved
-        if self._failing is not None:
-            self._failing = None
-            log.info("accounting written to {store} again", store=self.description)
+        self.store_answered()
 
     def _not_written(self, failure: Failure, batch: Mapping[Cell, Usage]) -> None:
         self._in_flight = {}
         self.pending = merge(batch, self.pending)
         self.write_errors += 1
+        self.store_failed(failure)
+
+    # -- the store away and back ---------------------------------------------------------
+
+    @property
+    def away(self) -> bool:
+        """Whether the store's last answer was a failure (a write's, or a lease's)."""
+        return self._failing is not None
+
+    def store_failed(self, failure: Failure) -> None:
+        """The store failed a job: one line when it goes away (not one per failure)."""
         reason = str(failure.value) or repr(failure.value)
         if self._failing is None:
             log.error(
                 "accounting NOT written to {store} ({error}); kept in memory and retried"
-                " each second",
+                " each second{closed}",
                 store=self.description,
                 error=reason,
+                closed="; requests under a quota or a fleet session limit refused meanwhile"
+                if self.fail_closed
+                else "",
             )
         self._failing = reason
+
+    def store_answered(self) -> None:
+        """The store did a job: one line if it was away."""
+        if self._failing is not None:
+            self._failing = None
+            log.info("accounting written to {store} again", store=self.description)
