@@ -73,7 +73,7 @@ class RedisServer:
                 "--daemonize",
                 "no",
                 *self.extra,
-            ],  # fmt: skip
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 
+from redis.exceptions import RedisError
 from twisted.trial.unittest import SkipTest, TestCase
 
 from socks5twist.accounting import StoreError, Usage
@@ -81,6 +82,7 @@ class RedisStoreTests(TestCase):
         self.assertEqual(r.hgetall(raw), {b"up": b"1", b"down": b"2", b"sessions": b"3"})
         day_end = Quota(1, "day").period_end(now)
         month_end = Quota(1, "month").period_end(now)
+        assert day_end is not None and month_end is not None
         self.assertEqual(r.expiretime(raw), day_end + DAY_KEPT)
         self.assertEqual(
             r.expiretime(raw.replace(day.encode(), month.encode())), month_end + MONTH_KEPT
@@ -107,7 +109,8 @@ class RedisStoreTests(TestCase):
         # A restart forgets them (no persistence); a renewal writes them again.
         self.server.stop()
         self.server.start()
-        self.assertRaises(Exception, self.store.lease, name, "e:1", 2, 30)  # the old connection
+        # The old connection is gone: this call fails, the next reconnects.
+        self.assertRaises(RedisError, self.store.lease, name, "e:1", 2, 30)
         self.assertTrue(self.store.lease(name, "e:1", 2, 30), "reconnected on the next call")
         self.store.renew({name: ["a:1", "d:1"]}, 30)
         self.assertFalse(self.store.lease(name, "f:1", 2, 30))
@@ -117,7 +120,7 @@ class RedisStoreTests(TestCase):
         self.server.stop()
         started = time.monotonic()
         for _ in range(3):
-            self.assertRaises(Exception, self.store.add, {("user:a", "total"): Usage(1)})
+            self.assertRaises(RedisError, self.store.add, {("user:a", "total"): Usage(1)})
         self.assertLess(time.monotonic() - started, 1.0)
 
 
