@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,10 @@ from .writer import StoreThread
 __all__ = ["Accountant", "relayed"]
 
 log = Logger()
+
+# Seconds after its last session a key's totals are still read each second
+# from a shared store (a key refused here is read too: its refusals repeat).
+REFRESH_FOR = 600.0
 
 
 def relayed(session: Any) -> tuple[int, int]:
@@ -67,8 +71,13 @@ class Watch:
     closing: bool = False
 
 
-def _add_batch(store: AccountingStore, batch: Mapping[Cell, Usage]) -> dict[Cell, Usage]:
-    return store.add(batch)
+def _add_batch(
+    store: AccountingStore, batch: Mapping[Cell, Usage], others: Collection[Cell] = ()
+) -> dict[Cell, Usage]:
+    totals = store.add(batch) if batch else {}
+    if others:
+        totals.update(store.read(others))  # type: ignore[attr-defined]
+    return totals
 
 
 def _load(store: AccountingStore, periods: tuple[str, ...]) -> dict[Cell, Usage]:
@@ -125,6 +134,12 @@ class Accountant:
         self._loop.clock = reactor
         self._failing: str | None = None
         self.fail_closed = fail_closed
+        # A store shared by several processes (it can read totals without
+        # writing): keys under a quota asked about here lately, and when,
+        # whose totals are read again each second, so that what the others
+        # relay for them is seen here within a second.
+        self._shared = hasattr(store, "read")
+        self._recent: dict[str, tuple[Quota, float]] = {}
         self.fleet: Any = None  # its FleetSessions, when the store holds leases (the factory's)
         self.started = False
         # For the metrics (no key in any of them).
@@ -214,6 +229,8 @@ class Accountant:
         """Whether C{key} has used C{quota} up in the current period."""
         now = self.reactor.seconds()
         self._current(now)
+        if self._shared:
+            self._recent[key] = (quota, now)
         cell = (key, quota.period_of(now))
         if self.used(cell) < quota.amount:
             return False
@@ -294,15 +311,34 @@ class Accountant:
 
     # -- batches -----------------------------------------------------------------------
 
+    def _to_refresh(self) -> list[Cell]:
+        """The cells of recent keys under a quota, not in the batch (read, not written)."""
+        if not self._recent:
+            return []
+        now = self.reactor.seconds()
+        live = {watch.key for watch in self.live.values()}
+        cells = []
+        for key, (quota, seen) in list(self._recent.items()):
+            if key not in live and now - seen > REFRESH_FOR:
+                del self._recent[key]
+                continue
+            cell = (key, quota.period_of(now))
+            if cell not in self.pending:
+                cells.append(cell)
+        return cells
+
     def _flush(self) -> None:
         """Hand what was counted to the store, unless a batch is being written."""
-        if self._writing is not None or not self.pending:
+        if self._writing is not None:
+            return
+        others = self._to_refresh()
+        if not self.pending and not others:
             return
         batch, self.pending = self.pending, {}
         self._in_flight = batch
         started = time.monotonic()
         writing = self._writing = defer.Deferred()
-        d = self.thread.call(_add_batch, batch)
+        d = self.thread.call(_add_batch, batch, others)
         d.addCallbacks(
             self._written,
             self._not_written,
@@ -321,7 +357,7 @@ class Accountant:
     ) -> None:
         self._in_flight = {}
         self.write_seconds = time.monotonic() - started
-        self.batches += 1
+        self.batches += 1 if batch else 0
         periods = self._periods
         for cell, usage in totals.items():
             if cell[1] in periods:

@@ -215,6 +215,19 @@ class RedisStore:
                 totals[(_text(name)[len(prefix) :], period)] = Usage(up, down, sessions)
         return totals
 
+    def read(self, cells: Collection[Cell]) -> dict[Cell, Usage]:
+        """
+        The totals of C{cells}, which other processes write too (read each
+        second for the keys this one serves, so that a quota holds fleet-wide).
+        """
+        pipe = self._redis().pipeline(transaction=False)
+        for key, period in cells:
+            pipe.hmget(usage_key(key, period), "up", "down", "sessions")
+        return {
+            cell: Usage(*(int(v or 0) for v in values))
+            for cell, values in zip(cells, pipe.execute(), strict=True)
+        }
+
     def add(self, batch: Mapping[Cell, Usage]) -> dict[Cell, Usage]:
         client = self._redis()
         # MULTI/EXEC: the whole batch or none of it, each HINCRBY atomic

@@ -99,11 +99,22 @@ class RedisServer:
 
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **options)
 
+    def freeze(self) -> None:
+        """SIGSTOP it: connections are accepted (by the kernel), nothing is answered."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT it: it answers again, its data as it was."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop it (by its PID) and wait for it to end (bounded)."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        os.kill(process.pid, signal.SIGCONT)  # a frozen one too
         os.kill(process.pid, signal.SIGTERM)
         try:
             process.wait(10)
