@@ -136,11 +136,15 @@ def stored(redis: RedisServer, key: str, period: str = "total") -> dict[str, int
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def ping_pong(sock: socket.socket, rounds: int, size: int = 64) -> list[float]:
-    """C{rounds} round trips of C{size} bytes through an echo tunnel; each one's seconds."""
+def ping_pong(sock: socket.socket, rounds: int, size: int = 64, every: float = 0.0) -> list[float]:
+    """
+    C{rounds} round trips of C{size} bytes through an echo tunnel (one each
+    C{every} seconds); each one's seconds.
+    """
     message = b"x" * size
     times = []
     for _ in range(rounds):
+        time.sleep(every)
         started = time.perf_counter()
         sock.sendall(message)
         assert rawsocks.recv_exact(sock, size) == message
@@ -297,11 +301,13 @@ def test_a_frozen_redis_never_stalls_the_reactor(
 ) -> None:
     """
     The probe: bob (under no limit) does 100 round trips of 64 bytes
-    through an echo tunnel while Redis is frozen and alice's requests keep
-    asking it for leases; each round trip's time is measured by the client,
-    and the 99th percentile must stay under 50 ms (a reactor waiting on
-    Redis would add its 2 s timeouts).  Then, with Redis thawed, bob's
-    counts are in it to the byte.
+    through an echo tunnel, one each 30 ms, over the first 3 s after Redis
+    is frozen (its first writes and leases wait for their 2 s timeout, then
+    it is away) while alice's requests keep asking for leases; each round
+    trip's time is measured by the client, and the 99th percentile must
+    stay under 50 ms and the slowest under 500 ms (a reactor waiting on
+    Redis would add its 2 s timeouts).
+    Then, with Redis thawed, bob's counts are in it to the byte.
     """
     a = fleet_member(start_server, redis_server, tmp_path)
     probe, code = connect(a, echo_server, BOB)
@@ -319,13 +325,15 @@ def test_a_frozen_redis_never_stalls_the_reactor(
     asker = threading.Thread(target=ask_for_leases, daemon=True)
     asker.start()
     try:
-        time.sleep(1.5)  # a batch is being written, and waits on Redis
-        times = sorted(ping_pong(probe, 100))
+        times = sorted(ping_pong(probe, 100, every=0.03))
     finally:
         stop.set()
         asker.join(10)
-    p99 = times[98]
-    assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms; slowest {times[-1] * 1000:.1f} ms"
+    p99, slowest = times[98], times[-1]
+    report = f"p99 {p99 * 1000:.1f} ms; slowest {slowest * 1000:.1f} ms"
+    # (Round trips are one at a time: a stall delays one of them, which the
+    # p99 of 100 would not see; the slowest must stay well under a timeout.)
+    assert p99 < 0.050 and slowest < 0.5, report
     redis_server.thaw()
     down = 100 * 64 + finish(probe)
     wait_until(
