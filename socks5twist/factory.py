@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
@@ -20,6 +21,8 @@ from twisted.logger import Logger
 from . import logsafe
 from .accesslog import AccessLog
 from .accounting import Accountant, AccountingStore, quota_without_store
+from .accounting.fleet import FleetRefusal, FleetSessions
+from .accounting.redisstore import RedisStore
 from .gate import Gate, Refusal, Slot
 from .limits import Limit, limit_key
 from .networks import IPNetwork, parse_network
@@ -117,7 +120,13 @@ class SOCKS5ServerFactory(ServerFactory):
         started: L{socks5twist.service.SOCKS5Service} starts it and stops it
         (writing what is left); a program without that service calls
         C{factory.accountant.start()} before its reactor runs, and
-        C{factory.accountant.stop()} (a Deferred) before it stops.
+        C{factory.accountant.stop()} (a Deferred) before it stops.  A store
+        that holds session leases (L{socks5twist.accounting.RedisStore}) also
+        holds the C{sessions} of the C{[[limit]]} tables across every process
+        sharing it (C{factory.fleet}).
+    @param accounting_failure: C{"open"} (the default) or C{"closed"}: while
+        the store is away, whether requests under a quota or a fleet session
+        limit are judged by this process's own counts, or refused (X'01').
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -148,6 +157,7 @@ class SOCKS5ServerFactory(ServerFactory):
         resolver: IHostnameResolver | None = None,
         trusted_proxies: Iterable[IPNetwork | str] = (),
         accounting: AccountingStore | None = None,
+        accounting_failure: str = "open",
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -161,6 +171,8 @@ class SOCKS5ServerFactory(ServerFactory):
         ):
             if value < 0:
                 raise ValueError(f"{name} must be 0 or more, not {value}")
+        if accounting_failure not in ("open", "closed"):
+            raise ValueError(f"accounting_failure is open or closed, not {accounting_failure!r}")
         if max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, not {max_clients}")
         if accounting is None and rules is not None:
@@ -218,8 +230,16 @@ class SOCKS5ServerFactory(ServerFactory):
             max_udp_per_client=max_udp_per_client,
         )
         self.sessions: set[SOCKS5ServerProtocol] = set()  # the sessions the gate admitted
-        self.accountant = None if accounting is None else Accountant(reactor, accounting)
+        self.accountant = (
+            None
+            if accounting is None
+            else Accountant(reactor, accounting, fail_closed=accounting_failure == "closed")
+        )
         self.gate.accountant = self.accountant
+        # The [[limit]] sessions across a fleet, when the store can hold leases.
+        self.fleet: FleetSessions | None = None
+        if self.accountant is not None and isinstance(accounting, RedisStore):
+            self.fleet = self.accountant.fleet = FleetSessions(reactor, self.accountant)
         self.shaper = Shaper()  # the [[limit]] tables' bandwidth buckets
         self.trusted_proxies: tuple[IPNetwork, ...] = tuple(
             parse_network(n) if isinstance(n, str) else n for n in trusted_proxies
@@ -334,6 +354,18 @@ class SOCKS5ServerFactory(ServerFactory):
             accountant.watch(session, key, limit)
         return refusal
 
+    def fleet_admit(self, session: SOCKS5ServerProtocol) -> Deferred[FleetRefusal | None] | None:
+        """
+        The fleet's answer for a request whose C{[[limit]]} counts sessions
+        (a Deferred: the store's thread asks Redis), or C{None} when there is
+        nothing to ask (no fleet, or no C{sessions} in the limit).
+        """
+        limit = session.limit
+        if self.fleet is None or limit is None or limit.sessions is None:
+            return None
+        key = limit_key(session.client_ip, session.user)
+        return self.fleet.admit(session, limit, key, session.command_label, session.client_text)
+
     def auth_failed(self) -> None:
         self.stats.auth_failures += 1
 
@@ -344,6 +376,8 @@ class SOCKS5ServerFactory(ServerFactory):
             self.reactor.callLater(0, self._idle_now)
         if self.accountant is not None:
             self.accountant.ended(session)
+        if self.fleet is not None:
+            self.fleet.release(session)
         udp = session.udp
         stats = self.stats
         stats.ended[(session.command_label, session.reply_label)] += 1

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from .accounting.accountant import quota_text
 from .addresses import IPAddress
 from .bursts import BurstLog
-from .codec import Method
+from .codec import Method, Reply
 from .limits import Limit, limit_key
 from .logs import count
 from .logsafe import escape, field
@@ -60,9 +60,14 @@ MAX_LOGINS_PER_CLIENT = 8
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """The gate said no; C{outcome} is what the session's record says."""
+    """
+    The gate said no; C{outcome} is what the session's record says, and
+    C{reply} the reply code for a request (X'02' unless the server, not
+    the client, is why).
+    """
 
     outcome: str
+    reply: Reply = Reply.NOT_ALLOWED
 
 
 class Slot:
@@ -313,6 +318,19 @@ class Gate:
         if accountant is None or limit is None or limit.quota is None:
             return None
         quota = limit.quota
+        if accountant.away and accountant.fail_closed:
+            self.limited["accounting-away"] += 1
+            self.refusals.refused(
+                ("accounting away", key),
+                "refused {command} for {who} from {client}: {limit} has a quota and"
+                " {store} is away (--accounting-failure closed)",
+                command=command,
+                who=field(key),
+                client=client,
+                limit=escape(limit.label),
+                store=accountant.description,
+            )
+            return Refusal("the accounting store is away", Reply.GENERAL_FAILURE)
         if not accountant.over_quota(key, quota):
             return None
         return self._refuse(

@@ -71,6 +71,13 @@ def _ip(name: str) -> Callable[[str], str]:
     return coerce
 
 
+def _failure_mode(text: str) -> str:
+    """C{--accounting-failure}: open or closed."""
+    if text not in ("open", "closed"):
+        raise usage.UsageError(f"--accounting-failure is open or closed, not {text!r}")
+    return text
+
+
 def _count(name: str, most: int | None = None) -> Callable[[str], int]:
     def coerce(text: str) -> int:
         try:
@@ -154,8 +161,18 @@ class Options(usage.Options, AuthHelpMixin):
             None,
             None,
             "Count bytes and sessions per user (or client IP) in sqlite:PATH, per UTC day,"
-            " month and in total; [[limit]] quotas need it.",
+            " month and in total; [[limit]] quotas need it.  redis://[:PASSWORD@]HOST:PORT/DB"
+            " shares the counts, quotas and [[limit]] sessions with a fleet.",
             parse_accounting,
+        ],
+        [
+            "accounting-failure",
+            None,
+            "open",
+            "While the accounting store is away: open (judge quotas and fleet session limits"
+            " by this process's counts, write them when it is back) or closed (refuse requests"
+            " under them with X'01').",
+            _failure_mode,
         ],
         [
             "access-log",

@@ -63,6 +63,7 @@ from .tunnel import Relay
 from .udp import UDPAssociation
 
 if TYPE_CHECKING:
+    from .accounting.fleet import FleetRefusal
     from .factory import SOCKS5ServerFactory
 
 __all__ = ["SOCKS5ServerProtocol", "State"]
@@ -371,19 +372,43 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         self.held += (admitted,)
         if not self._place_under_limit():
             return
+        # A fleet's session limit is asked of the store's thread: the
+        # request waits for the answer (the connection, in REPLYING, keeps
+        # what the client pipelines within its bound meanwhile).
+        asking = factory.fleet_admit(self)
+        if asking is None:
+            self._start_command()
+            return
+        self._pending = asking
+        asking.addCallbacks(self._fleet_answered, _unless_cancelled)
+        asking.addErrback(self.unexpected, "the fleet's session limit")
+
+    def _fleet_answered(self, refusal: FleetRefusal | None) -> None:
+        self._pending = None
+        if refusal is not None:
+            self.fail(refusal.reply, refusal.outcome)
+            return
+        self._start_command()
+
+    def _start_command(self) -> None:
+        """The request is admitted by every limit: its quota, then its command."""
+        factory = self.factory
+        self.shaping = factory.shaping_for(self.limit, self.client_ip, self.user)
         refused = factory.account_request(self)  # the quota, and counting from now
         if refused is not None:
-            self.fail(Reply.NOT_ALLOWED, refused.outcome)
+            self.fail(refused.reply, refused.outcome)
             return
+        assert self.command is not None and self.destination is not None
         # The command checks the rules as far as they can decide before any
         # name is resolved (what it knows of its destination differs).
-        self.handler = COMMANDS[request.command](self)
-        self.handler.start(request.address)
+        self.handler = COMMANDS[self.command](self)
+        self.handler.start(self.destination)
 
     def _place_under_limit(self) -> bool:
         """
-        Find the request's C{[[limit]]} (the gate's), and take its place and
-        budgets; or refuse the request (X'02').  Whether it goes on.
+        Find the request's C{[[limit]]} (the gate's), and take its place
+        under its local count; or refuse the request (X'02').  Whether it
+        goes on.
         """
         factory = self.factory
         placed = factory.gate.admit_limit(
@@ -394,7 +419,6 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
             return False
         self.limit, slot = placed
         self.held += (slot,)
-        self.shaping = factory.shaping_for(self.limit, self.client_ip, self.user)
         return True
 
     # -- timers and accidents ----------------------------------------------------
@@ -409,6 +433,12 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         # Negotiation replies are a few bytes that the socket buffer takes at
         # once, so a clean close cannot be held up by a client that won't read.
         self.close("handshake timeout")
+
+
+def _unless_cancelled(failure: Failure) -> Failure | None:
+    """A wait the session cancelled (its client left) is no error."""
+    failure.trap(defer.CancelledError)
+    return None
 
 
 def _passing(result: Any, call: Callable[[], None]) -> Any:

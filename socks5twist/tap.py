@@ -64,6 +64,7 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         access_log=access_log,
         trusted_proxies=options["trusted-proxies"],
         accounting=options["accounting"],
+        accounting_failure=options["accounting-failure"],
     )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,10 @@ from .writer import StoreThread
 __all__ = ["Accountant", "relayed"]
 
 log = Logger()
+
+# Seconds after its last session a key's totals are still read each second
+# from a shared store (a key refused here is read too: its refusals repeat).
+REFRESH_FOR = 600.0
 
 
 def relayed(session: Any) -> tuple[int, int]:
@@ -67,8 +71,13 @@ class Watch:
     closing: bool = False
 
 
-def _add_batch(store: AccountingStore, batch: Mapping[Cell, Usage]) -> dict[Cell, Usage]:
-    return store.add(batch)
+def _add_batch(
+    store: AccountingStore, batch: Mapping[Cell, Usage], others: Collection[Cell] = ()
+) -> dict[Cell, Usage]:
+    totals = store.add(batch) if batch else {}
+    if others:
+        totals.update(store.read(others))  # type: ignore[attr-defined]
+    return totals
 
 
 def _load(store: AccountingStore, periods: tuple[str, ...]) -> dict[Cell, Usage]:
@@ -96,6 +105,9 @@ class Accountant:
     @param interval: seconds between readings (and batches).
     @param thread: the store's thread (tests hand in a fake); by default a
         L{StoreThread} of C{store}.
+    @param fail_closed: while the store is away (its last write or lease
+        failed), refuse requests under a quota (X'01') instead of judging
+        them by the counts this process has (C{--accounting-failure}).
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class Accountant:
         *,
         interval: float = 1.0,
         thread: Any = None,
+        fail_closed: bool = False,
     ) -> None:
         self.reactor = reactor
         self.description = store.description
@@ -120,6 +133,14 @@ class Accountant:
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor
         self._failing: str | None = None
+        self.fail_closed = fail_closed
+        # A store shared by several processes (it can read totals without
+        # writing): keys under a quota asked about here lately, and when,
+        # whose totals are read again each second, so that what the others
+        # relay for them is seen here within a second.
+        self._shared = hasattr(store, "read")
+        self._recent: dict[str, tuple[Quota, float]] = {}
+        self.fleet: Any = None  # its FleetSessions, when the store holds leases (the factory's)
         self.started = False
         # For the metrics (no key in any of them).
         self.accounted = Usage()  # written to the store
@@ -140,6 +161,8 @@ class Accountant:
         self.totals = self.thread.call_blocking(_load, self._periods)
         self.started = True
         self._loop.start(self.interval, now=False)
+        if self.fleet is not None:
+            self.fleet.start()
         log.info(
             "accounting in {store}: {n} keys used something this month",
             store=self.description,
@@ -157,6 +180,8 @@ class Accountant:
         self.started = False
         if self._loop.running:
             self._loop.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
         self._read_live(self.reactor.seconds())
         while self._writing is not None:
             yield self._writing
@@ -204,6 +229,8 @@ class Accountant:
         """Whether C{key} has used C{quota} up in the current period."""
         now = self.reactor.seconds()
         self._current(now)
+        if self._shared:
+            self._recent[key] = (quota, now)
         cell = (key, quota.period_of(now))
         if self.used(cell) < quota.amount:
             return False
@@ -284,15 +311,34 @@ class Accountant:
 
     # -- batches -----------------------------------------------------------------------
 
+    def _to_refresh(self) -> list[Cell]:
+        """The cells of recent keys under a quota, not in the batch (read, not written)."""
+        if not self._recent:
+            return []
+        now = self.reactor.seconds()
+        live = {watch.key for watch in self.live.values()}
+        cells = []
+        for key, (quota, seen) in list(self._recent.items()):
+            if key not in live and now - seen > REFRESH_FOR:
+                del self._recent[key]
+                continue
+            cell = (key, quota.period_of(now))
+            if cell not in self.pending:
+                cells.append(cell)
+        return cells
+
     def _flush(self) -> None:
         """Hand what was counted to the store, unless a batch is being written."""
-        if self._writing is not None or not self.pending:
+        if self._writing is not None:
+            return
+        others = self._to_refresh()
+        if not self.pending and not others:
             return
         batch, self.pending = self.pending, {}
         self._in_flight = batch
         started = time.monotonic()
         writing = self._writing = defer.Deferred()
-        d = self.thread.call(_add_batch, batch)
+        d = self.thread.call(_add_batch, batch, others)
         d.addCallbacks(
             self._written,
             self._not_written,
@@ -311,27 +357,45 @@ class Accountant:
     ) -> None:
         self._in_flight = {}
         self.write_seconds = time.monotonic() - started
-        self.batches += 1
+        self.batches += 1 if batch else 0
         periods = self._periods
         for cell, usage in totals.items():
             if cell[1] in periods:
                 self.totals[cell] = usage
         moved = sum((u for (_, period), u in batch.items() if period == "total"), NOTHING)
         self.accounted += moved
-        if self._failing is not None:
-            self._failing = None
-            log.info("accounting written to {store} again", store=self.description)
+        self.store_answered()
 
     def _not_written(self, failure: Failure, batch: Mapping[Cell, Usage]) -> None:
         self._in_flight = {}
         self.pending = merge(batch, self.pending)
         self.write_errors += 1
+        self.store_failed(failure)
+
+    # -- the store away and back ---------------------------------------------------------
+
+    @property
+    def away(self) -> bool:
+        """Whether the store's last answer was a failure (a write's, or a lease's)."""
+        return self._failing is not None
+
+    def store_failed(self, failure: Failure) -> None:
+        """The store failed a job: one line when it goes away (not one per failure)."""
         reason = str(failure.value) or repr(failure.value)
         if self._failing is None:
             log.error(
                 "accounting NOT written to {store} ({error}); kept in memory and retried"
-                " each second",
+                " each second{closed}",
                 store=self.description,
                 error=reason,
+                closed="; requests under a quota or a fleet session limit refused meanwhile"
+                if self.fail_closed
+                else "",
             )
         self._failing = reason
+
+    def store_answered(self) -> None:
+        """The store did a job: one line if it was away."""
+        if self._failing is not None:
+            self._failing = None
+            log.info("accounting written to {store} again", store=self.description)

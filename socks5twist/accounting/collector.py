@@ -58,6 +58,36 @@ class AccountingCollector(Collector):
         pending.add_metric([], a.pending_cells)
         yield pending
 
+        up = GaugeMetricFamily(
+            "socks5_accounting_store_up",
+            "1 while the accounting store answers, 0 while it is away (counts kept in memory).",
+        )
+        up.add_metric([], 0 if a.away else 1)
+        yield up
+
+        fleet = a.fleet
+        if fleet is not None:
+            leases = GaugeMetricFamily(
+                "socks5_fleet_session_leases",
+                "Sessions of this process holding a lease under a fleet [[limit]] sessions.",
+            )
+            leases.add_metric([], len(fleet.leases))
+            yield leases
+            refused = CounterMetricFamily(
+                "socks5_fleet_sessions_refused",
+                "Requests refused by a fleet session limit, or while the store was away"
+                " (--accounting-failure closed).",
+            )
+            refused.add_metric([], fleet.refused)
+            yield refused
+            unchecked = CounterMetricFamily(
+                "socks5_fleet_sessions_unchecked",
+                "Requests admitted on this process's count alone, the store being away"
+                " (--accounting-failure open).",
+            )
+            unchecked.add_metric([], fleet.admitted_unchecked)
+            yield unchecked
+
         over = GaugeMetricFamily(
             "socks5_quota_keys_over",
             "Users or client addresses found over their quota in the current periods.",

@@ -207,13 +207,18 @@ class SQLiteStore:
             db.close()
 
 
-def parse_accounting(text: str) -> SQLiteStore:
+def parse_accounting(text: str) -> AccountingStore:
     """
-    The store that C{--accounting} names: C{sqlite:PATH} (the one kind so
-    far; C{redis://...} is for a fleet, not here yet).  Raises C{ValueError}
-    with one line naming what is wrong; the file itself is opened later, by
-    its thread.
+    The store that C{--accounting} names: C{sqlite:PATH}, or
+    C{redis://[:PASSWORD@]HOST:PORT/DB} for a fleet
+    (L{socks5twist.accounting.redisstore}).  Raises C{ValueError} with one
+    line naming what is wrong (never a password); the store itself is
+    opened later, by its thread.
     """
+    if text.startswith("redis://"):
+        from .redisstore import parse_redis_url
+
+        return parse_redis_url(text)
     kind, colon, rest = text.partition(":")
     if kind == "sqlite" and colon and rest:
         directory = os.path.dirname(os.path.abspath(rest)) or "."
@@ -223,6 +228,6 @@ def parse_accounting(text: str) -> SQLiteStore:
             raise ValueError(f"--accounting {text}: {rest} is a directory, not a file")
         return SQLiteStore(rest)
     raise ValueError(
-        f"--accounting takes sqlite:PATH (e.g. sqlite:/var/lib/socks5twist/accounting.db),"
-        f" not {text!r}"
+        "--accounting takes sqlite:PATH (e.g. sqlite:/var/lib/socks5twist/accounting.db)"
+        " or redis://[:PASSWORD@]HOST:PORT/DB, not " + repr(text.split("@")[-1])
     )

@@ -209,13 +209,30 @@ class OptionTests(SynchronousTestCase):
         from socks5twist.tap import Options
 
         for value, why in [
-            ("redis://127.0.0.1:6379/0", "--accounting takes sqlite:PATH"),
+            ("postgres://db/accounting", "--accounting takes sqlite:PATH"),
+            ("redis://:s3cret@127.0.0.1:6379/x", "redis://127.0.0.1:6379/x: the database is"),
+            ("redis://:s3cret@127.0.0.1:99999/0", "not redis://[:PASSWORD@]HOST"),
+            ("mysql://root:s3cret@db", "or redis://[:PASSWORD@]HOST:PORT/DB, not 'db'"),
             ("sqlite:", "--accounting takes sqlite:PATH"),
             ("sqlite:/nonexistent/dir/a.db", "no directory /nonexistent/dir"),
         ]:
             with self.assertRaises(usage.UsageError) as caught:
                 Options().parseOptions(["--port", "tcp:0", "--accounting", value])
             self.assertIn(why, str(caught.exception))
+            self.assertNotIn("s3cret", str(caught.exception))
+
+    def test_a_redis_url_names_the_store_without_its_password(self) -> None:
+        from socks5twist.tap import Options
+
+        options = Options()
+        options.parseOptions(
+            ["--port", "tcp:0", "--accounting", "redis://:s3cret@127.0.0.1:6380/2"]
+        )
+        self.assertEqual(options["accounting"].description, "redis://127.0.0.1:6380/2")
+        self.assertEqual(options["accounting-failure"], "open")
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--port", "tcp:0", "--accounting-failure", "maybe"])
+        self.assertIn("--accounting-failure is open or closed, not 'maybe'", str(caught.exception))
 
     def test_a_reload_that_adds_a_quota_without_accounting_keeps_the_old_rules(self) -> None:
         path = self.mktemp()
