@@ -35,9 +35,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .addresses import Address, IPAddress
+from .admission import RequestAdmission
 from .auth import ISOCKSUser
-from .codec import Command, Reply
-from .commands import COMMANDS, Handler
+from .codec import Command
+from .commands import Handler
 from .commands.host import CommandHost
 from .connection import (
     NEED_DATA,
@@ -63,7 +64,6 @@ from .tunnel import Relay
 from .udp import UDPAssociation
 
 if TYPE_CHECKING:
-    from .accounting.fleet import FleetRefusal
     from .factory import SOCKS5ServerFactory
 
 __all__ = ["SOCKS5ServerProtocol", "State"]
@@ -74,7 +74,7 @@ _PHASE_NAMES = {Wire.GREETING: "greeting", Wire.AUTH: "authentication", Wire.REQ
 
 
 @implementer(IHalfCloseableProtocol)
-class SOCKS5ServerProtocol(CommandHost, Protocol):
+class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
     """
     One SOCKS5 client connection.
 
@@ -359,68 +359,6 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         send_now(self.transport, self.connection.login_decided(False))
         self.close("authentication failed")
 
-    def _request(self, request: CommandRequested) -> None:
-        self.command = request.command
-        self.destination = request.address
-        factory = self.factory
-        factory.handshakes.remove(self)
-        factory.request_received(self)
-        admitted = factory.gate.admit_request(self.user, request.command.name, self.client_text)
-        if isinstance(admitted, Refusal):
-            self.fail(Reply.NOT_ALLOWED, admitted.outcome)
-            return
-        self.held += (admitted,)
-        if not self._place_under_limit():
-            return
-        # A fleet's session limit is asked of the store's thread: the
-        # request waits for the answer (the connection, in REPLYING, keeps
-        # what the client pipelines within its bound meanwhile).
-        asking = factory.fleet_admit(self)
-        if asking is None:
-            self._start_command()
-            return
-        self._pending = asking
-        asking.addCallbacks(self._fleet_answered, _unless_cancelled)
-        asking.addErrback(self.unexpected, "the fleet's session limit")
-
-    def _fleet_answered(self, refusal: FleetRefusal | None) -> None:
-        self._pending = None
-        if refusal is not None:
-            self.fail(refusal.reply, refusal.outcome)
-            return
-        self._start_command()
-
-    def _start_command(self) -> None:
-        """The request is admitted by every limit: its quota, then its command."""
-        factory = self.factory
-        self.shaping = factory.shaping_for(self.limit, self.client_ip, self.user)
-        refused = factory.account_request(self)  # the quota, and counting from now
-        if refused is not None:
-            self.fail(refused.reply, refused.outcome)
-            return
-        assert self.command is not None and self.destination is not None
-        # The command checks the rules as far as they can decide before any
-        # name is resolved (what it knows of its destination differs).
-        self.handler = COMMANDS[self.command](self)
-        self.handler.start(self.destination)
-
-    def _place_under_limit(self) -> bool:
-        """
-        Find the request's C{[[limit]]} (the gate's), and take its place
-        under its local count; or refuse the request (X'02').  Whether it
-        goes on.
-        """
-        factory = self.factory
-        placed = factory.gate.admit_limit(
-            self.client_ip, self.user, self.command_label, self.client_text
-        )
-        if isinstance(placed, Refusal):
-            self.fail(Reply.NOT_ALLOWED, placed.outcome)
-            return False
-        self.limit, slot = placed
-        self.held += (slot,)
-        return True
-
     # -- timers and accidents ----------------------------------------------------
 
     def handshake_timed_out(self) -> None:
@@ -433,12 +371,6 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         # Negotiation replies are a few bytes that the socket buffer takes at
         # once, so a clean close cannot be held up by a client that won't read.
         self.close("handshake timeout")
-
-
-def _unless_cancelled(failure: Failure) -> Failure | None:
-    """A wait the session cancelled (its client left) is no error."""
-    failure.trap(defer.CancelledError)
-    return None
 
 
 def _passing(result: Any, call: Callable[[], None]) -> Any:
