@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword
@@ -26,6 +25,7 @@ from .accesslog import open_for_append
 from .accounting import parse_accounting, quota_without_store
 from .authhelp import AuthHelpMixin
 from .networks import parse_network
+from .optionvalues import count_option, failure_mode_option, ip_option, seconds_option
 from .passwords import PasswordFile, PasswordFileError
 from .rules import RulesError
 from .rules import load as load_rules
@@ -46,51 +46,6 @@ def version_text() -> str:
     from . import __version__
 
     return f"socks5twist {__version__} (Twisted {copyright.version})"
-
-
-def _seconds(name: str) -> Callable[[str], float]:
-    def coerce(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"--{name} takes a number of seconds, not {text!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"--{name} must be 0 or more seconds, not {text!r}")
-        return value
-
-    return coerce
-
-
-def _ip(name: str) -> Callable[[str], str]:
-    def coerce(text: str) -> str:
-        try:
-            return str(ipaddress.ip_address(text.strip()))
-        except ValueError:
-            raise ValueError(f"--{name} takes an IP address, not {text!r}") from None
-
-    return coerce
-
-
-def _failure_mode(text: str) -> str:
-    """C{--accounting-failure}: open or closed."""
-    if text not in ("open", "closed"):
-        raise usage.UsageError(f"--accounting-failure is open or closed, not {text!r}")
-    return text
-
-
-def _count(name: str, most: int | None = None) -> Callable[[str], int]:
-    def coerce(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"--{name} takes a whole number, not {text!r}") from None
-        if value < 1:
-            raise ValueError(f"--{name} must be at least 1, not {text!r}")
-        if most is not None and value > most:
-            raise ValueError(f"--{name} must be at most {most}, not {text!r}")
-        return value
-
-    return coerce
 
 
 EXAMPLES = """
@@ -124,36 +79,42 @@ class Options(usage.Options, AuthHelpMixin):
             None,
             10.0,
             "Seconds a client has to finish negotiating.",
-            _seconds("handshake-timeout"),
+            seconds_option("handshake-timeout"),
         ],
         [
             "connect-timeout",
             None,
             10.0,
             "Seconds to connect to a destination, name lookup included.",
-            _seconds("connect-timeout"),
+            seconds_option("connect-timeout"),
         ],
         [
             "idle-timeout",
             None,
             0.0,
             "Seconds without traffic after which a tunnel closes; 0 = never.",
-            _seconds("idle-timeout"),
+            seconds_option("idle-timeout"),
         ],
-        ["max-clients", None, 4096, "Most concurrent client connections.", _count("max-clients")],
+        [
+            "max-clients",
+            None,
+            4096,
+            "Most concurrent client connections.",
+            count_option("max-clients"),
+        ],
         [
             "max-sessions-per-client",
             None,
             None,
             "Most concurrent sessions per client IP; default: no limit.",
-            _count("max-sessions-per-client"),
+            count_option("max-sessions-per-client"),
         ],
         [
             "max-sessions-per-user",
             None,
             None,
             "Most concurrent sessions per authenticated user; default: no limit.",
-            _count("max-sessions-per-user"),
+            count_option("max-sessions-per-user"),
         ],
         ["rules", None, None, "TOML file of access rules (see the README); SIGHUP rereads it."],
         [
@@ -172,7 +133,7 @@ class Options(usage.Options, AuthHelpMixin):
             "While the accounting store is away: open (judge quotas and fleet session limits"
             " by this process's counts, write them when it is back) or closed (refuse requests"
             " under them with X'01').",
-            _failure_mode,
+            failure_mode_option,
         ],
         [
             "access-log",
@@ -186,7 +147,7 @@ class Options(usage.Options, AuthHelpMixin):
             None,
             1,
             f"Processes serving the same ports (this one and N - 1 more; at most {MAX_WORKERS}).",
-            _count("workers", MAX_WORKERS),
+            count_option("workers", MAX_WORKERS),
         ],
         [
             "metrics",
@@ -199,35 +160,35 @@ class Options(usage.Options, AuthHelpMixin):
             None,
             10.0,
             "Seconds running sessions may go on after SIGTERM.",
-            _seconds("shutdown-grace"),
+            seconds_option("shutdown-grace"),
         ],
         [
             "bind-timeout",
             None,
             120.0,
             "Seconds a BIND waits for its peer to connect.",
-            _seconds("bind-timeout"),
+            seconds_option("bind-timeout"),
         ],
         [
             "external-address",
             None,
             None,
             "IP address advertised in BIND and UDP ASSOCIATE replies (behind NAT).",
-            _ip("external-address"),
+            ip_option("external-address"),
         ],
         [
             "udp-interface",
             None,
             None,
             "Local IP address for UDP ASSOCIATE relay ports; default: the one the client reached.",
-            _ip("udp-interface"),
+            ip_option("udp-interface"),
         ],
         [
             "max-udp-per-client",
             None,
             16,
             "Most UDP associations one client IP may hold open.",
-            _count("max-udp-per-client"),
+            count_option("max-udp-per-client"),
         ],
     ]
     optFlags = [
