@@ -87,5 +87,9 @@ def field(value: str | bytes | None) -> str:
 
 
 def why(failure: Failure) -> str:
-    """What went wrong, for a log line (escaped: an error's message may quote a peer)."""
-    return escape(failure.getErrorMessage() or type(failure.value).__name__)
+    """
+    What went wrong, for a log line: printable (an error's message may quote
+    a peer), but not escaped twice: our errors escape what they quote (a
+    proxy's status line), so the log shows C{\\x1b}, not C{\\\\x1b}.
+    """
+    return printable(failure.getErrorMessage() or type(failure.value).__name__)
