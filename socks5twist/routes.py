@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .addresses import IPAddress
-from .logsafe import escape
+from .logsafe import escape, without_password
 from .names import InvalidName, canonical, is_address
 
 __all__ = [
@@ -135,7 +135,7 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
     match = _URL.fullmatch(url.strip())
     if match is None:
         raise RouteError(
-            f"{_without_password(url)!r} is not scheme://[user:password@]host:port (socks5 or http)"
+            f"{without_password(url)!r} is not scheme://[user:password@]host:port (socks5 or http)"
         )
     scheme = SCHEMES.get(match["scheme"].lower())
     if scheme is None:
@@ -168,10 +168,6 @@ def _host(text: str) -> str:
     if text.startswith("[") and not is_address(host):
         raise RouteError(f"{escape(text)} is no IPv6 address")
     return host
-
-
-def _without_password(url: str) -> str:
-    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1<hidden>@", url)
 
 
 def read_password_file(path: str) -> dict[tuple[str, int], tuple[bytes, bytes]]:

@@ -21,6 +21,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..logsafe import without_password
+
 __all__ = [
     "SCHEMA",
     "AccountingStore",
@@ -224,5 +226,5 @@ def parse_accounting(text: str) -> SQLiteStore:
         return SQLiteStore(rest)
     raise ValueError(
         f"--accounting takes sqlite:PATH (e.g. sqlite:/var/lib/socks5twist/accounting.db),"
-        f" not {text!r}"
+        f" not {without_password(text)!r}"
     )

@@ -217,6 +217,14 @@ class OptionTests(SynchronousTestCase):
                 Options().parseOptions(["--port", "tcp:0", "--accounting", value])
             self.assertIn(why, str(caught.exception))
 
+    def test_an_accounting_url_with_a_password_is_not_echoed_with_it(self) -> None:
+        from socks5twist.tap import Options
+
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--port", "tcp:0", "--accounting", "redis://:S3cr/t@h:6379/0"])
+        self.assertIn("not 'redis://:<hidden>@h:6379/0'", str(caught.exception))
+        self.assertNotIn("S3cr", str(caught.exception))
+
     def test_a_reload_that_adds_a_quota_without_accounting_keeps_the_old_rules(self) -> None:
         path = self.mktemp()
         with open(path, "w") as f:

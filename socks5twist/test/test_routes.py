@@ -57,11 +57,18 @@ class HopTests(SynchronousTestCase):
             ("socks5://bad\x00name:1080", "invalid name"),
             ("socks5://[nothex]:1080", "scheme://"),
             ("socks5://u:Secret1@h:1080/path", "scheme://"),
+            # A password may hold "/", "@" and ":": all of it stays hidden.
+            ("socks5://u:Sec/ret1@h:1080", "'socks5://u:<hidden>@h:1080'"),
+            ("socks5://u:Sec@ret1@h:notaport", "'socks5://u:<hidden>@h:notaport'"),
+            ("socks5://u:Sec:ret1@h:1080x", "'socks5://u:<hidden>@h:1080x'"),
+            # The host forgotten: the password stands where the port would.
+            ("socks5://u:Secret1", "'socks5://u:<hidden>'"),
         ):
             with self.assertRaises(RouteError) as caught:
                 parse_hop(url, {})
             self.assertIn(why, str(caught.exception), url)
             self.assertNotIn("Secret1", str(caught.exception))
+            self.assertNotIn("ret1", str(caught.exception))
 
 
 class PasswordFileTests(SynchronousTestCase):
