@@ -21,12 +21,13 @@ The result is pure printable ASCII, and the escaping is reversible.
 from __future__ import annotations
 
 import functools
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
-__all__ = ["escape", "field", "printable", "why"]
+__all__ = ["escape", "field", "printable", "why", "without_password"]
 
 
 def _escape_char(code: int) -> str:
@@ -87,5 +88,37 @@ def field(value: str | bytes | None) -> str:
 
 
 def why(failure: Failure) -> str:
-    """What went wrong, for a log line (escaped: an error's message may quote a peer)."""
-    return escape(failure.getErrorMessage() or type(failure.value).__name__)
+    """
+    What went wrong, for a log line: printable (an error's message may quote
+    a peer), but not escaped twice: our errors escape what they quote (a
+    proxy's status line), so the log shows C{\\x1b}, not C{\\\\x1b}.
+    """
+    return printable(failure.getErrorMessage() or type(failure.value).__name__)
+
+
+_PORT_TAIL = re.compile(r"[0-9]{0,5}(?:/.*)?", re.DOTALL)
+
+
+def without_password(url: str) -> str:
+    """
+    C{url} (C{scheme://[user:password@]host:port}, as an operator wrote it,
+    maybe wrongly) with its password shown as C{<hidden>}, for an error
+    message that quotes it.  A password may hold anything (C{/}, C{@},
+    C{:}), so all before the last C{@} is the user part; without an C{@},
+    text after the host's colon that is no port may be a password whose
+    host was forgotten (C{socks5://alice:s3cret}), and is hidden too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{user}:<hidden>" if colon else "<hidden>"
+        return f"{scheme}://{shown}@{hostpart}"
+    if rest.startswith("["):
+        return url  # an IPv6 host: its colons are its own
+    host, colon, tail = rest.partition(":")
+    if colon and not _PORT_TAIL.fullmatch(tail):
+        return f"{scheme}://{host}:<hidden>"
+    return url

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .addresses import IPAddress
-from .logsafe import escape
+from .logsafe import escape, without_password
 from .names import InvalidName, canonical, is_address
 
 __all__ = [
@@ -52,6 +52,11 @@ _URL = re.compile(
 )
 # A password file's lines are short; a longer one is no credential.
 MAX_PASSWORD_LINE = 1024
+_PASSWORD_LINE = re.compile(
+    r"[ \t]*(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]\s]+):(?P<port>[0-9]{1,5})"
+    r"[ \t]+(?P<user>[^:]*):(?P<password>.*)",
+    re.DOTALL,
+)
 
 
 class RouteError(ValueError):
@@ -135,7 +140,7 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
     match = _URL.fullmatch(url.strip())
     if match is None:
         raise RouteError(
-            f"{_without_password(url)!r} is not scheme://[user:password@]host:port (socks5 or http)"
+            f"{without_password(url)!r} is not scheme://[user:password@]host:port (socks5 or http)"
         )
     scheme = SCHEMES.get(match["scheme"].lower())
     if scheme is None:
@@ -170,10 +175,6 @@ def _host(text: str) -> str:
     return host
 
 
-def _without_password(url: str) -> str:
-    return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1<hidden>@", url)
-
-
 def read_password_file(path: str) -> dict[tuple[str, int], tuple[bytes, bytes]]:
     """
     Credentials of upstream proxies from C{path}: one C{host:port
@@ -183,25 +184,28 @@ def read_password_file(path: str) -> dict[tuple[str, int], tuple[bytes, bytes]]:
     file and the line (never its content).
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise RouteError(f"password_file {path}: {getattr(e, 'strerror', None) or e}") from None
     found: dict[tuple[str, int], tuple[bytes, bytes]] = {}
-    for number, line in enumerate(lines, start=1):
+    # Lines end at "\n" only (not at the other line breaks str.splitlines
+    # knows, which a password may hold), and the password keeps its spaces,
+    # trailing ones included.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"password_file {path}, line {number}"
-        parts = line.strip().split(None, 1)
-        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[^:\[\]]+):([0-9]{1,5})", parts[0])
-        if len(line) > MAX_PASSWORD_LINE or len(parts) != 2 or ":" not in parts[1] or not match:
+        match = _PASSWORD_LINE.fullmatch(line)
+        if len(line) > MAX_PASSWORD_LINE or not match:
             raise RouteError(f"{where}: not host:port user:password")
         try:
-            host = _host(match[1])
+            host = _host(match["host"])
         except RouteError as e:
             raise RouteError(f"{where}: {e}") from None
-        user, password = parts[1].split(":", 1)
-        found[(host, int(match[2]))] = (user.encode("utf-8"), password.encode("utf-8"))
+        credentials = (match["user"].encode("utf-8"), match["password"].encode("utf-8"))
+        found[(host, int(match["port"]))] = credentials
     return found
 
 

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from .client import SOCKS5ClientEndpoint, SOCKS5ClientError, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
-from .logsafe import escape
+from .logsafe import printable
 from .names import is_address
 from .relay import RemoteProtocol
 from .routes import Chain, Hop, Route, chain_label
@@ -222,7 +222,8 @@ def endpoint_for(
 
 def blame(chain: Chain, failure: Failure) -> tuple[Hop, str] | None:
     """
-    The hop a failed attempt through C{chain} failed at, and why (escaped);
+    The hop a failed attempt through C{chain} failed at, and why (printable,
+    escaped once: the client's errors escape what they quote);
     C{None} when the failure is the destination's answer (the last hop's
     failure reply) or a cancellation, which are passed on as they are.
     """
@@ -236,10 +237,10 @@ def blame(chain: Chain, failure: Failure) -> tuple[Hop, str] | None:
             # The hop before it refused our login, broke the protocol or
             # closed: it is the one at fault.
             index = max(index - 1, 0)
-        return chain[index], escape(exc.failure.getErrorMessage() or type(inner).__name__)
+        return chain[index], printable(exc.failure.getErrorMessage() or type(inner).__name__)
     if isinstance(exc, SOCKS5Error):
         return None
-    return chain[-1], escape(failure.getErrorMessage() or type(exc).__name__)
+    return chain[-1], printable(failure.getErrorMessage() or type(exc).__name__)
 
 
 def connect(
@@ -324,7 +325,7 @@ def connect(
                 # (Once a BIND's first reply is out, there is no other way.)
                 exc = failure.value
                 if isinstance(exc, SOCKS5Error):
-                    failure = Failure(Answered(chain, exc.code, str(exc)))
+                    failure = Failure(Answered(chain, exc.code, printable(str(exc))))
                 result.errback(failure)
                 return
             hop, why = fault

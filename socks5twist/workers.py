@@ -42,11 +42,13 @@ class _Worker(protocol.ProcessProtocol):
         self.index = index
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.ready = False  # it has said it listens, so its signal handlers are in place
-        self._partial = b""
+        # The unfinished line of each descriptor (stdout and stderr are two
+        # pipes: a line of one must not be finished by the other's bytes).
+        self._partial: dict[int, bytes] = {}
 
-    def outReceived(self, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
         pid = self.transport.pid if self.transport else 0  # type: ignore[attr-defined]
         for line in lines:
             if not line.strip():
@@ -54,8 +56,6 @@ class _Worker(protocol.ProcessProtocol):
             event = relay_worker_line(log, pid, line)
             if event is not None and event["log_format"].endswith("] listening on {ports}"):
                 self.ready = True
-
-    errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)

@@ -21,6 +21,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..logsafe import without_password
+
 __all__ = [
     "SCHEMA",
     "AccountingStore",
@@ -229,5 +231,5 @@ def parse_accounting(text: str) -> AccountingStore:
         return SQLiteStore(rest)
     raise ValueError(
         "--accounting takes sqlite:PATH (e.g. sqlite:/var/lib/socks5twist/accounting.db)"
-        " or redis://[:PASSWORD@]HOST:PORT/DB, not " + repr(text.split("@")[-1])
+        f" or redis://[:PASSWORD@]HOST:PORT/DB, not {without_password(text)!r}"
     )

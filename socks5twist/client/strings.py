@@ -13,6 +13,7 @@ The plugin in C{twisted/plugins/socks5twist_client.py} calls L{parse}.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from twisted.internet.endpoints import clientFromString
@@ -43,7 +44,7 @@ def parse(reactor: Any, *args: str, **kwargs: str) -> SOCKS5ClientEndpoint:
         port = int(kwargs["port"])
     except ValueError:
         raise ValueError(f"socks5: the port must be a number, not {kwargs['port']!r}") from None
-    timeout = float(kwargs.get("timeout", DEFAULT_TIMEOUT))
+    timeout = _timeout(kwargs.get("timeout"))
     proxy = clientFromString(reactor, kwargs["proxy"])
     return SOCKS5ClientEndpoint(
         proxy,
@@ -51,6 +52,19 @@ def parse(reactor: Any, *args: str, **kwargs: str) -> SOCKS5ClientEndpoint:
         port,
         username=kwargs.get("user"),
         password=kwargs.get("password"),
-        timeout=timeout if timeout > 0 else None,
+        timeout=timeout or None,
         reactor=reactor,
     )
+
+
+def _timeout(text: str | None) -> float:
+    """C{timeout=}'s seconds (C{0}: none); C{nan}, C{inf} and negatives are mistakes, not "none"."""
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise ValueError(f"socks5: timeout must be seconds (0: none), not {text!r}")
+    return seconds

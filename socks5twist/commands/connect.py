@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from .. import outbound, tunnel, upstream
 from ..addresses import Address, IPAddress, ip_text, literal_ip
 from ..codec import Reply
-from ..logsafe import escape, why
+from ..logsafe import why
 from ..policy import show
 from ..routes import chain_label, egress_for
 from ..ruleset import Decision
@@ -170,7 +170,7 @@ class Connect:
         if isinstance(exc, upstream.Answered):
             # The destination's answer, through the last hop: its code, as it is.
             ctx.route = chain_label(exc.chain)
-            ctx.fail(exc.reply, f"connect failed: {escape(exc.why)}")
+            ctx.fail(exc.reply, f"connect failed: {exc.why}")
             return
         if isinstance(exc, upstream.AllRoutesFailed):
             tried = exc.describe()

@@ -146,7 +146,7 @@ class UpstreamBind:
         exc = failure.value
         if isinstance(exc, upstream.Answered):
             ctx.route = chain_label(exc.chain)
-            ctx.fail(exc.reply, f"BIND failed: {escape(exc.why)}")
+            ctx.fail(exc.reply, f"BIND failed: {exc.why}")
         elif isinstance(exc, upstream.AllRoutesFailed):
             tried = exc.describe()
             log.warn(

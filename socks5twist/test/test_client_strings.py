@@ -78,6 +78,11 @@ class EndpointStringTests(unittest.TestCase):
             (r"socks5:a.test:1:proxy=tcp\:h\:1:pasword=x", "unknown parameter 'pasword'"),
             (r"socks5:a.test:1:host=b.test:proxy=tcp\:h\:1", "host given twice"),
             (r"socks5:a.test:1:proxy=tcp\:h\:1:user=alice", "both username and password"),
+            # Nonsense is no "no timeout" (nan > 0 is false, as 0 > 0 is).
+            (r"socks5:a.test:1:proxy=tcp\:h\:1:timeout=nan", "timeout must be seconds"),
+            (r"socks5:a.test:1:proxy=tcp\:h\:1:timeout=-5", "timeout must be seconds"),
+            (r"socks5:a.test:1:proxy=tcp\:h\:1:timeout=inf", "timeout must be seconds"),
+            (r"socks5:a.test:1:proxy=tcp\:h\:1:timeout=soon", "not 'soon'"),
             (r"socks5:a..test:1:proxy=tcp\:h\:1", "empty label"),
         ]:
             with self.assertRaises(ValueError) as raised:

@@ -9,7 +9,13 @@ import io
 import json
 from typing import Any, cast
 
-from twisted.logger import ILogObserver, Logger, LogLevel, formatEventAsClassicLogText
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    formatEvent,
+    formatEventAsClassicLogText,
+)
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist import textlog
@@ -133,6 +139,19 @@ class WorkerRelayTests(SynchronousTestCase):
             text,
             r"^\S+ \[socks5twist\.service#info\] worker\[4242\] listening on tcp:1080\n$",
         )
+
+    def test_stderr_between_the_halves_of_a_stdout_line_leaves_both_whole(self) -> None:
+        from socks5twist import workers
+
+        record = SessionRecord.of(ended_connect(), now=1000.25)
+        [line] = self.worker_output(lambda log: log_record(log, record))
+        self.patch(workers, "log", self.parent)
+        worker = workers._Worker(cast(Any, None), 0)
+        worker.childDataReceived(1, line[:40])
+        worker.childDataReceived(2, b"a warning on stderr\n")
+        worker.childDataReceived(1, line[40:] + b"\n")
+        texts = [formatEvent(event) for event in self.received]
+        self.assertEqual(texts, ["worker[0] a warning on stderr", "worker[0] " + record.line()])
 
     def test_session_record_crosses_with_its_fields(self) -> None:
         record = SessionRecord.of(ended_connect(), now=1000.25)

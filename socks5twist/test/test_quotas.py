@@ -212,7 +212,7 @@ class OptionTests(SynchronousTestCase):
             ("postgres://db/accounting", "--accounting takes sqlite:PATH"),
             ("redis://:s3cret@127.0.0.1:6379/x", "redis://127.0.0.1:6379/x: the database is"),
             ("redis://:s3cret@127.0.0.1:99999/0", "not redis://[:PASSWORD@]HOST"),
-            ("mysql://root:s3cret@db", "or redis://[:PASSWORD@]HOST:PORT/DB, not 'db'"),
+            ("mysql://root:s3cret@db", "not 'mysql://root:<hidden>@db'"),
             ("sqlite:", "--accounting takes sqlite:PATH"),
             ("sqlite:/nonexistent/dir/a.db", "no directory /nonexistent/dir"),
         ]:
@@ -233,6 +233,14 @@ class OptionTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as caught:
             Options().parseOptions(["--port", "tcp:0", "--accounting-failure", "maybe"])
         self.assertIn("--accounting-failure is open or closed, not 'maybe'", str(caught.exception))
+
+    def test_an_accounting_url_with_a_password_is_not_echoed_with_it(self) -> None:
+        from socks5twist.tap import Options
+
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions(["--port", "tcp:0", "--accounting", "redis://:S3cr/t@h:6379/0"])
+        self.assertIn("not redis://[:PASSWORD@]HOST[:PORT][/DB]", str(caught.exception))
+        self.assertNotIn("S3cr", str(caught.exception))
 
     def test_a_reload_that_adds_a_quota_without_accounting_keeps_the_old_rules(self) -> None:
         path = self.mktemp()

@@ -57,18 +57,25 @@ class HopTests(SynchronousTestCase):
             ("socks5://bad\x00name:1080", "invalid name"),
             ("socks5://[nothex]:1080", "scheme://"),
             ("socks5://u:Secret1@h:1080/path", "scheme://"),
+            # A password may hold "/", "@" and ":": all of it stays hidden.
+            ("socks5://u:Sec/ret1@h:1080", "'socks5://u:<hidden>@h:1080'"),
+            ("socks5://u:Sec@ret1@h:notaport", "'socks5://u:<hidden>@h:notaport'"),
+            ("socks5://u:Sec:ret1@h:1080x", "'socks5://u:<hidden>@h:1080x'"),
+            # The host forgotten: the password stands where the port would.
+            ("socks5://u:Secret1", "'socks5://u:<hidden>'"),
         ):
             with self.assertRaises(RouteError) as caught:
                 parse_hop(url, {})
             self.assertIn(why, str(caught.exception), url)
             self.assertNotIn("Secret1", str(caught.exception))
+            self.assertNotIn("ret1", str(caught.exception))
 
 
 class PasswordFileTests(SynchronousTestCase):
     def write(self, text: str) -> str:
         fd, path = tempfile.mkstemp()
         self.addCleanup(os.unlink, path)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         return path
 
@@ -77,6 +84,18 @@ class PasswordFileTests(SynchronousTestCase):
         self.assertEqual(
             read_password_file(path),
             {("10.0.0.1", 1080): (b"alice", b"a b:c"), ("::1", 3128): (b"bob", b"x")},
+        )
+
+    def test_a_password_keeps_trailing_spaces_and_unusual_line_breaks(self) -> None:
+        # Only "\n" (or "\r\n") ends a line: U+2028, U+0085 and \x1c are
+        # the password's, as its trailing space is.
+        path = self.write("10.0.0.1:1080 alice:pw \r\n10.0.0.2:1080 bob:a\u2028b\x85c\x1cd\n")
+        self.assertEqual(
+            read_password_file(path),
+            {
+                ("10.0.0.1", 1080): (b"alice", b"pw "),
+                ("10.0.0.2", 1080): (b"bob", "a\u2028b\x85c\x1cd".encode()),
+            },
         )
 
     def test_a_bad_line_is_named_and_not_quoted(self) -> None:
