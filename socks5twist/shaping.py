@@ -172,7 +172,9 @@ class Shaping:
         """
         Charge the buckets of C{limit} from now on (at the start, and when a
         reload finds another limit or new rates).  A session keeps its own
-        buckets' state across a change of rate: what it owes stays owed.
+        buckets' state across a change of rate: what a bucket owes stays
+        owed.  What was moved since the last charge (less than one quantum,
+        at most 1/16 s of the old rate) is not charged: a reload forgives it.
         """
         shaper = self._shaper
         now = shaper.clock()
