@@ -38,7 +38,14 @@ from .twistedinternals import HostResolution
 
 # (connect_socket and literal_ip live in socketconnect and addresses; they
 # stay importable from here, where they lived first.)
-__all__ = ["connect", "connect_socket", "literal_ip", "reply_for_failure", "resolve"]
+__all__ = [
+    "connect",
+    "connect_socket",
+    "literal_ip",
+    "reply_for_failure",
+    "resolve",
+    "with_resolver",
+]
 
 
 class _OneConnection(ClientFactory):
@@ -124,6 +131,15 @@ class _ReactorWithResolver:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
+
+
+def with_resolver(reactor: Any, resolver: IHostnameResolver) -> Any:
+    """
+    C{reactor}, but with C{resolver} as its name resolver: what a
+    L{HostnameEndpoint} is given so that it asks C{resolver} (a server's
+    injected one) rather than the reactor's own.
+    """
+    return _ReactorWithResolver(reactor, resolver)
 
 
 def connect(

@@ -26,7 +26,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +42,7 @@ from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
 from .logsafe import escape
 from .names import is_address
+from .outbound import with_resolver
 from .relay import RemoteProtocol
 from .routes import Chain, Hop, Route, chain_label
 
@@ -175,7 +181,18 @@ class _Tagged:
         return Failure(HopFailed(self.index, failure))
 
 
-def _tcp(reactor: Any, hop: Hop, timeout: float, outgoing: Mapping[int, str]) -> Any:
+def _tcp(
+    reactor: Any,
+    hop: Hop,
+    timeout: float,
+    outgoing: Mapping[int, str],
+    resolver: IHostnameResolver | None,
+) -> Any:
+    """
+    The endpoint to the first hop: an address as it is, a name through
+    C{resolver} (the server's, so that a library user's resolver is the
+    one asked, and tests ask no DNS server) with happy eyeballs.
+    """
     if is_address(hop.host):
         version = 6 if ":" in hop.host else 4
         bind = outgoing.get(version)
@@ -183,6 +200,8 @@ def _tcp(reactor: Any, hop: Hop, timeout: float, outgoing: Mapping[int, str]) ->
         return cls(
             reactor, hop.host, hop.port, timeout=timeout, bindAddress=(bind, 0) if bind else None
         )
+    if resolver is not None:
+        reactor = with_resolver(reactor, resolver)
     return HostnameEndpoint(reactor, hop.host, hop.port, timeout=timeout)
 
 
@@ -207,12 +226,16 @@ def endpoint_for(
     port: int,
     timeout: float,
     outgoing: Mapping[int, str],
+    resolver: IHostnameResolver | None = None,
 ) -> SOCKS5ClientEndpoint | HTTPConnectEndpoint:
     """
     The endpoint to C{host}:C{port} (a name goes unresolved) through the
-    hops of C{chain}; its C{timeout} bounds the whole attempt.
+    hops of C{chain}; its C{timeout} bounds the whole attempt.  The first
+    hop's name, if it has one, is resolved by C{resolver} (default: the
+    reactor's); the next hops' names go to the hop before, unresolved.
     """
-    endpoint: IStreamClientEndpoint = _Tagged(_tcp(reactor, chain[0], timeout, outgoing), 0)
+    first = _tcp(reactor, chain[0], timeout, outgoing, resolver)
+    endpoint: IStreamClientEndpoint = _Tagged(first, 0)
     for index in range(1, len(chain)):
         hop = chain[index]
         inner = _through(chain[index - 1], endpoint, hop.host, hop.port, None, reactor)
@@ -252,6 +275,7 @@ def connect(
     timeout: float,
     outgoing: Mapping[int, str],
     listening: Callable[[Address], None] | None = None,
+    resolver: IHostnameResolver | None = None,
 ) -> defer.Deferred[Routed]:
     """
     Connect to C{host}:C{port} through C{route}'s chains, one after another
@@ -260,6 +284,7 @@ def connect(
     tried; the destination's answer through a chain (a failure reply from
     the last hop) ends the attempt with L{Answered}.  When every chain
     failed, L{AllRoutesFailed}.  Cancelling cancels the attempt under way.
+    C{resolver} resolves a first hop given by name (default: the reactor's).
 
     With C{listening}, the request is a BIND for the peer C{host} names,
     made by the last hop (through chains that end with a SOCKS5 hop: an
@@ -298,7 +323,7 @@ def connect(
             listening(address)
 
         try:
-            endpoint = endpoint_for(reactor, chain, host, port, timeout, outgoing)
+            endpoint = endpoint_for(reactor, chain, host, port, timeout, outgoing, resolver)
             if listening is not None:
                 assert isinstance(endpoint, SOCKS5ClientEndpoint)
                 d = endpoint.bind(_FACTORY, bound)
