@@ -149,6 +149,10 @@ class SOCKS5ServerProtocol(CommandHost, Protocol):
         if self.relay is not None:
             self.relay.close()
         else:
+            # A CONNECT pauses reading until its tunnel opens; read again, or
+            # a TLS listener's connection never closes: TLS closes once the
+            # peer's close_notify (or EOF) is read.
+            self.transport.resumeProducing()
             self.transport.loseConnection()
 
     def abort(self, outcome: str) -> None:
