@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import (
     IHostnameResolver,
     IProtocol,
@@ -37,7 +42,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .client import SOCKS5ClientEndpoint, SOCKS5ClientError, SOCKS5Error
+from . import tlshops
+from .client import SOCKS5ClientEndpoint, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
 from .logsafe import escape
@@ -205,6 +211,17 @@ def _tcp(
     return HostnameEndpoint(reactor, hop.host, hop.port, timeout=timeout)
 
 
+def _tls(hop: Hop, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """
+    C{endpoint} (a stream to C{hop}), over TLS if the hop wants it (its
+    certificate checked for its host: a failed check fails the attempt with
+    the TLS error, blamed on the hop).
+    """
+    if not hop.tls:
+        return endpoint
+    return wrapClientTLS(tlshops.client_options(hop.host, hop.ca), endpoint)
+
+
 def _through(
     hop: Hop,
     proxy: IStreamClientEndpoint,
@@ -234,12 +251,12 @@ def endpoint_for(
     hop's name, if it has one, is resolved by C{resolver} (default: the
     reactor's); the next hops' names go to the hop before, unresolved.
     """
-    first = _tcp(reactor, chain[0], timeout, outgoing, resolver)
+    first = _tls(chain[0], _tcp(reactor, chain[0], timeout, outgoing, resolver))
     endpoint: IStreamClientEndpoint = _Tagged(first, 0)
     for index in range(1, len(chain)):
         hop = chain[index]
         inner = _through(chain[index - 1], endpoint, hop.host, hop.port, None, reactor)
-        endpoint = _Tagged(inner, index)
+        endpoint = _Tagged(_tls(hop, inner), index)
     return _through(chain[-1], endpoint, host, port, timeout, reactor)
 
 
@@ -255,9 +272,11 @@ def blame(chain: Chain, failure: Failure) -> tuple[Hop, str] | None:
     if isinstance(exc, HopFailed):
         inner = exc.failure.value
         index = exc.index
-        if isinstance(inner, SOCKS5ClientError) and not isinstance(inner, SOCKS5Error):
-            # The hop before it refused our login, broke the protocol or
-            # closed: it is the one at fault.
+        if not isinstance(inner, SOCKS5Error):
+            # Not the hop before's answer about this one: the hop before it
+            # refused our login, broke the protocol, closed, or failed TLS
+            # (the connection to it lost with a TLS error): it is at fault.
+            # (For the first hop, its own endpoint's failure: itself.)
             index = max(index - 1, 0)
         return chain[index], escape(exc.failure.getErrorMessage() or type(inner).__name__)
     if isinstance(exc, SOCKS5Error):
