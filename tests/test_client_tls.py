@@ -202,3 +202,28 @@ def test_the_destination_closing_closes_a_tls_client_with_close_notify(tls_serve
     # TLS cannot half-close: the destination's EOF closes the client's
     # connection whole, with TLS's close_notify (not a bare TCP FIN under it).
     assert protocol.reason.check(ConnectionDone), protocol.reason
+
+
+def test_a_tls_client_that_never_answers_close_notify_is_reset(start_server, authority):
+    import socket
+    import ssl
+
+    from socks5twist.relay import FLUSH_GRACE
+
+    from .conftest import wait_until
+
+    issued = authority.issue("proxy", "localhost")
+    port = free_port()
+    listen = f"ssl:{port}:interface=127.0.0.1:privateKey={issued.key}:certKey={issued.cert}"
+    server = start_server(
+        "--handshake-timeout", "1", "--port", listen, connect_to=("127.0.0.1", port)
+    )
+    context = ssl.create_default_context(cafile=str(authority.ca_file))
+    with context.wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+    ):
+        # The TLS handshake is done; the client says nothing and reads
+        # nothing, so it never answers the server's close_notify.
+        [line] = wait_until(server.session_lines, 1 + FLUSH_GRACE + 10, "the session to end")
+        assert "(handshake timeout)" in line
+        assert float(line.split(" duration=")[1].split("s ")[0]) < 1 + FLUSH_GRACE + 5
