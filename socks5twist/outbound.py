@@ -38,14 +38,7 @@ from .twistedinternals import HostResolution
 
 # (connect_socket and literal_ip live in socketconnect and addresses; they
 # stay importable from here, where they lived first.)
-__all__ = [
-    "connect",
-    "connect_socket",
-    "literal_ip",
-    "reply_for_failure",
-    "resolve",
-    "with_resolver",
-]
+__all__ = ["connect", "connect_socket", "literal_ip", "reply_for_failure", "resolve"]
 
 
 class _OneConnection(ClientFactory):
@@ -133,15 +126,6 @@ class _ReactorWithResolver:
         return getattr(self._reactor, name)
 
 
-def with_resolver(reactor: Any, resolver: IHostnameResolver) -> Any:
-    """
-    C{reactor}, but with C{resolver} as its name resolver: what a
-    L{HostnameEndpoint} is given so that it asks C{resolver} (a server's
-    injected one) rather than the reactor's own.
-    """
-    return _ReactorWithResolver(reactor, resolver)
-
-
 def connect(
     reactor: Any,
     addresses: Sequence[IPAddress],
@@ -150,12 +134,16 @@ def connect(
     timeout: float,
     name: str = "",
     bind: Mapping[int, str] | None = None,
+    fast: bool = True,
 ) -> defer.Deferred[IProtocol]:
     """
     Connect to C{port} on one of C{addresses}, already resolved and checked.
 
-    One address gets a plain TCP endpoint; several get L{HostnameEndpoint}'s
-    happy eyeballs over exactly those.  C{bind} gives the local address to
+    One address is connected to by the reactor directly (C{fast}: the
+    factory's protocol must be a L{socks5twist.relay.RemoteProtocol}, whose
+    C{on_connected} hook says when; without C{fast}, any protocol, through
+    an endpoint); several get L{HostnameEndpoint}'s happy eyeballs over
+    exactly those.  C{bind} gives the local address to
     bind outbound sockets to, per IP version; families whose bind differs are
     tried one after the other.  The whole attempt is bounded by C{timeout}
     seconds, and the result can be cancelled.
@@ -170,7 +158,7 @@ def connect(
         local, group = attempts[index]
         binding = (local, 0) if local is not None else None
         endpoint: IStreamClientEndpoint
-        if len(group) == 1:
+        if len(group) == 1 and fast:
             # One address: the reactor directly, without an endpoint's
             # wrappers, which cost more than the rest of a short session.
             one = _OneConnection(factory)

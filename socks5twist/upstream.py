@@ -26,7 +26,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import (
-    HostnameEndpoint,
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     wrapClientTLS,
@@ -42,13 +41,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import tlshops
+from . import outbound, tlshops
 from .client import SOCKS5ClientEndpoint, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
 from .logsafe import escape
 from .names import is_address
-from .outbound import with_resolver
 from .relay import RemoteProtocol
 from .routes import Chain, Hop, Route, chain_label
 
@@ -195,9 +193,9 @@ def _tcp(
     resolver: IHostnameResolver | None,
 ) -> Any:
     """
-    The endpoint to the first hop: an address as it is, a name through
-    C{resolver} (the server's, so that a library user's resolver is the
-    one asked, and tests ask no DNS server) with happy eyeballs.
+    The endpoint to the first hop, from C{outgoing}'s address of its IP
+    version (C{--outgoing-address}), if any: an address as it is, a name
+    resolved by C{resolver} (L{_ByName}).
     """
     if is_address(hop.host):
         version = 6 if ":" in hop.host else 4
@@ -206,9 +204,50 @@ def _tcp(
         return cls(
             reactor, hop.host, hop.port, timeout=timeout, bindAddress=(bind, 0) if bind else None
         )
-    if resolver is not None:
-        reactor = with_resolver(reactor, resolver)
-    return HostnameEndpoint(reactor, hop.host, hop.port, timeout=timeout)
+    return _ByName(reactor, hop.host, hop.port, timeout, outgoing, resolver)
+
+
+@implementer(IStreamClientEndpoint)
+class _ByName:
+    """
+    A first hop given by name: resolved by C{resolver} (the server's, so
+    that a library user's resolver is the one asked and tests ask no DNS
+    server; C{None}: the reactor's), then connected to as a direct
+    connection is (happy eyeballs, from C{outgoing}'s address of each IP
+    version).  Each of the two steps is bounded by C{timeout}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        timeout: float,
+        outgoing: Mapping[int, str],
+        resolver: IHostnameResolver | None,
+    ) -> None:
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.outgoing = outgoing
+        self.resolver = resolver
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        def resolved(addresses: list[Any]) -> defer.Deferred[IProtocol]:
+            return outbound.connect(
+                self._reactor,
+                addresses,
+                self.port,
+                protocolFactory,
+                self.timeout,
+                name=self.host,
+                bind=self.outgoing,
+                fast=False,  # (the factory's protocol is the hop's handshake)
+            )
+
+        d = outbound.resolve(self._reactor, self.host, self.timeout, self.resolver)
+        return d.addCallback(resolved)
 
 
 def _tls(hop: Hop, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:

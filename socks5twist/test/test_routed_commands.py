@@ -139,10 +139,10 @@ class HopByNameTests(SynchronousTestCase):
 
     RULES = 'default = "allow"\n[[rule]]\naction = "allow"\nvia = ["socks5://Proxy.Example:1080"]\n'
 
-    def session(self) -> tuple[Any, FixedResolver]:
+    def session(self, *addresses: str, **kwargs: Any) -> tuple[Any, FixedResolver]:
         # The memory reactor's own resolver would answer 127.0.0.1.
-        resolver = FixedResolver("10.0.0.9")
-        s = make_session(rules=rules.parse(self.RULES), resolver=resolver)
+        resolver = FixedResolver(*(addresses or ["10.0.0.9"]))
+        s = make_session(rules=rules.parse(self.RULES), resolver=resolver, **kwargs)
         s.send(NO_AUTH_GREETING)
         s.take()
         return s, resolver
@@ -162,6 +162,20 @@ class HopByNameTests(SynchronousTestCase):
         protocol.dataReceived(codec.build_reply(0, BOUND))
         self.assertEqual(s.take(), codec.build_reply(0, BOUND))
         self.assertEqual(s.protocol.route, "socks5://proxy.example:1080")
+
+    def test_the_hop_is_connected_to_from_the_outgoing_address_of_its_version(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError
+
+        s, _ = self.session("10.0.0.9", "2001:db8::9", outgoing_addresses=["192.0.2.1"])
+        s.send(connect_request("192.0.2.5", 443))
+        s.reactor.advance(0)
+        # IPv4 from the outgoing address; then IPv6, for which none was given.
+        self.assertEqual(s.reactor.tcpClients[0][:2], ("10.0.0.9", 1080))
+        self.assertEqual(s.reactor.tcpClients[0][4], ("192.0.2.1", 0))
+        s.fail_connect(ConnectionRefusedError())
+        s.reactor.advance(0.3)  # (HostnameEndpoint's pace)
+        self.assertEqual(s.reactor.tcpClients[1][:2], ("2001:db8::9", 1080))
+        self.assertIsNone(s.reactor.tcpClients[1][4])
 
     def test_bind_asks_the_servers_resolver_for_the_hop(self) -> None:
         s, resolver = self.session()
