@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import outbound, tlshops
+from .addresses import IPAddress
 from .client import SOCKS5ClientEndpoint, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
@@ -234,7 +235,7 @@ class _ByName:
         self.resolver = resolver
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
-        def resolved(addresses: list[Any]) -> defer.Deferred[IProtocol]:
+        def resolved(addresses: list[IPAddress]) -> defer.Deferred[IProtocol]:
             return outbound.connect(
                 self._reactor,
                 addresses,
