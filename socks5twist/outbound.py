@@ -134,12 +134,16 @@ def connect(
     timeout: float,
     name: str = "",
     bind: Mapping[int, str] | None = None,
+    fast: bool = True,
 ) -> defer.Deferred[IProtocol]:
     """
     Connect to C{port} on one of C{addresses}, already resolved and checked.
 
-    One address gets a plain TCP endpoint; several get L{HostnameEndpoint}'s
-    happy eyeballs over exactly those.  C{bind} gives the local address to
+    One address is connected to by the reactor directly (C{fast}: the
+    factory's protocol must be a L{socks5twist.relay.RemoteProtocol}, whose
+    C{on_connected} hook says when; without C{fast}, any protocol, through
+    an endpoint); several get L{HostnameEndpoint}'s happy eyeballs over
+    exactly those.  C{bind} gives the local address to
     bind outbound sockets to, per IP version; families whose bind differs are
     tried one after the other.  The whole attempt is bounded by C{timeout}
     seconds, and the result can be cancelled.
@@ -154,7 +158,7 @@ def connect(
         local, group = attempts[index]
         binding = (local, 0) if local is not None else None
         endpoint: IStreamClientEndpoint
-        if len(group) == 1:
+        if len(group) == 1 and fast:
             # One address: the reactor directly, without an endpoint's
             # wrappers, which cost more than the rest of a short session.
             one = _OneConnection(factory)

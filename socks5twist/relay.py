@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .shaping import Shaping, ThrottledProducer
-from .twistedinternals import plain_and_idle, write_to_socket
+from .twistedinternals import half_closer, plain_and_idle, write_to_socket
 
 __all__ = [
     "IdleClock",
@@ -174,7 +174,7 @@ class StreamRelay:
             self._throttles[side].stop()  # it reads nothing more: never resume it
         other = self._transports[_other(side)]
         _unregister(other)
-        lose_write = getattr(other, "loseWriteConnection", None)
+        lose_write = half_closer(other)  # (none over TLS)
         if lose_write is None or len(self._eof) == 2:
             self._close_all()
         else:

@@ -22,9 +22,10 @@ import re
 import socket
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
+from . import tlshops
 from .addresses import IPAddress
 from .logsafe import escape, without_password
 from .names import InvalidName, canonical, is_address
@@ -44,8 +45,15 @@ __all__ = [
 ]
 
 # The schemes a hop may have: a SOCKS5 proxy (names go to it unresolved,
-# C{socks5h} is the same), or an HTTP proxy that takes CONNECT.
-SCHEMES = {"socks5": "socks5", "socks5h": "socks5", "http": "http"}
+# C{socks5h} is the same), or an HTTP proxy that takes CONNECT; and each
+# reached over TLS (C{socks5s}, C{https}).  Each gives (protocol, TLS).
+SCHEMES = {
+    "socks5": ("socks5", False),
+    "socks5h": ("socks5", False),
+    "http": ("http", False),
+    "socks5s": ("socks5", True),
+    "https": ("http", True),
+}
 _URL = re.compile(
     r"(?P<scheme>[a-z0-9]+)://(?:(?P<user>[^:@/]*):(?P<password>[^@/]*)@)?"
     r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:/@\[\]]+):(?P<port>[0-9]{1,5})/?"
@@ -72,7 +80,10 @@ class Hop:
     """
     One upstream proxy: C{scheme} (C{socks5} or C{http}), C{host} (an IP
     address in its compressed text, or a canonical host name) and C{port},
-    and credentials if it wants them (never shown: see L{label}).
+    and credentials if it wants them (never shown: see L{label}).  With
+    C{tls}, it is reached over TLS, its certificate checked for C{host}
+    against C{ca} (PEM certificates of the rule's C{ca_file}) or, without
+    it, the system's CAs.
     """
 
     scheme: str
@@ -80,12 +91,21 @@ class Hop:
     port: int
     username: bytes | None = field(default=None, compare=False)
     password: bytes | None = field(default=None, repr=False, compare=False)
+    tls: bool = False
+    ca: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
         """How logs and metrics name the hop: C{socks5://host:port}, no credentials."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.url_scheme}://{host}:{self.port}"
+
+    @property
+    def url_scheme(self) -> str:
+        """The scheme as a URL spells it: C{socks5s} and C{https} over TLS."""
+        if not self.tls:
+            return self.scheme
+        return "socks5s" if self.scheme == "socks5" else "https"
 
     @property
     def credentials(self) -> tuple[bytes, bytes] | None:
@@ -140,11 +160,15 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
     match = _URL.fullmatch(url.strip())
     if match is None:
         raise RouteError(
-            f"{without_password(url)!r} is not scheme://[user:password@]host:port (socks5 or http)"
+            f"{without_password(url)!r} is not scheme://[user:password@]host:port"
+            " (socks5, http, socks5s or https)"
         )
-    scheme = SCHEMES.get(match["scheme"].lower())
-    if scheme is None:
-        raise RouteError(f"{match['scheme']!r}: the scheme must be socks5, socks5h or http")
+    kind = SCHEMES.get(match["scheme"].lower())
+    if kind is None:
+        raise RouteError(
+            f"{match['scheme']!r}: the scheme must be socks5, socks5h, http, socks5s or https"
+        )
+    scheme, tls = kind
     port = int(match["port"])
     if not 0 < port <= 65535:
         raise RouteError(f"port {port} is outside 1-65535")
@@ -161,7 +185,7 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
             raise RouteError("a username must have 1-255 bytes, a password at most 255")
         if scheme == "http" and b":" in user:
             raise RouteError("an HTTP proxy's username cannot hold ':' (Basic authentication)")
-    return Hop(scheme, host, port, user, password)
+    return Hop(scheme, host, port, user, password, tls)
 
 
 def _host(text: str) -> str:
@@ -234,17 +258,17 @@ def egress_for(pool: Sequence[IPAddress], key: str) -> dict[int, str]:
     return chosen
 
 
-ROUTE_KEYS = frozenset({"via", "upstreams", "egress", "password_file"})
+ROUTE_KEYS = frozenset({"via", "upstreams", "egress", "password_file", "ca_file"})
 
 
 def route_of(raw: Mapping[str, object], check_local: bool = True) -> Route | None:
     """
     The route of a C{[[rule]]} table C{raw} (C{None}: it has none):
     C{via = [URL, ...]} (one chain), or C{upstreams = [[URL, ...], ...]}
-    (alternatives, each a chain or one URL), C{password_file}, and
-    C{egress = [IP, ...]}.  With C{check_local}, each egress address must be
-    one this machine can bind (a bind test).  Raises L{RouteError} naming
-    the key.
+    (alternatives, each a chain or one URL), C{password_file}, C{ca_file}
+    (the CAs of its C{socks5s}/C{https} hops), and C{egress = [IP, ...]}.
+    With C{check_local}, each egress address must be one this machine can
+    bind (a bind test).  Raises L{RouteError} naming the key.
     """
     if not ROUTE_KEYS & set(raw):
         return None
@@ -267,6 +291,26 @@ def route_of(raw: Mapping[str, object], check_local: bool = True) -> Route | Non
         if not isinstance(alternatives, list) or not alternatives:
             raise RouteError("must be a list of chains: [[URL, ...], [URL, ...]]", "upstreams")
         chains.extend(_chain(item, passwords, "upstreams") for item in alternatives)
+    if any(hop.tls for chain in chains for hop in chain):
+        try:
+            tlshops.check_support()
+        except ValueError as e:
+            raise RouteError(str(e), "upstreams" if "upstreams" in raw else "via") from None
+    if "ca_file" in raw:
+        path = raw["ca_file"]
+        if not isinstance(path, str) or not path:
+            raise RouteError("must be the path of a file", "ca_file")
+        if not any(hop.tls for chain in chains for hop in chain):
+            raise RouteError(
+                "ca_file is for socks5s:// and https:// hops; there is none", "ca_file"
+            )
+        try:
+            ca = tlshops.read_ca_file(path)
+        except ValueError as e:
+            raise RouteError(f"ca_file {e}", "ca_file") from None
+        chains = [
+            tuple(replace(hop, ca=ca) if hop.tls else hop for hop in chain) for chain in chains
+        ]
     egress: list[IPAddress] = []
     if "egress" in raw:
         if chains:

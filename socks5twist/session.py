@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,7 +56,7 @@ from .logsafe import field, why
 from .policy import describe, ip_of
 from .proxylistener import unvetted
 from .record import HEX_BYTE
-from .relay import Side, no_delay, send_now
+from .relay import FLUSH_GRACE, Side, no_delay, send_now
 from .ruleset import COMMAND_NAMES
 from .shaping import Shaping
 from .states import State, session_state
@@ -89,7 +89,7 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
     # two dozen entries.  (Twisted's Protocol still gives each instance a
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
-        "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
+        "_closing", "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
         "connected_to", "connection", "destination", "handler", "held", "limit", "outcome",
         "relay", "replies", "route", "shaping", "started", "udp", "user",
     )  # fmt: skip
@@ -98,6 +98,7 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
         self.connection = ServerConnection()  # its state is the session's
         self._pending: defer.Deferred[Any] | None = None
         self._logout: Callable[[], None] | None = None
+        self._closing: IDelayedCall | None = None  # resets a close the peer stalls
         self.handler: Handler | None = None  # the command's, once requested
         self.udp: UDPAssociation | None = None  # UDP ASSOCIATE's, for the record
         self.relay: Relay | None = None
@@ -150,7 +151,19 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
         if self.relay is not None:
             self.relay.close()
         else:
+            # A CONNECT pauses reading until its tunnel opens; read again, or
+            # a TLS listener's connection never closes: TLS closes once the
+            # peer's close_notify (or EOF) is read.  A peer that never sends
+            # it (or never reads) would hold the session: reset after a grace.
+            self.transport.resumeProducing()
             self.transport.loseConnection()
+            if self._closing is None and getattr(self.transport, "connected", True):
+                reactor = self.factory.reactor
+                self._closing = reactor.callLater(FLUSH_GRACE, self._reset)
+
+    def _reset(self) -> None:
+        self._closing = None
+        getattr(self.transport, "abortConnection", self.transport.loseConnection)()
 
     def abort(self, outcome: str) -> None:
         """Close the session at once, both sides, dropping what is unsent."""
@@ -231,6 +244,10 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         previous = self.state
+        if self._closing is not None:
+            if self._closing.active():
+                self._closing.cancel()
+            self._closing = None
         self.connection.close()
         self.factory.handshakes.remove(self)
         if self.handler is not None:

@@ -30,6 +30,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet._resolver import HostResolution
 from twisted.internet.error import ConnectionAborted
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import FileLogObserver, LogEvent
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
@@ -40,6 +41,7 @@ __all__ = [
     "HostResolution",
     "end_transport",
     "file_log_parts",
+    "half_closer",
     "has_producer",
     "listening_port",
     "log_observers",
@@ -125,6 +127,25 @@ def end_transport(transport: tcp.Connection, abort: bool) -> None:
     """
     if transport.connected and not transport.disconnected:
         transport.connectionLost(Failure(ConnectionAborted()) if abort else connectionDone)
+
+
+def half_closer(transport: Any) -> Callable[[], object] | None:
+    """
+    C{transport}'s C{loseWriteConnection} if it half-closes the connection
+    its peer reads, else C{None} (the caller closes instead).
+
+    Private: a L{twisted.protocols.policies.ProtocolWrapper} passes every
+    attribute it lacks to the transport under it, so Twisted's TLS
+    connection seems to have C{loseWriteConnection}: the TCP connection's.
+    Its FIN would go under TLS (no close_notify); and when the peer's
+    close_notify comes later, Twisted's TLS fails (C{AttributeError} in
+    C{_flushSendBIO}: the TCP connection, write side closed, ends at once).
+    TLS has no half-close here: a session over it closes whole.
+    """
+    if ISSLTransport.providedBy(transport):
+        return None
+    lose_write: Callable[[], object] | None = getattr(transport, "loseWriteConnection", None)
+    return lose_write
 
 
 def write_to_socket(transport: Any, data: bytes) -> int:

@@ -25,14 +25,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .client import SOCKS5ClientEndpoint, SOCKS5ClientError, SOCKS5Error
+from . import outbound, tlshops
+from .addresses import IPAddress
+from .client import SOCKS5ClientEndpoint, SOCKS5Error
 from .client.http import HTTPConnectEndpoint
 from .codec import Address, Reply
 from .logsafe import printable
@@ -175,7 +186,18 @@ class _Tagged:
         return Failure(HopFailed(self.index, failure))
 
 
-def _tcp(reactor: Any, hop: Hop, timeout: float, outgoing: Mapping[int, str]) -> Any:
+def _tcp(
+    reactor: Any,
+    hop: Hop,
+    timeout: float,
+    outgoing: Mapping[int, str],
+    resolver: IHostnameResolver | None,
+) -> Any:
+    """
+    The endpoint to the first hop, from C{outgoing}'s address of its IP
+    version (C{--outgoing-address}), if any: an address as it is, a name
+    resolved by C{resolver} (L{_ByName}).
+    """
     if is_address(hop.host):
         version = 6 if ":" in hop.host else 4
         bind = outgoing.get(version)
@@ -183,7 +205,61 @@ def _tcp(reactor: Any, hop: Hop, timeout: float, outgoing: Mapping[int, str]) ->
         return cls(
             reactor, hop.host, hop.port, timeout=timeout, bindAddress=(bind, 0) if bind else None
         )
-    return HostnameEndpoint(reactor, hop.host, hop.port, timeout=timeout)
+    return _ByName(reactor, hop.host, hop.port, timeout, outgoing, resolver)
+
+
+@implementer(IStreamClientEndpoint)
+class _ByName:
+    """
+    A first hop given by name: resolved by C{resolver} (the server's, so
+    that a library user's resolver is the one asked and tests ask no DNS
+    server; C{None}: the reactor's), then connected to as a direct
+    connection is (happy eyeballs, from C{outgoing}'s address of each IP
+    version).  Each of the two steps is bounded by C{timeout}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        timeout: float,
+        outgoing: Mapping[int, str],
+        resolver: IHostnameResolver | None,
+    ) -> None:
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self.outgoing = outgoing
+        self.resolver = resolver
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        def resolved(addresses: list[IPAddress]) -> defer.Deferred[IProtocol]:
+            return outbound.connect(
+                self._reactor,
+                addresses,
+                self.port,
+                protocolFactory,
+                self.timeout,
+                name=self.host,
+                bind=self.outgoing,
+                fast=False,  # (the factory's protocol is the hop's handshake)
+            )
+
+        d = outbound.resolve(self._reactor, self.host, self.timeout, self.resolver)
+        return d.addCallback(resolved)
+
+
+def _tls(hop: Hop, endpoint: IStreamClientEndpoint) -> IStreamClientEndpoint:
+    """
+    C{endpoint} (a stream to C{hop}), over TLS if the hop wants it (its
+    certificate checked for its host: a failed check fails the attempt with
+    the TLS error, blamed on the hop).
+    """
+    if not hop.tls:
+        return endpoint
+    return wrapClientTLS(tlshops.client_options(hop.host, hop.ca), endpoint)
 
 
 def _through(
@@ -207,16 +283,20 @@ def endpoint_for(
     port: int,
     timeout: float,
     outgoing: Mapping[int, str],
+    resolver: IHostnameResolver | None = None,
 ) -> SOCKS5ClientEndpoint | HTTPConnectEndpoint:
     """
     The endpoint to C{host}:C{port} (a name goes unresolved) through the
-    hops of C{chain}; its C{timeout} bounds the whole attempt.
+    hops of C{chain}; its C{timeout} bounds the whole attempt.  The first
+    hop's name, if it has one, is resolved by C{resolver} (default: the
+    reactor's); the next hops' names go to the hop before, unresolved.
     """
-    endpoint: IStreamClientEndpoint = _Tagged(_tcp(reactor, chain[0], timeout, outgoing), 0)
+    first = _tls(chain[0], _tcp(reactor, chain[0], timeout, outgoing, resolver))
+    endpoint: IStreamClientEndpoint = _Tagged(first, 0)
     for index in range(1, len(chain)):
         hop = chain[index]
         inner = _through(chain[index - 1], endpoint, hop.host, hop.port, None, reactor)
-        endpoint = _Tagged(inner, index)
+        endpoint = _Tagged(_tls(hop, inner), index)
     return _through(chain[-1], endpoint, host, port, timeout, reactor)
 
 
@@ -233,9 +313,11 @@ def blame(chain: Chain, failure: Failure) -> tuple[Hop, str] | None:
     if isinstance(exc, HopFailed):
         inner = exc.failure.value
         index = exc.index
-        if isinstance(inner, SOCKS5ClientError) and not isinstance(inner, SOCKS5Error):
-            # The hop before it refused our login, broke the protocol or
-            # closed: it is the one at fault.
+        if not isinstance(inner, SOCKS5Error):
+            # Not the hop before's answer about this one: the hop before it
+            # refused our login, broke the protocol, closed, or failed TLS
+            # (the connection to it lost with a TLS error): it is at fault.
+            # (For the first hop, its own endpoint's failure: itself.)
             index = max(index - 1, 0)
         return chain[index], printable(exc.failure.getErrorMessage() or type(inner).__name__)
     if isinstance(exc, SOCKS5Error):
@@ -253,6 +335,7 @@ def connect(
     timeout: float,
     outgoing: Mapping[int, str],
     listening: Callable[[Address], None] | None = None,
+    resolver: IHostnameResolver | None = None,
 ) -> defer.Deferred[Routed]:
     """
     Connect to C{host}:C{port} through C{route}'s chains, one after another
@@ -261,6 +344,7 @@ def connect(
     tried; the destination's answer through a chain (a failure reply from
     the last hop) ends the attempt with L{Answered}.  When every chain
     failed, L{AllRoutesFailed}.  Cancelling cancels the attempt under way.
+    C{resolver} resolves a first hop given by name (default: the reactor's).
 
     With C{listening}, the request is a BIND for the peer C{host} names,
     made by the last hop (through chains that end with a SOCKS5 hop: an
@@ -299,7 +383,7 @@ def connect(
             listening(address)
 
         try:
-            endpoint = endpoint_for(reactor, chain, host, port, timeout, outgoing)
+            endpoint = endpoint_for(reactor, chain, host, port, timeout, outgoing, resolver)
             if listening is not None:
                 assert isinstance(endpoint, SOCKS5ClientEndpoint)
                 d = endpoint.bind(_FACTORY, bound)

@@ -218,6 +218,57 @@ def test_endpoint_string_with_a_unix_socket_proxy(start_server, destination, tmp
     (yield eventually(server.session_lines, 5, "the session line"))
 
 
+class Collect(Protocol):
+    """Keeps what it receives; C{arrived(n)} fires once C{n} bytes are in."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.waiting: list[tuple[int, Deferred[bytes]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        for entry in [e for e in self.waiting if len(self.received) >= e[0]]:
+            self.waiting.remove(entry)
+            entry[1].callback(self.received)
+
+    def arrived(self, size: int) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.waiting.append((size, d))
+        self.dataReceived(b"")
+        return d.addTimeout(30, reactor)
+
+
+@pytest_twisted.inlineCallbacks
+def test_socks5twist_bind_two_replies_and_data_both_ways(start_server):
+    server = start_server("--auth", "memory:erin:pw")
+    listens: list[Any] = []
+    endpoint = SOCKS5ClientEndpoint(tcp(server.address), "127.0.0.2", 0, "erin", "pw")
+    client = Collect()
+    accepted = endpoint.bind(Factory.forProtocol(lambda: client), listens.append)
+    # The first reply: where the peer is to connect (the server's listener).
+    [where] = yield eventually(lambda: listens, 10, "the first reply")
+    assert where.host == "127.0.0.1" and where.port > 0 and not accepted.called
+    # The peer connects from the address the request named: the second reply.
+    peer = Collect()
+    peer_endpoint = TCP4ClientEndpoint(
+        reactor, where.host, where.port, timeout=10, bindAddress=("127.0.0.2", 0)
+    )
+    yield peer_endpoint.connect(Factory.forProtocol(lambda: peer))
+    protocol = yield accepted.addTimeout(30, reactor)
+    assert protocol is client
+    seen = client.transport.getHost()  # type: ignore[union-attr]
+    assert (seen.host, seen.port) == ("127.0.0.2", peer.transport.getHost().port)  # type: ignore[union-attr]
+    up, down = os.urandom(300_000), os.urandom(200_000)
+    client.transport.write(up)  # type: ignore[union-attr]
+    peer.transport.write(down)  # type: ignore[union-attr]
+    assert (yield peer.arrived(len(up))) == up
+    assert (yield client.arrived(len(down))) == down
+    client.transport.loseConnection()  # type: ignore[union-attr]
+    [session] = yield eventually(server.session_lines, 10, "the session line")
+    assert "user=erin BIND 127.0.0.2:0 -> 127.0.0.2:" in session and "reply=0x00" in session
+    peer.transport.loseConnection()  # type: ignore[union-attr]
+
+
 # -- microsocks and Dante ----------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import NoProtocol
+from twisted.internet.error import ConnectionDone, ConnectionLost, NoProtocol
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
@@ -307,8 +307,18 @@ class _Handshake(Protocol):
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         if self._user is not None:
             self._user.connectionLost(reason)
-        else:
+        elif reason.check(ConnectionDone, ConnectionLost) or self._negotiation.state in (
+            State.START,
+            State.CLOSED,
+        ):
             self._eof()
+        else:
+            # Not a close, but the way to the proxy failing: a TLS proxy
+            # endpoint's certificate check, say.  Its own error says why,
+            # as when the proxy cannot be reached at all.
+            self._negotiation.close()
+            self._attempt.handshake = None
+            self._attempt.fail(reason)
 
     # -- the negotiation -------------------------------------------------------------
 

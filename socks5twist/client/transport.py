@@ -26,6 +26,7 @@ from twisted.internet.interfaces import (
 from zope.interface import implementer
 
 from ..codec import Address, AddressType
+from ..twistedinternals import half_closer
 
 __all__ = ["TunnelTransport", "twisted_address"]
 
@@ -97,8 +98,15 @@ class TunnelTransport:
             abort()
 
     def loseWriteConnection(self) -> None:
-        """Half-close: send EOF to the destination, keep reading."""
-        self.proxy_transport.loseWriteConnection()
+        """
+        Half-close: send EOF to the destination, keep reading.  Through a
+        proxy reached over TLS, which cannot half-close, this closes.
+        """
+        lose_write = half_closer(self.proxy_transport)
+        if lose_write is None:
+            self.proxy_transport.loseConnection()
+        else:
+            lose_write()
 
     # -- flow control --------------------------------------------------------------
 

@@ -144,6 +144,7 @@ class Connect:
             port,
             config.connect_timeout or 30.0,
             config.outgoing,
+            resolver=config.resolver,
         )
         ctx.wait_for(d)
         d.addCallbacks(self._routed, self._route_failed, errbackArgs=(decision,))

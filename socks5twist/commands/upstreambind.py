@@ -57,6 +57,7 @@ class UpstreamBind:
             config.connect_timeout or 30.0,
             config.outgoing,
             listening=self._listening,
+            resolver=config.resolver,
         )
         self._pending = d
         ctx.wait_for(d)

@@ -279,6 +279,16 @@ class FailureTests(EndpointCase):
         error = self.failed(d, errors.ProxyClosedError)
         self.assertEqual(error.phase, "reply")
 
+    def test_a_connection_lost_for_another_reason_fails_with_that_reason(self) -> None:
+        """A TLS proxy endpoint's certificate check, say: its error, as it is."""
+
+        class CertificateRejected(Exception):
+            pass
+
+        d, protocol, _ = self.connect()
+        protocol.connectionLost(Failure(CertificateRejected("certificate verify failed")))
+        self.failed(d, CertificateRejected)
+
     def test_the_proxy_half_closes_mid_handshake(self) -> None:
         d, protocol, transport = self.connect()
         protocol.dataReceived(b"\x05\x00\x05\x00")

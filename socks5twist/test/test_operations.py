@@ -46,11 +46,12 @@ destinations = ["127.0.0.0/8", "::1/128"]
 
 @implementer(IHostnameResolver)
 class FixedResolver:
-    """Resolves every name to the given addresses, and counts lookups."""
+    """Resolves every name to the given addresses, and counts lookups (C{names}: each name)."""
 
     def __init__(self, *hosts: str) -> None:
         self.hosts = hosts
         self.lookups = 0
+        self.names: list[str] = []
 
     def resolveHostName(
         self,
@@ -61,6 +62,7 @@ class FixedResolver:
         transportSemantics: str = "TCP",
     ) -> Any:
         self.lookups += 1
+        self.names.append(hostName)
         receiver.resolutionBegan(None)
         for host in self.hosts:
             cls = IPv6Address if ":" in host else IPv4Address

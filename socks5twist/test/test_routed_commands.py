@@ -16,7 +16,7 @@ from socks5twist import codec, rules
 from socks5twist.codec import Address, AddressType, Command
 
 from .helpers import NO_AUTH_GREETING, connect_request, make_session
-from .test_operations import resolving_reactor
+from .test_operations import FixedResolver, resolving_reactor
 
 BOUND = Address(AddressType.IPV4, "198.51.100.7", 5000)
 ROUTED = """
@@ -129,6 +129,60 @@ class RoutedConnectTests(SynchronousTestCase):
         self.assertEqual(s.reactor.tcpClients[0][:2], ("192.0.2.5", 80))
         self.assertEqual(s.reactor.tcpClients[0][4], ("127.0.0.1", 0))
         self.assertEqual(s.protocol.route, "egress")
+
+
+class HopByNameTests(SynchronousTestCase):
+    """
+    A hop given by name is resolved by the server's resolver (the one a
+    library user hands L{SOCKS5ServerFactory}), not the reactor's.
+    """
+
+    RULES = 'default = "allow"\n[[rule]]\naction = "allow"\nvia = ["socks5://Proxy.Example:1080"]\n'
+
+    def session(self, *addresses: str, **kwargs: Any) -> tuple[Any, FixedResolver]:
+        # The memory reactor's own resolver would answer 127.0.0.1.
+        resolver = FixedResolver(*(addresses or ["10.0.0.9"]))
+        s = make_session(rules=rules.parse(self.RULES), resolver=resolver, **kwargs)
+        s.send(NO_AUTH_GREETING)
+        s.take()
+        return s, resolver
+
+    def test_connect_asks_the_servers_resolver_for_the_hop(self) -> None:
+        s, resolver = self.session()
+        s.send(connect_request("192.0.2.5", 443))
+        s.reactor.advance(0)
+        self.assertEqual(resolver.names, ["proxy.example"])
+        host, port, factory, _, _ = s.reactor.tcpClients[-1]
+        self.assertEqual((host, port), ("10.0.0.9", 1080))
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"\x05\x00")
+        self.assertTrue(transport.value().endswith(request_for("192.0.2.5", 443)))
+        protocol.dataReceived(codec.build_reply(0, BOUND))
+        self.assertEqual(s.take(), codec.build_reply(0, BOUND))
+        self.assertEqual(s.protocol.route, "socks5://proxy.example:1080")
+
+    def test_the_hop_is_connected_to_from_the_outgoing_address_of_its_version(self) -> None:
+        from twisted.internet.error import ConnectionRefusedError
+
+        s, _ = self.session("10.0.0.9", "2001:db8::9", outgoing_addresses=["192.0.2.1"])
+        s.send(connect_request("192.0.2.5", 443))
+        s.reactor.advance(0)
+        # IPv4 from the outgoing address; then IPv6, for which none was given.
+        self.assertEqual(s.reactor.tcpClients[0][:2], ("10.0.0.9", 1080))
+        self.assertEqual(s.reactor.tcpClients[0][4], ("192.0.2.1", 0))
+        s.fail_connect(ConnectionRefusedError())
+        s.reactor.advance(0.3)  # (HostnameEndpoint's pace)
+        self.assertEqual(s.reactor.tcpClients[1][:2], ("2001:db8::9", 1080))
+        self.assertIsNone(s.reactor.tcpClients[1][4])
+
+    def test_bind_asks_the_servers_resolver_for_the_hop(self) -> None:
+        s, resolver = self.session()
+        s.send(b"\x05\x02" + request_for("192.0.2.5", 0)[2:])
+        s.reactor.advance(0)
+        self.assertEqual(resolver.names, ["proxy.example"])
+        self.assertEqual(s.reactor.tcpClients[-1][:2], ("10.0.0.9", 1080))
 
 
 BIND_RULES = """

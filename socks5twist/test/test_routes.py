@@ -71,6 +71,68 @@ class HopTests(SynchronousTestCase):
             self.assertNotIn("ret1", str(caught.exception))
 
 
+class TLSHopTests(SynchronousTestCase):
+    def write(self, data: bytes) -> str:
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.unlink, path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+
+    def ca_pem(self) -> bytes:
+        from twisted.internet.ssl import KeyPair
+
+        pem: bytes = KeyPair.generate().selfSignedCert(1, CN="test CA").dumpPEM()
+        return pem
+
+    def test_socks5s_and_https_are_their_protocols_over_tls(self) -> None:
+        hop = parse_hop("socks5s://Proxy.Example:1080", {})
+        self.assertEqual((hop.scheme, hop.tls, hop.label), ("socks5", True, hop.label))
+        self.assertEqual(hop.label, "socks5s://proxy.example:1080")
+        https = parse_hop("https://u:Pw@[::1]:3128", {})
+        self.assertEqual(
+            (https.scheme, https.tls, https.label), ("http", True, "https://[::1]:3128")
+        )
+        # Not the same upstream as the one without TLS (marks are per chain).
+        self.assertNotEqual(hop, parse_hop("socks5://proxy.example:1080", {}))
+
+    def test_ca_file_gives_its_certificates_to_the_tls_hops(self) -> None:
+        pem = self.ca_pem()
+        path = self.write(b"a comment\n" + pem + pem)
+        parsed = parse(
+            rules_with(
+                f'via = ["socks5://10.0.0.1:1080", "https://10.0.0.2:443"]\nca_file = "{path}"'
+            ),
+            "rules.toml",
+        )
+        [plain, tls] = parsed.rules[0].route.chains[0]  # type: ignore[union-attr]
+        self.assertEqual((plain.ca, tls.ca), (None, b"a comment\n" + pem + pem))
+
+    def test_ca_file_errors_name_the_key_and_the_file(self) -> None:
+        no_certificate = self.write(b"nothing here\n")
+        broken = self.write(
+            b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+        )
+        for route, expected in (
+            (
+                'via = ["socks5s://10.0.0.1:1"]\nca_file = "/nonexistent"',
+                "ca_file: ca_file /nonexistent: No such file",
+            ),
+            (
+                f'via = ["socks5s://10.0.0.1:1"]\nca_file = "{no_certificate}"',
+                "no PEM certificate in it",
+            ),
+            (f'via = ["socks5s://10.0.0.1:1"]\nca_file = "{broken}"', "is no certificate"),
+            (
+                f'via = ["socks5://10.0.0.1:1"]\nca_file = "{broken}"',
+                "ca_file: ca_file is for socks5s:// and https:// hops",
+            ),
+        ):
+            with self.assertRaises(RulesError) as caught:
+                parse(rules_with(route), "rules.toml")
+            self.assertIn(expected, str(caught.exception), route)
+
+
 class PasswordFileTests(SynchronousTestCase):
     def write(self, text: str) -> str:
         fd, path = tempfile.mkstemp()

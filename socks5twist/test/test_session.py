@@ -364,6 +364,24 @@ class TimeoutAndLimitTests(SynchronousTestCase):
         s.reactor.advance(0.2)
         self.assertTrue(s.transport.disconnecting)
 
+    def test_a_close_the_peer_stalls_is_reset_after_the_grace(self) -> None:
+        """
+        A TLS connection closes once the peer answers close_notify: one that
+        never does (or never reads) is reset, and its session ends.
+        """
+        s = make_session(handshake_timeout=10)
+        s.reactor.advance(10)
+        self.assertTrue(s.transport.disconnecting)
+        self.assertFalse(s.transport.disconnected)  # (StringTransport: not aborted)
+        s.reactor.advance(FLUSH_GRACE)
+        self.assertTrue(s.transport.disconnected)
+
+    def test_a_close_that_completes_leaves_no_timer(self) -> None:
+        s = make_session(handshake_timeout=10)
+        s.reactor.advance(10)
+        s.protocol.connectionLost(error.ConnectionDone())
+        self.assertEqual(s.reactor.getDelayedCalls(), [])
+
     def test_dribbling_client_is_closed_by_handshake_timeout(self) -> None:
         s = make_session(handshake_timeout=10)
         wire = NO_AUTH_GREETING + connect_request("example.com", 80)

@@ -34,6 +34,7 @@ from socks5twist.twistedinternals import (
     HostResolution,
     end_transport,
     file_log_parts,
+    half_closer,
     has_producer,
     listening_port,
     log_observers,
@@ -117,6 +118,30 @@ class WrapperTests(TestCase):
 
         self.assertTrue(issubclass(HAProxyProtocolWrapper, ProtocolWrapper))
         self.assertTrue(callable(proxyEndpoint))
+
+
+class HalfCloserTests(TestCase):
+    def test_tls_seems_to_half_close_but_half_closer_says_it_cannot(self) -> None:
+        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from .helpers import HalfCloseTransport
+
+        tcp_like = HalfCloseTransport()
+        factory = TLSMemoryBIOFactory(
+            optionsForClientTLS("example.test"), True, Factory.forProtocol(Protocol)
+        )
+        tls = factory.buildProtocol(None)
+        tls.makeConnection(tcp_like)
+        # What relay.eof would find without half_closer: the TCP connection's.
+        tls.loseWriteConnection()
+        self.assertTrue(tcp_like.write_closed)
+        self.assertIsNone(half_closer(tls))
+        plain = HalfCloseTransport()
+        closer = half_closer(plain)
+        assert closer is not None
+        closer()
+        self.assertTrue(plain.write_closed)
 
 
 class ListeningPortTests(TestCase):

@@ -138,5 +138,14 @@ class BlameTests(SynchronousTestCase):
         unreachable = Failure(HopFailed(0, Failure(ConnectionRefusedError())))
         self.assertEqual(blame(TWO, unreachable)[0], TWO[0])  # type: ignore[index]
 
+    def test_a_tls_failure_is_the_hop_whose_connection_it_lost(self) -> None:
+        # The endpoint that talks to hop 0 (tagged 1: it reaches hop 1) lost
+        # its connection with a TLS error: hop 0's certificate failed.
+        first = Failure(HopFailed(1, Failure(ValueError("certificate verify failed"))))
+        self.assertEqual(blame(TWO, first)[0], TWO[0])  # type: ignore[index]
+        # The outermost endpoint talks to the last hop: its TLS failed.
+        last = blame(TWO, Failure(ValueError("certificate verify failed")))
+        self.assertEqual(last, (TWO[1], "certificate verify failed"))
+
     def test_the_last_hops_failure_reply_is_no_ones_fault(self) -> None:
         self.assertIsNone(blame(TWO, Failure(ConnectionRefused())))
