@@ -106,6 +106,11 @@ class SOCKS5Service(service.MultiService):
     # -- start -----------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        if self.handle_signals and self._previous_hup is None:
+            # Before "listening on" is logged: whoever reads that line (a
+            # supervisor, a test, the first process of --workers) may send
+            # SIGHUP at once, and SIGHUP's default action ends the process.
+            self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
         for child in self:
             try:
                 child.privilegedStartService()
@@ -160,10 +165,11 @@ class SOCKS5Service(service.MultiService):
             self._text_log = textlog.install(
                 globalLogPublisher, self.factory.reactor, self.factory.log.namespace
             )
-        if self.handle_signals:
+        if self.handle_signals and self._previous_hup is None:
             # Even with nothing to reread: SIGHUP's default action would end
             # the process (systemctl reload would stop the service), and a
-            # worker gets every SIGHUP the first process does.
+            # worker gets every SIGHUP the first process does.  (Installed
+            # in privilegedStartService already, under twistd.)
             self._previous_hup = signal.signal(signal.SIGHUP, self._on_sighup)
 
     # -- reload ----------------------------------------------------------------

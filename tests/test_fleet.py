@@ -189,7 +189,10 @@ def test_two_processes_share_one_quota(start_server, redis_server, pump, tmp_pat
     wait_until(lambda: refused(a), 3, "A to refuse alice")
     day = periods_of(time.time())[0]
     total = stored(redis_server, "user:alice", day)
-    assert total["down"] >= QUOTA and total["sessions"] == 2, total
+    # Two downloads, and whatever probes A admitted before it learned (each
+    # is a session, and A learns within about two seconds, later on a
+    # loaded machine).
+    assert total["down"] >= QUOTA and total["sessions"] >= 2, total
 
 
 def test_sessions_2_hold_across_two_processes(
