@@ -47,6 +47,12 @@ log = Logger()
 # Seconds after its last session a key's totals are still read each second
 # from a shared store (a key refused here is read too: its refusals repeat).
 REFRESH_FOR = 600.0
+# Seconds after it was last seen (a session, a request) that a key's totals
+# are let go from memory, unless it is at or over its quota; and how often
+# that is looked at.  Without it, every client address that ever made a
+# request (anonymous keys are addresses) would hold its cells for ever.
+FORGET_AFTER = 600.0
+FORGET_EVERY = 60.0
 
 
 def relayed(session: Any) -> tuple[int, int]:
@@ -130,6 +136,9 @@ class Accountant:
         self._writing: defer.Deferred[None] | None = None
         self._periods = periods_of(reactor.seconds())
         self._over: set[Cell] = set()
+        # When each key was last seen, and the quota it was last under.
+        self._seen: dict[str, tuple[float, Quota | None]] = {}
+        self._forgot_at = reactor.seconds()
         self._loop = task.LoopingCall(self.tick)
         self._loop.clock = reactor
         self._failing: str | None = None
@@ -159,6 +168,9 @@ class Accountant:
         """
         self.thread.start()
         self.totals = self.thread.call_blocking(_load, self._periods)
+        # Keys read back are kept FORGET_AFTER seconds from now, as if seen.
+        now = self.reactor.seconds()
+        self._seen = {key: (now, None) for key, _ in self.totals}
         self.started = True
         self._loop.start(self.interval, now=False)
         if self.fleet is not None:
@@ -202,6 +214,7 @@ class Accountant:
         """Count C{session} (admitted now) against C{key}, under C{limit}."""
         up, down = relayed(session)
         self.live[session] = Watch(key, limit, up, down)
+        self._seen[key] = (self.reactor.seconds(), limit.quota if limit is not None else None)
         self._count(key, Usage(sessions=1), self._current(self.reactor.seconds()))
 
     def ended(self, session: Any) -> None:
@@ -231,6 +244,7 @@ class Accountant:
         self._current(now)
         if self._shared:
             self._recent[key] = (quota, now)
+        self._seen[key] = (now, quota)
         cell = (key, quota.period_of(now))
         if self.used(cell) < quota.amount:
             return False
@@ -256,6 +270,7 @@ class Accountant:
             self._read_live(now)
             self._enforce(now)
             self._flush()
+            self._forget(now)
         except Exception:
             log.failure("accounting failed to count this second")
 
@@ -299,6 +314,39 @@ class Accountant:
             self.quota_closures += len(sessions)
             for session in sessions:
                 session.close(why)
+
+    def _forget(self, now: float) -> None:
+        """
+        Let go of the totals of keys not seen for L{FORGET_AFTER} seconds:
+        memory stays bounded by the keys active lately, not by every key that
+        ever made a request.  Kept: keys with a live session or counts not
+        yet written, and keys at or over the quota they were last under (so
+        that they are still refused at once).  A key let go that comes back
+        is judged by its counts here until the next batch written for it
+        brings back its stored totals (within a second or two): a key that
+        was close to its quota may so pass it by a second or two of traffic,
+        and so may a key over its quota that was read back at start-up and
+        has not been seen in the L{FORGET_AFTER} seconds since (its quota is
+        known only once one of its requests is matched to a limit).
+        """
+        if now - self._forgot_at < FORGET_EVERY:
+            return
+        self._forgot_at = now
+        keep = {watch.key for watch in self.live.values()}
+        keep.update(key for key, _ in self.pending)
+        keep.update(key for key, _ in self._in_flight)
+        for key, (seen, quota) in list(self._seen.items()):
+            if key in keep:
+                continue
+            if now - seen <= FORGET_AFTER:
+                keep.add(key)
+            elif quota is not None and self.used((key, quota.period_of(now))) >= quota.amount:
+                keep.add(key)
+            else:
+                del self._seen[key]
+        if len(keep) < len({key for key, _ in self.totals}):
+            self.totals = {cell: u for cell, u in self.totals.items() if cell[0] in keep}
+            self._over = {cell for cell in self._over if cell[0] in keep}
 
     def _current(self, now: float) -> tuple[str, str, str]:
         """The periods of C{now}; at a new day, what older periods kept is let go."""

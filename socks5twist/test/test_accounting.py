@@ -16,6 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist.accounting import Accountant, Usage
+from socks5twist.accounting.accountant import FORGET_AFTER, FORGET_EVERY
 from socks5twist.accounting.store import Cell
 from socks5twist.limits import Limit, Quota
 
@@ -261,6 +262,36 @@ class QuotaTests(SynchronousTestCase):
         with capturedLogs() as again:
             reactor.advance(1)  # still open (closing): not closed, nor logged, twice
         self.assertEqual(lines(again), [])
+
+    def test_keys_not_seen_lately_are_let_go_unless_over_quota(self) -> None:
+        """
+        Memory holds the keys seen lately, not every address that ever
+        asked; a key over its quota stays (refused at once), and one let go
+        gets its stored totals back with its next batch.
+        """
+        a, reactor, store, _ = accountant()
+        limit = quota("1000/day")
+        for i in range(50):  # fifty anonymous clients, each one small session
+            s = FakeSession()
+            a.watch(s, f"ip:10.0.0.{i}", limit)
+            s.move(down=10)
+            a.ended(s)
+        heavy = FakeSession()
+        a.watch(heavy, "user:alice", limit)
+        heavy.move(down=1000)
+        a.ended(heavy)
+        reactor.advance(1)  # written
+        self.assertEqual(len({key for key, _ in a.totals}), 51)
+        reactor.advance(FORGET_AFTER + FORGET_EVERY + 1)
+        self.assertEqual({key for key, _ in a.totals}, {"user:alice"})
+        self.assertTrue(a.over_quota("user:alice", limit.quota))  # type: ignore[arg-type]
+        # A client let go comes back: its counts return with its next batch.
+        again = FakeSession()
+        a.watch(again, "ip:10.0.0.7", limit)
+        self.assertEqual(a.used(("ip:10.0.0.7", DEC_1)), 0)  # until then: what is counted here
+        reactor.advance(1)
+        self.assertEqual(store.rows[("ip:10.0.0.7", DEC_1)].bytes, 10)
+        self.assertEqual(a.used(("ip:10.0.0.7", DEC_1)), 10)
 
     def test_no_quota_no_check(self) -> None:
         a, reactor, _, _ = accountant()
