@@ -40,7 +40,7 @@ from .errors import HandshakeTimeout, SOCKS5ClientError
 from .negotiation import ClientConnection, Established, NeedData, Send, State
 from .transport import TunnelTransport, twisted_address
 
-__all__ = ["DEFAULT_TIMEOUT", "SOCKS5ClientEndpoint", "destination"]
+__all__ = ["DEFAULT_TIMEOUT", "ProxiedEndpoint", "SOCKS5ClientEndpoint", "destination"]
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -65,28 +65,12 @@ def destination(host: str, port: int) -> Address:
     return Address(AddressType.DOMAIN, name, port)
 
 
-def _credential(value: str | bytes | None, what: str) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        raw = value
-    else:
-        raw = value.encode("utf-8")
-    if raw is not None and len(raw) > 255:
-        raise ValueError(f"the {what} is at most 255 bytes (RFC 1929)")
-    return raw
-
-
-@implementer(IStreamClientEndpoint)
-class SOCKS5ClientEndpoint:
+class ProxiedEndpoint:
     """
-    Connects to C{host}:C{port} through the SOCKS5 proxy that C{proxy}
-    reaches.
-
-    C{connect(factory)} returns a Deferred that fires with the protocol that
-    C{factory} built, once the proxy replied success (its transport is a
-    L{TunnelTransport}: C{getHost()} is the proxy's bound address), or fails
-    with a L{socks5twist.client.errors.SOCKS5ClientError}, or with the proxy
-    endpoint's own failure.  Cancelling it cancels the connection to the
-    proxy, or aborts the negotiation.
+    What the client endpoints (L{SOCKS5ClientEndpoint}, and
+    L{socks5twist.client.http.HTTPConnectEndpoint}) share: their arguments,
+    checked and kept, and a C{repr} without the password.  A subclass says
+    how a credential is encoded (L{_credential}) and how it connects.
 
     @ivar proxy: the endpoint that reaches the proxy.
     @ivar destination: the destination, as it is sent to the proxy.
@@ -108,8 +92,8 @@ class SOCKS5ClientEndpoint:
         @param host: an IP address or a host name; a name goes to the proxy
             unresolved (as C{socks5h}), in its canonical form (C{ValueError}
             if it is no valid name).
-        @param username: with C{password}, RFC 1929 credentials (C{str} is
-            sent as UTF-8); both or neither.
+        @param username: with C{password}, the credentials (C{str} is sent
+            as UTF-8); both or neither.
         @param reactor: for the timeout; the global reactor by default.
         """
         if (username is None) != (password is None):
@@ -118,7 +102,10 @@ class SOCKS5ClientEndpoint:
             raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
         self.proxy = proxy
         self.destination = destination(host, port)
-        user, secret = _credential(username, "username"), _credential(password, "password")
+        user, secret = (
+            self._credential(username, "username"),
+            self._credential(password, "password"),
+        )
         self._credentials = None if user is None or secret is None else (user, secret)
         self.timeout = timeout
         if reactor is None:
@@ -127,9 +114,14 @@ class SOCKS5ClientEndpoint:
             reactor = global_reactor  # type: ignore[assignment]
         self._reactor: IReactorTime = reactor  # type: ignore[assignment]
 
+    @staticmethod
+    def _credential(value: str | bytes | None, what: str) -> bytes | None:
+        """A username or password as sent (C{str} as UTF-8)."""
+        return value.encode("utf-8") if isinstance(value, str) else value
+
     @property
     def username(self) -> bytes | None:
-        """The RFC 1929 username, if any (the password is not to be read back)."""
+        """The username, if any (the password is not to be read back)."""
         return None if self._credentials is None else self._credentials[0]
 
     def __repr__(self) -> str:
@@ -137,7 +129,35 @@ class SOCKS5ClientEndpoint:
         user = "" if self.username is None else f" user={self.username!r} password=<hidden>"
         host = self.destination.host
         shown = f"[{host}]" if ":" in host else host
-        return f"<SOCKS5ClientEndpoint {shown}:{self.destination.port} via {self.proxy!r}{user}>"
+        name = type(self).__name__
+        return f"<{name} {shown}:{self.destination.port} via {self.proxy!r}{user}>"
+
+
+@implementer(IStreamClientEndpoint)
+class SOCKS5ClientEndpoint(ProxiedEndpoint):
+    """
+    Connects to C{host}:C{port} through the SOCKS5 proxy that C{proxy}
+    reaches.
+
+    C{connect(factory)} returns a Deferred that fires with the protocol that
+    C{factory} built, once the proxy replied success (its transport is a
+    L{TunnelTransport}: C{getHost()} is the proxy's bound address), or fails
+    with a L{socks5twist.client.errors.SOCKS5ClientError}, or with the proxy
+    endpoint's own failure.  Cancelling it cancels the connection to the
+    proxy, or aborts the negotiation.
+
+    @ivar proxy: the endpoint that reaches the proxy.
+    @ivar destination: the destination, as it is sent to the proxy.
+    @ivar timeout: seconds from C{connect()} to the proxy's reply, the
+        connection to the proxy included (C{None}: no limit of our own).
+    """
+
+    @staticmethod
+    def _credential(value: str | bytes | None, what: str) -> bytes | None:
+        raw = ProxiedEndpoint._credential(value, what)
+        if raw is not None and len(raw) > 255:
+            raise ValueError(f"the {what} is at most 255 bytes (RFC 1929)")
+        return raw
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         negotiation = ClientConnection(Command.CONNECT, self.destination, self._credentials)

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from ..codec import Address, Command, Reply
 from ..logsafe import escape
-from .endpoint import DEFAULT_TIMEOUT, _Attempt, destination
+from .endpoint import DEFAULT_TIMEOUT, ProxiedEndpoint, _Attempt
 from .errors import AuthenticationError, ProxyClosedError, ProxyProtocolError, SOCKS5Error
 from .negotiation import NEED_DATA, Established, NeedData, State
 
@@ -195,7 +195,7 @@ _UNKNOWN = Address.for_ip("0.0.0.0", 0)
 
 
 @implementer(IStreamClientEndpoint)
-class HTTPConnectEndpoint:
+class HTTPConnectEndpoint(ProxiedEndpoint):
     """
     Connects to C{host}:C{port} through the HTTP proxy that C{proxy}
     reaches, with C{CONNECT}; the same contract as
@@ -213,32 +213,8 @@ class HTTPConnectEndpoint:
         timeout: float | None = DEFAULT_TIMEOUT,
         reactor: IReactorTime | None = None,
     ) -> None:
-        if (username is None) != (password is None):
-            raise ValueError("give both username and password, or neither")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
-        self.proxy = proxy
-        self.destination = destination(host, port)
-        self._credentials: tuple[bytes, bytes] | None = None
-        if username is not None and password is not None:
-            user = username.encode("utf-8") if isinstance(username, str) else username
-            secret = password.encode("utf-8") if isinstance(password, str) else password
-            self._credentials = (user, secret)
+        super().__init__(proxy, host, port, username, password, timeout, reactor)
         HTTPConnectConnection(self.destination, self._credentials)  # checked now
-        self.timeout = timeout
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor  # type: ignore[assignment]
-        self._reactor: IReactorTime = reactor  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        user = ""
-        if self._credentials is not None:
-            user = f" user={self._credentials[0]!r} password=<hidden>"
-        host = self.destination.host
-        shown = f"[{host}]" if ":" in host else host
-        return f"<HTTPConnectEndpoint {shown}:{self.destination.port} via {self.proxy!r}{user}>"
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         negotiation: Any = HTTPConnectConnection(self.destination, self._credentials)
