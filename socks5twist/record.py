@@ -184,17 +184,7 @@ def log_record(logger: Logger, record: SessionRecord) -> None:
     timestamp, the write and flush per line) is the observer's, and stays.
     """
     line = record.line()
-    event = record.fields(line)
-    event.update(
-        log_logger=logger,
-        log_level=LogLevel.info,
-        log_namespace=logger.namespace,
-        log_source=logger.source,
-        log_format=SESSION_FORMAT,
-        log_flattened=flattened(line),
-        log_time=time.time(),
-    )
-    logger.observer(event)
+    _emit(logger, record.fields(line), line, logger.namespace, logger.source, time.time())
 
 
 def log_worker_record(
@@ -208,20 +198,35 @@ def log_worker_record(
     event.
     """
     line = str(fields["session_line"])
-    event = dict(fields)
+    return _emit(logger, dict(fields), line, namespace, None, when, pid)
+
+
+def _emit(
+    logger: Logger,
+    event: dict[str, object],
+    line: str,
+    namespace: str | None,
+    source: object,
+    when: float,
+    worker: int | None = None,
+) -> dict[str, object]:
+    """
+    Complete C{event} (a record's fields) as the session line's log event,
+    pre-flattened (a worker's with C{worker[PID]} before the line), and
+    hand it to C{logger}'s observer; returns it.
+    """
+    flat = flattened(line)
+    if worker is not None:
+        flat.update({"worker_pid!s:": str(worker), "worker_pid!:": worker})
+        event["worker_pid"] = worker
     event.update(
         log_logger=logger,
         log_level=LogLevel.info,
         log_namespace=namespace,
-        log_source=None,
-        log_format=WORKER_SESSION_FORMAT,
-        log_flattened={
-            **flattened(line),
-            "worker_pid!s:": str(pid),
-            "worker_pid!:": pid,
-        },
+        log_source=source,
+        log_format=SESSION_FORMAT if worker is None else WORKER_SESSION_FORMAT,
+        log_flattened=flat,
         log_time=when,
-        worker_pid=pid,
     )
     logger.observer(event)
     return event
@@ -236,7 +241,7 @@ _FLAT_KEY = "session_line!s:"
 _STRUCTURED_KEY = "session_line!:"
 
 
-def flattened(line: str) -> dict[str, str]:
+def flattened(line: str) -> dict[str, object]:
     """
     The C{log_flattened} of a session line event: what Twisted's
     C{flattenEvent} would make of C{SESSION_FORMAT} over C{line}.
