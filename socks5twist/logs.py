@@ -232,6 +232,9 @@ def _worker_record(data: bytes) -> dict[str, Any] | None:
         not isinstance(record, dict)
         or set(record) != set(_WORKER_RECORD_FIELDS)
         or not isinstance(record["session_line"], str)
+        # Written as it is by socks5twist.textlog: one line of printable
+        # ASCII, as a worker's record makes it (escaped), or not a record.
+        or not (record["session_line"].isascii() and record["session_line"].isprintable())
         or not isinstance(record["log_time"], int | float)
         or not isinstance(record["log_namespace"], str)
     ):

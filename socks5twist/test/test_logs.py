@@ -185,7 +185,11 @@ class WorkerRelayTests(SynchronousTestCase):
     def test_a_forged_session_record_is_text(self) -> None:
         # Anything a worker prints reaches the pipe: only a record with
         # exactly the record's fields is taken for one.
-        for line in [b"S{", b'S{"session_line": "x"}', b"S[1]", b'S{"log_time": "now"}']:
+        record = SessionRecord.of(ended_connect(), now=1000.25)
+        [real] = self.worker_output(lambda log: log_record(log, record))
+        forged = real.replace(b'"session_line":"session ', b'"session_line":"x\\nsession ', 1)
+        self.assertNotEqual(forged, real)
+        for line in [b"S{", b'S{"session_line": "x"}', b"S[1]", b'S{"log_time": "now"}', forged]:
             self.received.clear()
             self.assertIsNone(relay_worker_line(self.parent, 5, line), line)
             [event] = self.received
