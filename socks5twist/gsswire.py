@@ -90,7 +90,7 @@ def build(mtyp: Mtyp, token: bytes) -> bytes:
     return _HEADER.pack(VERSION, mtyp, len(token)) + token
 
 
-def parse(data: bytes | bytearray, expected: Mtyp) -> tuple[bytes, int] | None:
+def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, int] | None:
     """
     The token of the message of type C{expected} at the start of C{data} and
     the bytes it took, or C{None} while it is incomplete.
