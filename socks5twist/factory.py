@@ -24,6 +24,7 @@ from .accounting import Accountant, AccountingStore, quota_without_store
 from .accounting.fleet import FleetRefusal, FleetSessions
 from .accounting.redisstore import RedisStore
 from .gate import Gate, Refusal, Slot
+from .gss import ServerSettings
 from .limits import Limit, limit_key
 from .networks import IPNetwork, parse_network
 from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
@@ -127,6 +128,11 @@ class SOCKS5ServerFactory(ServerFactory):
     @param accounting_failure: C{"open"} (the default) or C{"closed"}: while
         the store is away, whether requests under a quota or a fleet session
         limit are judged by this process's own counts, or refused (X'01').
+    @param gssapi: offer GSSAPI authentication (RFC 1961) with these
+        settings (L{socks5twist.gss.ServerSettings}: the service, the keytab,
+        the protection levels); needs the C{gssapi} package
+        (C{socks5twist[gssapi]}).  The initiator's principal is the session's
+        user.  Raises L{ValueError} when the keytab cannot accept.
     """
 
     protocol = SOCKS5ServerProtocol  # type: ignore[assignment]
@@ -158,6 +164,7 @@ class SOCKS5ServerFactory(ServerFactory):
         trusted_proxies: Iterable[IPNetwork | str] = (),
         accounting: AccountingStore | None = None,
         accounting_failure: str = "open",
+        gssapi: ServerSettings | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
@@ -187,6 +194,17 @@ class SOCKS5ServerFactory(ServerFactory):
             if limit is not None and limit < 1:
                 raise ValueError(f"{name} must be at least 1, not {limit}")
         self.portal = portal
+        # GSSAPI (RFC 1961): the settings, and the acceptor credentials every
+        # session shares (acquired here: a keytab that cannot serve fails now).
+        self.gssapi = gssapi
+        self.gss_credentials: Any = None
+        if gssapi is not None:
+            from .gss import GSSFailure, acceptor_credentials
+
+            try:
+                self.gss_credentials = acceptor_credentials(gssapi)
+            except GSSFailure as e:
+                raise ValueError(f"GSSAPI cannot accept: {e}") from e
         self.reactor = reactor
         self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout
@@ -213,7 +231,8 @@ class SOCKS5ServerFactory(ServerFactory):
         # Called when the last session ends (a draining service listens).
         self.on_idle: Callable[[], None] | None = None
         if allowed_clients is None:
-            clients = ALLOW_ANY if portal is not None else LOOPBACK_ONLY
+            authenticated = portal is not None or gssapi is not None
+            clients = ALLOW_ANY if authenticated else LOOPBACK_ONLY
         else:
             clients = ClientPolicy(
                 parse_network(n) if isinstance(n, str) else n for n in allowed_clients
