@@ -17,7 +17,7 @@ from twisted.cred.checkers import (
     ICredentialsChecker,
     InMemoryUsernamePasswordDatabaseDontUse,
 )
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
@@ -107,4 +107,44 @@ def portal_for_checkers(checkers: Sequence[ICredentialsChecker]) -> Portal:
     """A L{Portal} over L{SOCKSRealm} that accepts what any checker accepts."""
     portal = Portal(SOCKSRealm())
     portal.registerChecker(AnyOfCheckers([bytes_checker(c) for c in checkers]))
+    return portal
+
+
+class IGSSAPIPrincipal(ICredentials):
+    """Credentials already proven by a GSSAPI context: the initiator's principal."""
+
+    principal = Attribute("The initiator's principal as text, alice@EXAMPLE.ORG.")
+
+
+@implementer(IGSSAPIPrincipal)
+@dataclass(frozen=True)
+class GSSAPIPrincipal:
+    """The principal a GSSAPI context established (RFC 1961): nothing left to check."""
+
+    principal: str
+
+
+@implementer(ICredentialsChecker)
+class GSSAPIPrincipalChecker:
+    """
+    Accepts a principal that a GSSAPI context proved, as its own avatar ID,
+    so that a GSSAPI user reaches the realm (and its avatar, its logout)
+    the way a username/password user does.
+    """
+
+    credentialInterfaces = (IGSSAPIPrincipal,)
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        return defer.succeed(credentials.principal)
+
+
+def gssapi_portal(portal: Portal | None) -> Portal:
+    """
+    The portal GSSAPI logins go through: the operator's own (its realm makes
+    the avatars of both kinds of users), with a checker for proven
+    principals added, or one over L{SOCKSRealm} when there is none.
+    """
+    if portal is None:
+        return Portal(SOCKSRealm(), [GSSAPIPrincipalChecker()])
+    portal.registerChecker(GSSAPIPrincipalChecker())
     return portal

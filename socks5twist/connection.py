@@ -17,13 +17,20 @@ is a violation the server answers; from the server it is a bug of ours and
 raises L{LocalProtocolError}.
 
     GREETING ─offer─► CHOOSING ─no-auth─────────────────► REQUEST ─request─► REPLYING
-                          │─password─► AUTH ─credentials─► LOGIN ─ok─┘          │
+                          │─password─► AUTH ─credentials─► LOGIN ─ok─┘ ▲        │
+                          │─gssapi─► GSS_TOKEN ⇄ GSS_ACCEPTING         │        │
+                          │     ─established─► GSS_LOGIN ─ok─► GSS_LEVEL       │
+                          │         ─level asked─► GSS_CHOOSING ─level─┘        │
                           └─none acceptable─► CLOSED                             │
     REPLYING ─success─► OPEN   (BIND: ─first success─► BINDING ─success─► OPEN)  │
              ─failure─► CLOSED                        (any state ─close/EOF/violation─► CLOSED)
 
-A new authentication method (GSSAPI, RFC 1961) is a method state and its
-rows in the table, and its messages in the codec: nothing else here changes.
+GSSAPI (RFC 1961) is such a method: its token and protection-level
+messages are framed by L{socks5twist.gsswire}; the cryptography is the
+session's (L{socks5twist.gss}), which hands back the tokens to send.  Once a
+protection level that wraps is chosen, the session unwraps what the client
+sends before it reaches L{ServerConnection.receive_data}: this class sees
+the request in the clear whatever the level.
 After OPEN the bytes are the tunnel's, not the negotiation's:
 L{ServerConnection.take_data} hands over what the client sent early.
 """
@@ -33,19 +40,22 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from . import codec
+from . import codec, gsswire
 from .addresses import Address
 from .codec import Command, MalformedMessage, Method, Reply
+from .gsswire import Mtyp
 
 __all__ = [
     "TRANSITIONS",
     "ClientClosed",
     "CommandRequested",
     "CredentialsReceived",
+    "GSSTokenReceived",
     "Kind",
     "LocalProtocolError",
     "MethodsOffered",
     "NeedData",
+    "ProtectionRequested",
     "ProtocolViolation",
     "ServerConnection",
     "State",
@@ -64,6 +74,11 @@ class State(enum.StrEnum):
     CHOOSING = "choosing"  # the server chooses a method
     AUTH = "auth"  # waiting for RFC 1929 username/password
     LOGIN = "authenticating"  # the server checks the credentials
+    GSS_TOKEN = "gssapi"  # waiting for the client's context token
+    GSS_ACCEPTING = "gssapi accepting"  # the server takes the token
+    GSS_LOGIN = "gssapi login"  # the context is made; the realm decides on the user
+    GSS_LEVEL = "gssapi protection"  # waiting for the client's protection level
+    GSS_CHOOSING = "gssapi choosing"  # the server chooses the level
     REQUEST = "request"  # waiting for the command
     REPLYING = "replying"  # the server works on the command
     BINDING = "binding"  # BIND: first reply sent, waiting for the peer
@@ -77,12 +92,19 @@ class Kind(enum.Enum):
     # From the client.
     OFFER = "offer"
     CREDENTIALS = "credentials"
+    GSS_TOKEN = "GSSAPI token"
+    LEVEL_ASKED = "protection level asked"
     REQUEST = "request"
     EOF = "eof"
     VIOLATION = "violation"
     # From the server.
     SELECT_NONE = "select no authentication"
     SELECT_PASSWORD = "select username/password"
+    SELECT_GSSAPI = "select GSSAPI"
+    GSS_CONTINUE = "GSSAPI token answered"
+    GSS_ESTABLISHED = "GSSAPI context established"
+    GSS_FAILED = "GSSAPI failed"
+    LEVEL_CHOSEN = "protection level chosen"
     REFUSE_METHODS = "no acceptable method"
     LOGIN_OK = "login accepted"
     LOGIN_FAILED = "login refused"
@@ -101,6 +123,16 @@ TRANSITIONS: dict[tuple[State, Kind], State] = {
     (S.AUTH, K.CREDENTIALS): S.LOGIN,
     (S.LOGIN, K.LOGIN_OK): S.REQUEST,
     (S.LOGIN, K.LOGIN_FAILED): S.CLOSED,
+    (S.CHOOSING, K.SELECT_GSSAPI): S.GSS_TOKEN,
+    (S.GSS_TOKEN, K.GSS_TOKEN): S.GSS_ACCEPTING,
+    (S.GSS_ACCEPTING, K.GSS_CONTINUE): S.GSS_TOKEN,
+    (S.GSS_ACCEPTING, K.GSS_ESTABLISHED): S.GSS_LOGIN,
+    (S.GSS_ACCEPTING, K.GSS_FAILED): S.CLOSED,
+    (S.GSS_LOGIN, K.LOGIN_OK): S.GSS_LEVEL,
+    (S.GSS_LOGIN, K.LOGIN_FAILED): S.CLOSED,
+    (S.GSS_LEVEL, K.LEVEL_ASKED): S.GSS_CHOOSING,
+    (S.GSS_CHOOSING, K.LEVEL_CHOSEN): S.REQUEST,
+    (S.GSS_CHOOSING, K.GSS_FAILED): S.CLOSED,
     (S.REQUEST, K.REQUEST): S.REPLYING,
     (S.REPLYING, K.REPLY_SUCCESS): S.OPEN,
     (S.REPLYING, K.BIND_FIRST_REPLY): S.BINDING,
@@ -119,10 +151,35 @@ TRANSITIONS: dict[tuple[State, Kind], State] = {
 _PARSING = {
     S.GREETING: (codec.parse_greeting, K.OFFER),
     S.AUTH: (codec.parse_auth_request, K.CREDENTIALS),
+    S.GSS_TOKEN: (lambda data: _gss_message(data, Mtyp.AUTHENTICATION), K.GSS_TOKEN),
+    S.GSS_LEVEL: (lambda data: _gss_message(data, Mtyp.PROTECTION), K.LEVEL_ASKED),
     S.REQUEST: (codec.parse_request, K.REQUEST),
 }
 # The event of each method the server may select.
-_SELECTED = {Method.NO_AUTHENTICATION: K.SELECT_NONE, Method.USERNAME_PASSWORD: K.SELECT_PASSWORD}
+_SELECTED = {
+    Method.NO_AUTHENTICATION: K.SELECT_NONE,
+    Method.USERNAME_PASSWORD: K.SELECT_PASSWORD,
+    Method.GSSAPI: K.SELECT_GSSAPI,
+}
+# The states that are GSSAPI's: a malformed message there is answered with
+# RFC 1961's abort.
+_GSS_STATES = frozenset({S.GSS_TOKEN, S.GSS_ACCEPTING, S.GSS_LOGIN, S.GSS_LEVEL, S.GSS_CHOOSING})
+
+
+@dataclass(frozen=True, slots=True)
+class _GSSMessage:
+    mtyp: Mtyp
+    token: bytes
+
+
+def _gss_message(data: bytes, mtyp: Mtyp) -> tuple[_GSSMessage, int] | None:
+    parsed = gsswire.parse(data, mtyp)
+    if parsed is None:
+        return None
+    token, used = parsed
+    if not token:
+        raise MalformedMessage(f"an empty GSSAPI token (message type {int(mtyp)})")
+    return _GSSMessage(mtyp, token), used
 
 
 class LocalProtocolError(Exception):
@@ -157,6 +214,20 @@ class CredentialsReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class GSSTokenReceived:
+    """A context-establishment token (RFC 1961 section 3), not yet checked."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectionRequested:
+    """The client's protection-level message (section 4), as it came."""
+
+    token: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CommandRequested:
     command: Command
     address: Address
@@ -183,8 +254,15 @@ class ProtocolViolation:
 
 
 Event = (
-    NeedData | MethodsOffered | CredentialsReceived | CommandRequested | ClientClosed
-) | ProtocolViolation
+    NeedData
+    | MethodsOffered
+    | CredentialsReceived
+    | GSSTokenReceived
+    | ProtectionRequested
+    | CommandRequested
+    | ClientClosed
+    | ProtocolViolation
+)
 
 
 class ServerConnection:
@@ -240,6 +318,10 @@ class ServerConnection:
             return MethodsOffered(message.methods)
         if isinstance(message, codec.AuthRequest):
             return CredentialsReceived(message.username, message.password)
+        if isinstance(message, _GSSMessage):
+            if message.mtyp is Mtyp.AUTHENTICATION:
+                return GSSTokenReceived(message.token)
+            return ProtectionRequested(message.token)
         assert isinstance(message, codec.Request)
         return CommandRequested(message.command, message.address)
 
@@ -253,6 +335,8 @@ class ServerConnection:
             return codec.build_reply(e.reply)
         if self.state is S.AUTH:
             return codec.build_auth_response(codec.AuthStatus.FAILURE)
+        if self.state in _GSS_STATES and not isinstance(e, gsswire.PeerAborted):
+            return gsswire.ABORT
         return b""
 
     def _violation(self, why: str, response: bytes) -> ProtocolViolation:
@@ -280,6 +364,33 @@ class ServerConnection:
         self._move(K.LOGIN_OK if accepted else K.LOGIN_FAILED)
         status = codec.AuthStatus.SUCCESS if accepted else codec.AuthStatus.FAILURE
         return codec.build_auth_response(status)
+
+    # -- GSSAPI (RFC 1961): the session does the cryptography ------------------
+
+    def gss_continue(self, token: bytes) -> bytes:
+        """The server's token; the context needs another from the client."""
+        self._move(K.GSS_CONTINUE)
+        return gsswire.build(Mtyp.AUTHENTICATION, token)
+
+    def gss_established(self, token: bytes | None) -> bytes:
+        """The context is made (with a last token to send, or none); the realm decides next."""
+        self._move(K.GSS_ESTABLISHED)
+        return gsswire.build(Mtyp.AUTHENTICATION, token) if token else b""
+
+    def gss_login_decided(self, accepted: bool) -> bytes:
+        """The realm's word on the principal: go on to the level, or abort."""
+        self._move(K.LOGIN_OK if accepted else K.LOGIN_FAILED)
+        return b"" if accepted else gsswire.ABORT
+
+    def gss_failed(self) -> bytes:
+        """RFC 1961's failure message (then close)."""
+        self._move(K.GSS_FAILED)
+        return gsswire.ABORT
+
+    def level_chosen(self, token: bytes) -> bytes:
+        """The answer to the client's protection level; the request comes next."""
+        self._move(K.LEVEL_CHOSEN)
+        return gsswire.build(Mtyp.PROTECTION, token)
 
     def reply(self, reply: Reply, address: Address = codec.UNSPECIFIED) -> bytes:
         """A reply to the request; a success opens the tunnel, a failure ends."""

@@ -23,6 +23,7 @@ from .accesslog import AccessLog
 from .accounting import Accountant, AccountingStore, quota_without_store
 from .accounting.fleet import FleetRefusal, FleetSessions
 from .accounting.redisstore import RedisStore
+from .auth import gssapi_portal
 from .gate import Gate, Refusal, Slot
 from .gss import ServerSettings
 from .limits import Limit, limit_key
@@ -205,6 +206,8 @@ class SOCKS5ServerFactory(ServerFactory):
                 self.gss_credentials = acceptor_credentials(gssapi)
             except GSSFailure as e:
                 raise ValueError(f"GSSAPI cannot accept: {e}") from e
+        # GSSAPI users reach the realm through this portal (see auth.py).
+        self.gss_portal = gssapi_portal(portal) if gssapi is not None else None
         self.reactor = reactor
         self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout

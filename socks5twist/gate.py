@@ -192,13 +192,17 @@ class Gate:
             client=client,
         )
 
-    def methods(self, ip: IPAddress | None, has_checkers: bool) -> tuple[Method, ...]:
+    def methods(
+        self, ip: IPAddress | None, has_checkers: bool, gssapi: bool = False
+    ) -> tuple[Method, ...]:
         """
         The authentication methods a client at C{ip} may use, the preferred
         first: a password where there are checkers, unless the rules'
         C{[[auth]]} tables let this client skip it (a client that offers
         only a password still gets to use one).
         """
+        if gssapi:  # (until [[auth]] can name it: GSSAPI first, then a password)
+            return (Method.GSSAPI, Method.USERNAME_PASSWORD) if has_checkers else (Method.GSSAPI,)
         if self.rules.password_required(ip, has_checkers):
             return _PASSWORD
         return _ANY if has_checkers else _NONE

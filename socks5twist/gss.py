@@ -136,6 +136,16 @@ class Protector:
         except Exception as e:
             raise _failure(e) from e
 
+    def wrap_one(self, data: bytes) -> bytes:
+        """C{data} as one token (a datagram is never cut); L{ValueError} if too big."""
+        try:
+            token = bytes(self._context.wrap(data, self._encrypt).message)
+        except Exception as e:
+            raise _failure(e) from e
+        if len(token) > MAX_TOKEN:
+            raise ValueError(f"a wrapped message of {len(token)} bytes")
+        return token
+
     def unwrap(self, token: bytes) -> bytes:
         """The message in C{token}, or L{GSSFailure}."""
         try:

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_TOKEN",
     "Deframer",
     "Mtyp",
+    "PeerAborted",
     "Protection",
     "build",
     "parse",
@@ -83,6 +84,10 @@ LEVEL_NAMES[Protection.SELECTIVE] = "selective"
 ABORT = bytes((VERSION, Mtyp.ABORT))
 
 
+class PeerAborted(MalformedMessage):
+    """The peer sent RFC 1961's failure message (nothing is answered to it)."""
+
+
 def build(mtyp: Mtyp, token: bytes) -> bytes:
     """One message; a token that does not fit two octets of length is a bug."""
     if len(token) > MAX_TOKEN:
@@ -104,7 +109,7 @@ def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, 
     if version != VERSION:
         raise MalformedMessage(f"GSSAPI message version {version} (expected 1)")
     if mtyp == Mtyp.ABORT:
-        raise MalformedMessage("the peer aborted the GSSAPI negotiation")
+        raise PeerAborted("the peer aborted the GSSAPI negotiation")
     if mtyp != expected:
         raise MalformedMessage(f"GSSAPI message type {mtyp} (expected {int(expected)})")
     if len(data) < 4:

@@ -22,6 +22,7 @@ from twisted.cred.credentials import IUsernamePassword
 from twisted.logger import Logger
 
 from .auth import AnyOfCheckers, avatar_name
+from .codec import Method
 from .limits import limit_key
 from .logsafe import field
 from .passwords import PasswordFile
@@ -66,7 +67,8 @@ def recheck(factory: SOCKS5ServerFactory) -> int:
     closed: collections.Counter[str] = factory.stats.closed
     for session in list(factory.sessions):
         why = reason = None
-        if session.user is not None and users is not None and session.user not in users:
+        by_password = session.method is Method.USERNAME_PASSWORD
+        if by_password and users is not None and session.user not in users:
             why, reason = "no longer a user of the password files", "user-removed"
         elif session.command is not None:
             limit = rules.limit_for(session.client_ip, session.user, session.command_label)

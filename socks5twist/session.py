@@ -37,7 +37,7 @@ from zope.interface import implementer
 from .addresses import Address, IPAddress
 from .admission import RequestAdmission
 from .auth import ISOCKSUser
-from .codec import Command
+from .codec import Command, Method
 from .commands import Handler
 from .commands.host import CommandHost
 from .connection import (
@@ -45,12 +45,18 @@ from .connection import (
     ClientClosed,
     CommandRequested,
     CredentialsReceived,
+    GSSTokenReceived,
     MethodsOffered,
+    ProtectionRequested,
     ProtocolViolation,
     ServerConnection,
 )
 from .connection import State as Wire
 from .gate import Refusal, Slot
+from .gss import Acceptor, GSSFailure, Protector
+from .gsssession import GSSAPINegotiation
+from .gsstransport import Unprotector
+from .gsswire import Protection
 from .limits import Limit
 from .logsafe import field, why
 from .policy import describe, ip_of
@@ -70,11 +76,17 @@ __all__ = ["SOCKS5ServerProtocol", "State"]
 
 
 # How log lines and outcomes name the phase a violation happened in.
-_PHASE_NAMES = {Wire.GREETING: "greeting", Wire.AUTH: "authentication", Wire.REQUEST: "request"}
+_PHASE_NAMES = {
+    Wire.GREETING: "greeting",
+    Wire.AUTH: "authentication",
+    Wire.GSS_TOKEN: "GSSAPI token",
+    Wire.GSS_LEVEL: "GSSAPI protection level",
+    Wire.REQUEST: "request",
+}
 
 
 @implementer(IHalfCloseableProtocol)
-class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
+class SOCKS5ServerProtocol(GSSAPINegotiation, RequestAdmission, CommandHost, Protocol):
     """
     One SOCKS5 client connection.
 
@@ -90,8 +102,9 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
     # small __dict__ for the attributes it sets itself.)
     __slots__ = (
         "_closing", "_logout", "_pending", "bound", "client", "client_ip", "client_text", "command",
-        "connected_to", "connection", "destination", "handler", "held", "limit", "outcome",
-        "relay", "replies", "route", "shaping", "started", "udp", "user",
+        "connected_to", "connection", "destination", "gss", "handler", "held", "limit", "method",
+        "outcome", "protection", "protector", "relay", "replies", "route", "shaping", "started",
+        "udp", "unprotector", "user",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -107,6 +120,13 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
         # The [[limit]] the request fell under, and its bandwidth budgets.
         self.limit: Limit | None = None
         self.shaping: Shaping | None = None
+        # How the client authenticated; under GSSAPI, the context and, at a
+        # level that wraps, what wraps and unwraps (see gsssession.py).
+        self.method: Method | None = None
+        self.gss: Acceptor | None = None
+        self.protection: Protection | None = None
+        self.protector: Protector | None = None
+        self.unprotector: Unprotector | None = None
         # For the session's log line.
         self.started = 0.0
         self.client: IAddress | None = None
@@ -204,6 +224,16 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
             factory.handshakes.add(self)
 
     def dataReceived(self, data: bytes) -> None:
+        unprotector = self.unprotector
+        if unprotector is not None:
+            # Per-message protection: only whole messages that unwrap go on.
+            try:
+                data = unprotector.feed(data)
+            except GSSFailure as e:
+                self.gss_broken(e)
+                return
+            if not data:
+                return
         wire = self.connection.state
         if wire is Wire.OPEN:
             # The tunnel's, if there is one; a UDP association's control
@@ -288,6 +318,10 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
                 self._authenticate(event)
             elif isinstance(event, CommandRequested):
                 self._request(event)
+            elif isinstance(event, GSSTokenReceived):
+                self.gss_token(event)
+            elif isinstance(event, ProtectionRequested):
+                self.gss_level(event)
             elif isinstance(event, ClientClosed):
                 self.close("client closed during negotiation")
             else:
@@ -323,12 +357,19 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
             send_now(self.transport, self.connection.refuse_methods())
             self.close(refusal.outcome)
             return
-        acceptable = gate.methods(self.client_ip, self.factory.portal is not None)
+        factory = self.factory
+        acceptable = gate.methods(
+            self.client_ip, factory.portal is not None, factory.gssapi is not None
+        )
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
             send_now(self.transport, self.connection.refuse_methods())
             self.close(f"no acceptable method (offered {list(greeting.methods)})")
             return
+        if wanted is Method.GSSAPI:
+            self.gss_selected()
+            return
+        self.method = wanted
         send_now(self.transport, self.connection.select_method(wanted))
 
     def _authenticate(self, request: CredentialsReceived) -> None:

@@ -31,7 +31,7 @@ class State(enum.StrEnum):
     """Where a session is."""
 
     GREETING = "greeting"  # waiting for the client's offer of methods
-    AUTH = "auth"  # waiting for an RFC 1929 username/password
+    AUTH = "auth"  # waiting for a username/password, or a GSSAPI token or level
     AUTHENTICATING = "authenticating"  # the portal is deciding
     REQUEST = "request"  # waiting for the command
     CONNECTING = "connecting"  # CONNECT: the outbound connection is being made
@@ -47,6 +47,11 @@ _BY_WIRE = {
     Wire.CHOOSING: State.GREETING,
     Wire.AUTH: State.AUTH,
     Wire.LOGIN: State.AUTHENTICATING,
+    Wire.GSS_TOKEN: State.AUTH,
+    Wire.GSS_ACCEPTING: State.AUTHENTICATING,
+    Wire.GSS_LOGIN: State.AUTHENTICATING,
+    Wire.GSS_LEVEL: State.AUTH,
+    Wire.GSS_CHOOSING: State.AUTHENTICATING,
     Wire.REQUEST: State.REQUEST,
     Wire.BINDING: State.BINDING,
     Wire.CLOSED: State.CLOSED,

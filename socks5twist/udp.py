@@ -32,9 +32,10 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from . import codec, outbound
+from . import codec, gsswire, outbound
 from .addresses import Address, IPAddress, literal_ip, parse_ip
 from .codec import MalformedMessage
+from .gss import GSSFailure, Protector
 from .logsafe import escape
 from .relay import IdleClock
 from .shaping import Shaping
@@ -107,6 +108,11 @@ class UDPAssociation:
     @param shaping: the budgets of a [[limit]]'s bandwidth: a datagram (its
         payload) that finds its direction's budget in debt is dropped
         (counted as C{bandwidth}), not queued.
+    @param protector: under GSSAPI integrity or confidentiality (RFC 1961
+        section 5), each datagram between the client and this relay is one
+        wrapped message (C{01 03 LEN TOKEN}); one that is not, or does not
+        unwrap, is dropped (counted as C{protection}): a datagram is easy to
+        forge, and would otherwise let anyone end the association.
     """
 
     log = Logger()
@@ -125,8 +131,10 @@ class UDPAssociation:
         outgoing: Mapping[int, str] | None = None,
         resolver: IHostnameResolver | None = None,
         shaping: Shaping | None = None,
+        protector: Protector | None = None,
     ) -> None:
         self._reactor = reactor
+        self._protector = protector
         self._shaping = shaping
         self.client_ip = client_ip
         self.lock = lock_for(client_ip, expected)
@@ -195,6 +203,11 @@ class UDPAssociation:
         if wrong is not None:
             self.dropped[wrong] += 1
             return
+        if self._protector is not None:
+            datagram = self._unwrap(datagram)
+            if not datagram:
+                self.dropped["protection"] += 1
+                return
         try:
             parsed = codec.parse_udp_datagram(datagram)
         except MalformedMessage:
@@ -335,10 +348,15 @@ class UDPAssociation:
             return
         self._touch()
         header = Address.for_ip(str(ip), addr[1])
+        message = codec.build_udp_datagram(header, datagram)
+        if self._protector is not None:
+            try:
+                message = self._wrap(message)
+            except (GSSFailure, ValueError):  # the context is gone, or too big to wrap whole
+                self.dropped["too big"] += 1
+                return
         try:
-            self._client_port.write(  # type: ignore[attr-defined]
-                codec.build_udp_datagram(header, datagram), self.client_address
-            )
+            self._client_port.write(message, self.client_address)  # type: ignore[attr-defined]
         except error.MessageLengthError:
             self.dropped["too big"] += 1
             return
@@ -347,6 +365,22 @@ class UDPAssociation:
             return
         self.down_datagrams += 1
         self.down_bytes += len(datagram)
+
+    def _unwrap(self, datagram: bytes) -> bytes:
+        """The datagram in a wrapped message, or C{b""} (not one, or a forgery)."""
+        assert self._protector is not None
+        try:
+            parsed = gsswire.parse(datagram, gsswire.Mtyp.MESSAGE)
+            if parsed is None or parsed[1] != len(datagram):
+                return b""
+            return self._protector.unwrap(parsed[0])
+        except (MalformedMessage, GSSFailure):
+            return b""
+
+    def _wrap(self, message: bytes) -> bytes:
+        """One wrapped message for one datagram (never cut in two)."""
+        assert self._protector is not None
+        return gsswire.build(gsswire.Mtyp.MESSAGE, self._protector.wrap_one(message))
 
     def describe_drops(self) -> str:
         """C{reason:count,...}, for the log line."""

@@ -72,6 +72,7 @@ class Associate:
             check=self._allowed,
             outgoing=config.outgoing,
             shaping=ctx.shaping,
+            protector=ctx.protector,
         )
         try:
             host = association.open()

@@ -31,6 +31,7 @@ from ..states import State
 
 if TYPE_CHECKING:
     from ..gate import Refusal, Slot
+    from ..gss import Protector
     from ..relay import RemoteProtocol
     from ..shaping import Shaping
     from ..udp import UDPAssociation
@@ -88,6 +89,7 @@ class Context(Protocol):
     outcome: str
     udp: UDPAssociation | None
     shaping: Shaping | None  # the budgets of the session's [[limit]], if any
+    protector: Protector | None  # GSSAPI integrity or confidentiality: wraps datagrams
 
     @property
     def config(self) -> Config: ...

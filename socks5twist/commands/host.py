@@ -25,6 +25,7 @@ from ..addresses import Address, IPAddress
 from ..codec import Command, Reply
 from ..connection import ServerConnection
 from ..gate import Refusal, Slot
+from ..gsstransport import ProtectedTransport
 from ..logsafe import field
 from ..policy import ip_of, show
 from ..relay import RemoteProtocol, send_now
@@ -135,7 +136,7 @@ class CommandHost:
         listens: read from the socket itself, not from a PROXY header.
         """
         transport = self.transport
-        while isinstance(transport, ProtocolWrapper):
+        while isinstance(transport, (ProtocolWrapper, ProtectedTransport)):
             transport = transport.transport
         return ip_of(transport.getHost())
 

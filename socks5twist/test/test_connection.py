@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from socks5twist import codec
+from socks5twist import codec, gsswire
 from socks5twist.codec import Address, Command, Method, Reply
 from socks5twist.connection import (
     MAX_PENDING,
@@ -18,9 +18,11 @@ from socks5twist.connection import (
     ClientClosed,
     CommandRequested,
     CredentialsReceived,
+    GSSTokenReceived,
     Kind,
     LocalProtocolError,
     MethodsOffered,
+    ProtectionRequested,
     ProtocolViolation,
     ServerConnection,
     State,
@@ -30,6 +32,8 @@ GREETING = codec.build_greeting([Method.NO_AUTHENTICATION, Method.USERNAME_PASSW
 AUTH = codec.build_auth_request(b"alice", b"secret")
 REQUEST = codec.build_request(Command.CONNECT, Address.for_ip("192.0.2.1", 80))
 TARGET = Address.for_ip("192.0.2.9", 4000)
+GSS_TOKEN = gsswire.build(gsswire.Mtyp.AUTHENTICATION, b"token")
+GSS_LEVEL = gsswire.build(gsswire.Mtyp.PROTECTION, b"wrapped level")
 
 
 def _feed(c: ServerConnection, data: bytes) -> object:
@@ -61,6 +65,12 @@ def reach(state: State) -> ServerConnection:
             lambda c: _feed(c, REQUEST),
         ],
     }
+    gss = [lambda c: _feed(c, GREETING), lambda c: c.select_method(Method.GSSAPI)]
+    steps[State.GSS_TOKEN] = gss
+    steps[State.GSS_ACCEPTING] = [*gss, lambda c: _feed(c, GSS_TOKEN)]
+    steps[State.GSS_LOGIN] = [*steps[State.GSS_ACCEPTING], lambda c: c.gss_established(b"t")]
+    steps[State.GSS_LEVEL] = [*steps[State.GSS_LOGIN], lambda c: c.gss_login_decided(True)]
+    steps[State.GSS_CHOOSING] = [*steps[State.GSS_LEVEL], lambda c: _feed(c, GSS_LEVEL)]
     steps[State.BINDING] = [*steps[State.REPLYING], lambda c: c.bind_listening(TARGET)]
     steps[State.OPEN] = [*steps[State.REPLYING], lambda c: c.reply(Reply.SUCCEEDED, TARGET)]
     steps[State.CLOSED] = [lambda c: c.close()]
@@ -74,6 +84,11 @@ def reach(state: State) -> ServerConnection:
 SERVER_CALLS: dict[Kind, Callable[[ServerConnection], bytes | None]] = {
     Kind.SELECT_NONE: lambda c: c.select_method(Method.NO_AUTHENTICATION),
     Kind.SELECT_PASSWORD: lambda c: c.select_method(Method.USERNAME_PASSWORD),
+    Kind.SELECT_GSSAPI: lambda c: c.select_method(Method.GSSAPI),
+    Kind.GSS_CONTINUE: lambda c: c.gss_continue(b"more"),
+    Kind.GSS_ESTABLISHED: lambda c: c.gss_established(None),
+    Kind.GSS_FAILED: lambda c: c.gss_failed(),
+    Kind.LEVEL_CHOSEN: lambda c: c.level_chosen(b"answer"),
     Kind.REFUSE_METHODS: lambda c: c.refuse_methods(),
     Kind.LOGIN_OK: lambda c: c.login_decided(True),
     Kind.LOGIN_FAILED: lambda c: c.login_decided(False),
@@ -86,8 +101,13 @@ SERVER_CALLS: dict[Kind, Callable[[ServerConnection], bytes | None]] = {
 CLIENT_BYTES: dict[Kind, dict[State, bytes]] = {
     Kind.OFFER: {State.GREETING: GREETING},
     Kind.CREDENTIALS: {State.AUTH: AUTH},
+    Kind.GSS_TOKEN: {State.GSS_TOKEN: GSS_TOKEN},
+    Kind.LEVEL_ASKED: {State.GSS_LEVEL: GSS_LEVEL},
     Kind.REQUEST: {State.REQUEST: REQUEST},
 }
+
+
+PARSING_STATES = (State.GREETING, State.AUTH, State.REQUEST, State.GSS_TOKEN, State.GSS_LEVEL)
 
 
 class TableTests(SynchronousTestCase):
@@ -115,7 +135,7 @@ class TableTests(SynchronousTestCase):
                 if (state, kind) in TRANSITIONS:
                     self.assertIs(c.state, TRANSITIONS[(state, kind)], (state, kind))
                     self.assertNotEqual(event, NEED_DATA)
-                elif state not in (State.GREETING, State.AUTH, State.REQUEST):
+                elif state not in PARSING_STATES:
                     # Bytes that arrive while the server acts wait, in order.
                     self.assertEqual(event, NEED_DATA, (state, kind))
                     self.assertIs(c.state, state)
@@ -200,7 +220,53 @@ class EventTests(SynchronousTestCase):
     def test_an_unknown_method_cannot_be_selected(self) -> None:
         c = reach(State.CHOOSING)
         with self.assertRaises(LocalProtocolError):
-            c.select_method(Method.GSSAPI)
+            c.select_method(Method.NO_ACCEPTABLE)
+
+    def test_a_gssapi_negotiation_pipelined_in_one_read(self) -> None:
+        """Tokens, the level and the request arrive at once: each waits its turn."""
+        c = ServerConnection()
+        c.receive_data(GREETING + GSS_TOKEN + GSS_TOKEN + GSS_LEVEL + REQUEST)
+        self.assertIsInstance(c.next_event(), MethodsOffered)
+        self.assertEqual(c.select_method(Method.GSSAPI), b"\x05\x01")
+        self.assertEqual(c.next_event(), GSSTokenReceived(b"token"))
+        self.assertEqual(c.next_event(), NEED_DATA, "the server answers the token first")
+        self.assertEqual(c.gss_continue(b"back"), b"\x01\x01\x00\x04back")
+        self.assertEqual(c.next_event(), GSSTokenReceived(b"token"))
+        self.assertEqual(c.gss_established(None), b"", "no last token: nothing to send")
+        self.assertEqual(c.next_event(), NEED_DATA, "the realm decides on the user first")
+        self.assertEqual(c.gss_login_decided(True), b"")
+        self.assertEqual(c.next_event(), ProtectionRequested(b"wrapped level"))
+        self.assertEqual(c.level_chosen(b"ans"), b"\x01\x02\x00\x03ans")
+        self.assertIsInstance(c.next_event(), CommandRequested)
+
+    def test_gssapi_violations_are_answered_with_the_abort(self) -> None:
+        cases = [
+            (State.GSS_TOKEN, b"\x05\x01\x00\x01x", gsswire.ABORT),  # not version 1
+            (State.GSS_TOKEN, b"\x01\x02\x00\x01x", gsswire.ABORT),  # the wrong type
+            (State.GSS_TOKEN, b"\x01\x01\x00\x00", gsswire.ABORT),  # an empty token
+            (State.GSS_TOKEN, b"\x01\xff", b""),  # the client's own abort: no answer
+            (State.GSS_LEVEL, b"\x01\x01\x00\x01x", gsswire.ABORT),
+        ]
+        for state, wire, response in cases:
+            c = reach(state)
+            c.receive_data(wire)
+            event = c.next_event()
+            assert isinstance(event, ProtocolViolation), (state, wire, event)
+            self.assertEqual(event.response, response, wire)
+            self.assertIs(c.state, State.CLOSED)
+
+    def test_a_gssapi_token_split_across_reads(self) -> None:
+        c = reach(State.GSS_TOKEN)
+        for byte in GSS_TOKEN[:-1]:
+            c.receive_data(bytes([byte]))
+            self.assertEqual(c.next_event(), NEED_DATA)
+        c.receive_data(GSS_TOKEN[-1:])
+        self.assertEqual(c.next_event(), GSSTokenReceived(b"token"))
+
+    def test_the_refused_login_aborts(self) -> None:
+        c = reach(State.GSS_LOGIN)
+        self.assertEqual(c.gss_login_decided(False), gsswire.ABORT)
+        self.assertIs(c.state, State.CLOSED)
 
     def test_credentials_repr_hides_the_password(self) -> None:
         self.assertNotIn("secret", repr(CredentialsReceived(b"alice", b"secret")))
