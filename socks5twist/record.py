@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger, LogLevel
 
 from .codec import Command
+from .gsswire import LEVEL_NAMES
 from .logsafe import field, printable
 from .policy import show
 
@@ -76,6 +77,9 @@ class SessionRecord:
     # failed); None: directly, and the line has no route= at all.
     route: str | None = None
     limit: int | None = None  # the [[limit]] the session was under (its number)
+    # The GSSAPI protection level, when the client authenticated with
+    # GSSAPI (clear, integrity, confidentiality); None: it did not.
+    gssapi: str | None = None
 
     @classmethod
     def of(cls, session: SOCKS5ServerProtocol, now: float | None = None) -> SessionRecord:
@@ -113,6 +117,7 @@ class SessionRecord:
             outcome=printable(session.outcome),
             route=session.route,
             limit=session.limit.index if session.limit is not None else None,
+            gssapi=LEVEL_NAMES[session.protection] if session.protection is not None else None,
         )
 
     @property
@@ -134,7 +139,8 @@ class SessionRecord:
             f"up={self.up} down={self.down}{self.extra} "
             f"duration={self.duration:.3f}s relay={self.relay}"
             f"{'' if self.route is None else ' route=' + self.route}"
-            f"{'' if self.limit is None else f' limit=#{self.limit}'} ({self.outcome})"
+            f"{'' if self.limit is None else f' limit=#{self.limit}'}"
+            f"{'' if self.gssapi is None else ' gssapi=' + self.gssapi} ({self.outcome})"
         )
 
     def fields(self, line: str | None = None) -> dict[str, object]:
@@ -164,6 +170,7 @@ class SessionRecord:
             "outcome": self.outcome,
             "route": self.route,
             "limit": self.limit,
+            "gssapi": self.gssapi,
         }
 
 

@@ -161,6 +161,7 @@ class SessionRecordTests(SynchronousTestCase):
                 "outcome": "closed",
                 "route": None,
                 "limit": None,
+                "gssapi": None,
             },
         )
 
