@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol, connectionDone
@@ -36,7 +35,6 @@ from zope.interface import implementer
 
 from .addresses import Address, IPAddress
 from .admission import RequestAdmission
-from .auth import ISOCKSUser
 from .codec import Command, Method
 from .commands import Handler
 from .commands.host import CommandHost
@@ -58,7 +56,7 @@ from .gsssession import GSSAPINegotiation
 from .gsstransport import Unprotector
 from .gsswire import Protection
 from .limits import Limit
-from .logsafe import field, why
+from .passwordlogin import PasswordLogin
 from .policy import describe, ip_of
 from .proxylistener import unvetted
 from .record import HEX_BYTE
@@ -86,7 +84,9 @@ _PHASE_NAMES = {
 
 
 @implementer(IHalfCloseableProtocol)
-class SOCKS5ServerProtocol(GSSAPINegotiation, RequestAdmission, CommandHost, Protocol):
+class SOCKS5ServerProtocol(
+    PasswordLogin, GSSAPINegotiation, RequestAdmission, CommandHost, Protocol
+):
     """
     One SOCKS5 client connection.
 
@@ -372,51 +372,6 @@ class SOCKS5ServerProtocol(GSSAPINegotiation, RequestAdmission, CommandHost, Pro
         self.method = wanted
         send_now(self.transport, self.connection.select_method(wanted))
 
-    def _authenticate(self, request: CredentialsReceived) -> None:
-        # Reading goes on meanwhile (see the module docstring): a client that
-        # leaves is seen, and its check cancelled.
-        factory = self.factory
-        login = factory.gate.admit_login(self.client_ip, self.client_text)
-        if isinstance(login, Refusal):
-            send_now(self.transport, self.connection.login_decided(False))
-            self.close(login.outcome)
-            return
-        credentials = UsernamePassword(request.username, request.password)
-        assert factory.portal is not None
-        d = factory.portal.login(credentials, None, ISOCKSUser)
-        # Fires whatever happens (a cancelled login too): the count is exact.
-        d.addBoth(_passing, login.release)
-        self._pending = d
-        d.addCallbacks(self._authenticated, self._unauthenticated, errbackArgs=(request.username,))
-        d.addErrback(self.unexpected, "authentication")
-
-    def _authenticated(self, result: tuple[Any, Any, Any]) -> None:
-        _, avatar, logout = result
-        if self.state is not State.AUTHENTICATING:
-            logout()
-            return
-        self._pending = None
-        self.user = avatar.name
-        self._logout = logout
-        send_now(self.transport, self.connection.login_decided(True))
-        self._process()
-
-    def _unauthenticated(self, failure: Failure, username: bytes) -> None:
-        if failure.check(defer.CancelledError) or self.state is not State.AUTHENTICATING:
-            return
-        self._pending = None
-        # One line per attempt, naming the username tried (escaped), so
-        # that fail2ban-style tools can act on it; never the password.
-        self.log.info(
-            "authentication failed for {client} user={user}: {why}",
-            client=self.client_text,
-            user=field(username),
-            why=why(failure),
-        )
-        self.factory.auth_failed()
-        send_now(self.transport, self.connection.login_decided(False))
-        self.close("authentication failed")
-
     # -- timers and accidents ----------------------------------------------------
 
     def handshake_timed_out(self) -> None:
@@ -429,8 +384,3 @@ class SOCKS5ServerProtocol(GSSAPINegotiation, RequestAdmission, CommandHost, Pro
         # Negotiation replies are a few bytes that the socket buffer takes at
         # once, so a clean close cannot be held up by a client that won't read.
         self.close("handshake timeout")
-
-
-def _passing(result: Any, call: Callable[[], None]) -> Any:
-    call()
-    return result

@@ -150,6 +150,8 @@ SANS_IO = (
     "socks5twist.networks",
     "socks5twist.passwordformat",
     "socks5twist.proxyheader",
+    "socks5twist.gsswire",
+    "socks5twist.gss",
     "socks5twist.ruleset",
     "socks5twist.states",
 )
