@@ -39,6 +39,8 @@ DEFAULT_SERVICE = "rcmd"
 # A wrapped message must fit the two octets of LEN; krb5's overhead is well
 # under 100 bytes, so a plaintext chunk of 32 KiB always fits.
 MAX_CHUNK = 32 * 1024
+# The most context tokens a server takes from one client.
+MAX_ROUNDS = 8
 
 
 class MissingGSSAPI(Exception):
@@ -180,9 +182,10 @@ class Acceptor:
     acquired once at start.
     """
 
-    __slots__ = ("_context", "_gssapi", "_settings")
+    __slots__ = ("_context", "_gssapi", "_settings", "rounds")
 
     def __init__(self, credentials: Any, settings: ServerSettings) -> None:
+        self.rounds = 0
         gssapi = load()
         self._gssapi = gssapi
         self._settings = settings
@@ -191,8 +194,13 @@ class Acceptor:
     def step(self, token: bytes) -> bytes | None:
         """
         The token to send back (C{None}: nothing to send); L{complete} says
-        whether the context is established.  Raises L{GSSFailure}.
+        whether the context is established.  Raises L{GSSFailure}, also past
+        L{MAX_ROUNDS} tokens (Kerberos needs one; a client that keeps the
+        context going only keeps the server busy).
         """
+        self.rounds += 1
+        if self.rounds > MAX_ROUNDS:
+            raise GSSFailure(f"more than {MAX_ROUNDS} context tokens")
         try:
             out = self._context.step(token)
         except Exception as e:

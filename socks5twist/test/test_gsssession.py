@@ -58,6 +58,7 @@ class FakeAcceptor(gss.Acceptor):
     contexts: list[FakeContext] = []
 
     def __init__(self, credentials: Any, settings: ServerSettings) -> None:
+        self.rounds = 0
         self._settings = settings
         self._gssapi = SimpleNamespace(RequirementFlag=SimpleNamespace(anonymity="anon"))
         self._context = FakeContext()
@@ -184,6 +185,17 @@ class GSSAPISessionTests(SynchronousTestCase):
         s.send(build(Mtyp.AUTHENTICATION, b"final"))
         self.assertEqual(s.take(), gsswire.ABORT)
         self.assertIsNone(s.protocol.user)
+
+    def test_a_context_that_never_completes_is_cut_short(self) -> None:
+        s = self.session()
+        s.send(GSS_GREETING)
+        s.take()
+        for _ in range(gss.MAX_ROUNDS):
+            s.send(build(Mtyp.AUTHENTICATION, b"round1"))
+            self.assertEqual(s.take(), build(Mtyp.AUTHENTICATION, b"more"))
+        s.send(build(Mtyp.AUTHENTICATION, b"round1"))
+        self.assertEqual(s.take(), gsswire.ABORT)
+        self.assertIn("more than 8 context tokens", "".join(self.lines()))
 
     def test_a_context_complete_without_a_last_token(self) -> None:
         s = self.session()
