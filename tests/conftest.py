@@ -95,6 +95,7 @@ class SocksServer:
         args: list[str],
         connect_to: tuple[Any, ...],
         preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.log_path = log_path
         self.args = args
@@ -106,6 +107,7 @@ class SocksServer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
+            env=env,
         )
         self._wait_ready()
 
@@ -161,7 +163,10 @@ class SocksServer:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., SocksServer]]:
-    """Start C{twistd -n socks5 ARGS} on a free loopback port (unless ARGS name a port)."""
+    """
+    Start C{twistd -n socks5 ARGS} on a free loopback port (unless ARGS name
+    a port), in C{env} if given (else this process's environment).
+    """
     started: list[SocksServer] = []
 
     def start(
@@ -170,6 +175,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., SocksServer]]:
         port: int | None = None,
         connect_to: tuple[Any, ...] | None = None,
         preexec_fn: Callable[[], None] | None = None,
+        env: dict[str, str] | None = None,
     ) -> SocksServer:
         chosen = connect_to is None and port is None
         for attempt in range(3):
@@ -184,7 +190,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., SocksServer]]:
                 target = (host, number)
             log_path = tmp_path / f"twistd-{len(started)}-{attempt}.log"
             try:
-                server = SocksServer(log_path, argv, target, preexec_fn)
+                server = SocksServer(log_path, argv, target, preexec_fn, env)
             except AssertionError as e:
                 # A free port can be taken by another process between
                 # free_port() and twistd's bind: pick another one.
