@@ -29,6 +29,7 @@ from .codec import MalformedMessage
 __all__ = [
     "ABORT",
     "MAX_TOKEN",
+    "Aborted",
     "Deframer",
     "Mtyp",
     "Protection",
@@ -83,6 +84,13 @@ LEVEL_NAMES[Protection.SELECTIVE] = "selective"
 ABORT = bytes((VERSION, Mtyp.ABORT))
 
 
+class Aborted(MalformedMessage):
+    """The peer sent an abort (C{ver=1, mtyp=0xFF}): it gave up, and closes."""
+
+    def __init__(self) -> None:
+        super().__init__("the peer aborted the GSSAPI negotiation")
+
+
 def build(mtyp: Mtyp, token: bytes) -> bytes:
     """One message; a token that does not fit two octets of length is a bug."""
     if len(token) > MAX_TOKEN:
@@ -95,8 +103,8 @@ def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, 
     The token of the message of type C{expected} at the start of C{data} and
     the bytes it took, or C{None} while it is incomplete.
 
-    @raise MalformedMessage: not version 1, another type, or an abort (the
-        peer gave up; C{why} says so).
+    @raise MalformedMessage: not version 1, or another type; L{Aborted} (a
+        subclass) for an abort: the peer gave up.
     """
     if len(data) < 2:
         return None
@@ -104,7 +112,7 @@ def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, 
     if version != VERSION:
         raise MalformedMessage(f"GSSAPI message version {version} (expected 1)")
     if mtyp == Mtyp.ABORT:
-        raise MalformedMessage("the peer aborted the GSSAPI negotiation")
+        raise Aborted()
     if mtyp != expected:
         raise MalformedMessage(f"GSSAPI message type {mtyp} (expected {int(expected)})")
     if len(data) < 4:
@@ -140,7 +148,8 @@ class Deframer:
         """
         The tokens that C{data} completes, in order.
 
-        @raise MalformedMessage: a header that is not version 1, type 3.
+        @raise MalformedMessage: a header that is not version 1, type 3
+            (L{Aborted} for an abort).
         """
         if self._broken:
             raise MalformedMessage("GSSAPI stream already broken")
