@@ -70,7 +70,7 @@ def _raising(context: Any) -> Any:
     C{wrap}, ...), outside the C{try} that turns it into L{GSSFailure}:
     RFC 1961 sends an abort (C{01 FF}), not the library's error token.
     """
-    setattr(context, "__DEFER_STEP_ERRORS__", False)  # noqa: B010 (the name is mangled otherwise)
+    context.__DEFER_STEP_ERRORS__ = False
     return context
 
 
