@@ -335,7 +335,7 @@ class ServerConnection:
             return codec.build_reply(e.reply)
         if self.state is S.AUTH:
             return codec.build_auth_response(codec.AuthStatus.FAILURE)
-        if self.state in _GSS_STATES and not isinstance(e, gsswire.PeerAborted):
+        if self.state in _GSS_STATES and not isinstance(e, gsswire.Aborted):
             return gsswire.ABORT
         return b""
 

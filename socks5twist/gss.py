@@ -63,6 +63,19 @@ def load() -> Any:
     return gssapi
 
 
+def _raising(context: Any) -> Any:
+    """
+    C{context}, made to raise a failed step's error from C{step()} itself.
+
+    By default python-gssapi returns the error token of a failed step and
+    raises the error from the next call on the context (C{complete},
+    C{wrap}, ...), outside the C{try} that turns it into L{GSSFailure}:
+    RFC 1961 sends an abort (C{01 FF}), not the library's error token.
+    """
+    context.__DEFER_STEP_ERRORS__ = False
+    return context
+
+
 def _failure(e: Exception) -> GSSFailure:
     gen = getattr(e, "gen_message", None)
     text = gen() if callable(gen) else str(e)
@@ -189,7 +202,7 @@ class Acceptor:
         gssapi = load()
         self._gssapi = gssapi
         self._settings = settings
-        self._context = gssapi.SecurityContext(creds=credentials, usage="accept")
+        self._context = _raising(gssapi.SecurityContext(creds=credentials, usage="accept"))
 
     def step(self, token: bytes) -> bytes | None:
         """
@@ -299,17 +312,24 @@ class Initiator:
             flags.append(flag.delegate_to_peer)
         try:
             name = gssapi.Name(target, kind)
-            self._context = gssapi.SecurityContext(
-                name=name, creds=credentials, usage="initiate", flags=flags
+            self._context = _raising(
+                gssapi.SecurityContext(name=name, creds=credentials, usage="initiate", flags=flags)
             )
         except Exception as e:
             raise _failure(e) from e
 
     def step(self, token: bytes | None) -> bytes | None:
+        """
+        The token to send (C{None}: nothing), from the server's last one
+        (C{None} at first); L{complete} says whether the context is
+        established.  Raises L{GSSFailure}.
+        """
         try:
             out = self._context.step(token)
         except Exception as e:
             raise _failure(e) from e
+        if out is not None and len(out) > MAX_TOKEN:
+            raise GSSFailure(f"a context token of {len(out)} bytes does not fit a message")
         return bytes(out) if out is not None else None
 
     @property

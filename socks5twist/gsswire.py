@@ -29,9 +29,9 @@ from .codec import MalformedMessage
 __all__ = [
     "ABORT",
     "MAX_TOKEN",
+    "Aborted",
     "Deframer",
     "Mtyp",
-    "PeerAborted",
     "Protection",
     "build",
     "parse",
@@ -84,8 +84,14 @@ LEVEL_NAMES[Protection.SELECTIVE] = "selective"
 ABORT = bytes((VERSION, Mtyp.ABORT))
 
 
-class PeerAborted(MalformedMessage):
-    """The peer sent RFC 1961's failure message (nothing is answered to it)."""
+class Aborted(MalformedMessage):
+    """
+    The peer sent an abort (C{ver=1, mtyp=0xFF}): it gave up, and closes
+    (nothing is answered to it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the peer aborted the GSSAPI negotiation")
 
 
 def build(mtyp: Mtyp, token: bytes) -> bytes:
@@ -100,8 +106,8 @@ def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, 
     The token of the message of type C{expected} at the start of C{data} and
     the bytes it took, or C{None} while it is incomplete.
 
-    @raise MalformedMessage: not version 1, another type, or an abort (the
-        peer gave up; C{why} says so).
+    @raise MalformedMessage: not version 1, or another type; L{Aborted} (a
+        subclass) for an abort: the peer gave up.
     """
     if len(data) < 2:
         return None
@@ -109,7 +115,7 @@ def parse(data: bytes | bytearray | memoryview, expected: Mtyp) -> tuple[bytes, 
     if version != VERSION:
         raise MalformedMessage(f"GSSAPI message version {version} (expected 1)")
     if mtyp == Mtyp.ABORT:
-        raise PeerAborted("the peer aborted the GSSAPI negotiation")
+        raise Aborted()
     if mtyp != expected:
         raise MalformedMessage(f"GSSAPI message type {mtyp} (expected {int(expected)})")
     if len(data) < 4:
@@ -145,7 +151,8 @@ class Deframer:
         """
         The tokens that C{data} completes, in order.
 
-        @raise MalformedMessage: a header that is not version 1, type 3.
+        @raise MalformedMessage: a header that is not version 1, type 3
+            (L{Aborted} for an abort).
         """
         if self._broken:
             raise MalformedMessage("GSSAPI stream already broken")

@@ -307,3 +307,11 @@ def echo_server() -> Iterator[tuple[str, int]]:
     yield "127.0.0.1", server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def kerberos_realm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real MIT KDC and its realm for the whole session (L{tests.kerberos.Realm})."""
+    from .kerberos import running_realm  # it imports this module's helpers
+
+    yield from running_realm(tmp_path_factory.mktemp("kerberos"))

@@ -8,6 +8,8 @@ C{socks5:} endpoint string (L{socks5twist.client.strings}).
   sans I/O (the wire format is L{socks5twist.codec}'s);
 - L{socks5twist.client.endpoint}: the endpoint and its handshake protocol;
 - L{socks5twist.client.transport}: the transport the caller's protocol gets;
+- L{socks5twist.client.protection}: GSSAPI (RFC 1961): the settings, and
+  the protected stream of a tunnel at integrity or confidentiality;
 - L{socks5twist.client.errors}: one exception class per way it can fail.
 """
 
@@ -19,11 +21,14 @@ from .errors import (
     ConnectionNotAllowed,
     ConnectionRefused,
     GeneralFailure,
+    GSSAPIAborted,
+    GSSAPIError,
     HandshakeTimeout,
     HostUnreachable,
     LoginRejected,
     NetworkUnreachable,
     NoAcceptableMethods,
+    ProtectionLevelRefused,
     ProxyClosedError,
     ProxyProtocolError,
     SOCKS5ClientError,
@@ -31,6 +36,7 @@ from .errors import (
     TTLExpired,
     UnknownReply,
 )
+from .protection import GSSAPISettings
 from .transport import TunnelTransport
 
 __all__ = [
@@ -40,12 +46,16 @@ __all__ = [
     "CommandNotSupported",
     "ConnectionNotAllowed",
     "ConnectionRefused",
+    "GSSAPIAborted",
+    "GSSAPIError",
+    "GSSAPISettings",
     "GeneralFailure",
     "HandshakeTimeout",
     "HostUnreachable",
     "LoginRejected",
     "NetworkUnreachable",
     "NoAcceptableMethods",
+    "ProtectionLevelRefused",
     "ProxyClosedError",
     "ProxyProtocolError",
     "SOCKS5ClientEndpoint",

@@ -34,103 +34,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..codec import Address, AddressType, Command
-from ..names import InvalidName, canonical, is_address
-from .errors import HandshakeTimeout, SOCKS5ClientError
+from ..codec import Address, Command
+from ..gsswire import Protection
+from .errors import HandshakeTimeout, ProxyProtocolError, SOCKS5ClientError
 from .negotiation import ClientConnection, Established, NeedData, Send, State
+from .protection import GSSAPISettings, settings_for
+from .proxied import DEFAULT_TIMEOUT, ProxiedEndpoint, destination
 from .transport import TunnelTransport, twisted_address
 
 __all__ = ["DEFAULT_TIMEOUT", "ProxiedEndpoint", "SOCKS5ClientEndpoint", "destination"]
-
-DEFAULT_TIMEOUT = 30.0
-
-
-def destination(host: str, port: int) -> Address:
-    """
-    The SOCKS address for C{host} and C{port}: an IP address (C{[::1]} and
-    the other spellings L{socks5twist.names} reads as one included) is sent
-    as one; anything else must be a valid host name, sent as its canonical
-    A-label form, unresolved.  Raises C{ValueError} (an L{InvalidName} for a
-    name).
-    """
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"port must be 0 to 65535, not {port!r}")
-    try:
-        raw = host.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidName(host, "not encodable as UTF-8") from None
-    name = canonical(raw)
-    if is_address(name):
-        return Address.for_ip(name, port)
-    return Address(AddressType.DOMAIN, name, port)
-
-
-class ProxiedEndpoint:
-    """
-    What the client endpoints (L{SOCKS5ClientEndpoint}, and
-    L{socks5twist.client.http.HTTPConnectEndpoint}) share: their arguments,
-    checked and kept, and a C{repr} without the password.  A subclass says
-    how a credential is encoded (L{_credential}) and how it connects.
-
-    @ivar proxy: the endpoint that reaches the proxy.
-    @ivar destination: the destination, as it is sent to the proxy.
-    @ivar timeout: seconds from C{connect()} to the proxy's reply, the
-        connection to the proxy included (C{None}: no limit of our own).
-    """
-
-    def __init__(
-        self,
-        proxy: IStreamClientEndpoint,
-        host: str,
-        port: int,
-        username: str | bytes | None = None,
-        password: str | bytes | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        reactor: IReactorTime | None = None,
-    ) -> None:
-        """
-        @param host: an IP address or a host name; a name goes to the proxy
-            unresolved (as C{socks5h}), in its canonical form (C{ValueError}
-            if it is no valid name).
-        @param username: with C{password}, the credentials (C{str} is sent
-            as UTF-8); both or neither.
-        @param reactor: for the timeout; the global reactor by default.
-        """
-        if (username is None) != (password is None):
-            raise ValueError("give both username and password, or neither")
-        if timeout is not None and not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds or None, not {timeout!r}")
-        self.proxy = proxy
-        self.destination = destination(host, port)
-        user, secret = (
-            self._credential(username, "username"),
-            self._credential(password, "password"),
-        )
-        self._credentials = None if user is None or secret is None else (user, secret)
-        self.timeout = timeout
-        if reactor is None:
-            from twisted.internet import reactor as global_reactor
-
-            reactor = global_reactor  # type: ignore[assignment]
-        self._reactor: IReactorTime = reactor  # type: ignore[assignment]
-
-    @staticmethod
-    def _credential(value: str | bytes | None, what: str) -> bytes | None:
-        """A username or password as sent (C{str} as UTF-8)."""
-        return value.encode("utf-8") if isinstance(value, str) else value
-
-    @property
-    def username(self) -> bytes | None:
-        """The username, if any (the password is not to be read back)."""
-        return None if self._credentials is None else self._credentials[0]
-
-    def __repr__(self) -> str:
-        # Never the password: a repr ends up in logs.
-        user = "" if self.username is None else f" user={self.username!r} password=<hidden>"
-        host = self.destination.host
-        shown = f"[{host}]" if ":" in host else host
-        name = type(self).__name__
-        return f"<{name} {shown}:{self.destination.port} via {self.proxy!r}{user}>"
 
 
 @implementer(IStreamClientEndpoint)
@@ -152,6 +64,39 @@ class SOCKS5ClientEndpoint(ProxiedEndpoint):
         connection to the proxy included (C{None}: no limit of our own).
     """
 
+    def __init__(
+        self,
+        proxy: IStreamClientEndpoint,
+        host: str,
+        port: int,
+        username: str | bytes | None = None,
+        password: str | bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        reactor: IReactorTime | None = None,
+        *,
+        gssapi: str | GSSAPISettings | None = None,
+        gssapi_protection: Protection | None = None,
+        gssapi_nec: bool | None = None,
+    ) -> None:
+        """
+        The arguments of L{ProxiedEndpoint}, and GSSAPI (RFC 1961):
+
+        @param gssapi: the proxy's service, a host-based name
+            (C{rcmd@proxy.example.org}) or a principal (with a C{/}); GSSAPI
+            is then offered instead of no authentication (beside
+            username/password when given), with the ticket of the default
+            credentials cache (C{KRB5CCNAME}).
+        @param gssapi_protection: the level asked for (default:
+            confidentiality); the proxy's answer must be that or stronger.
+        @param gssapi_nec: send the level as one unwrapped byte (NEC mode).
+        """
+        super().__init__(proxy, host, port, username, password, timeout, reactor)
+        self.gssapi = settings_for(gssapi, gssapi_protection, gssapi_nec)
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text if self.gssapi is None else f"{text[:-1]} gssapi={self.gssapi.target}>"
+
     @staticmethod
     def _credential(value: str | bytes | None, what: str) -> bytes | None:
         raw = ProxiedEndpoint._credential(value, what)
@@ -160,7 +105,9 @@ class SOCKS5ClientEndpoint(ProxiedEndpoint):
         return raw
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        negotiation = ClientConnection(Command.CONNECT, self.destination, self._credentials)
+        negotiation = ClientConnection(
+            Command.CONNECT, self.destination, self._credentials, self.gssapi
+        )
         attempt = _Attempt(protocolFactory, negotiation, self.timeout, self._reactor)
         attempt.start(self.proxy)
         return attempt.result
@@ -177,7 +124,9 @@ class SOCKS5ClientEndpoint(ProxiedEndpoint):
         C{timeout} bounds the time to the first reply only: how long to
         wait for the peer is the caller's (cancel the Deferred).
         """
-        negotiation = ClientConnection(Command.BIND, self.destination, self._credentials)
+        negotiation = ClientConnection(
+            Command.BIND, self.destination, self._credentials, self.gssapi
+        )
         attempt = _Attempt(protocolFactory, negotiation, self.timeout, self._reactor, listening)
         attempt.start(self.proxy)
         return attempt.result
@@ -291,6 +240,7 @@ class _Handshake(Protocol):
         self._attempt = attempt
         self._negotiation = attempt.negotiation
         self._user: IProtocol | None = None
+        self._tunnel: TunnelTransport | None = None  # the user's transport, once open
         self._proxy: Any = None  # the connection to the proxy, once made
 
     def logPrefix(self) -> str:
@@ -306,15 +256,30 @@ class _Handshake(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._user is not None:
+            tunnel = self._tunnel
+            if tunnel is not None and tunnel.protection is not None:
+                if tunnel.failure is not None:
+                    return  # aborted: the rest of this read is dropped
+                try:
+                    data = tunnel.protection.open(data)
+                except SOCKS5ClientError as e:
+                    tunnel.fail(e)
+                    return
+                if not data:
+                    return
             self._user.dataReceived(data)
         elif self._negotiation.state is not State.CLOSED:
             self._negotiation.receive_data(data)
             self._advance()
 
     def readConnectionLost(self) -> None:
-        user = self._user
+        user, tunnel = self._user, self._tunnel
         if user is None:
             self._eof()
+        elif tunnel is not None and tunnel.protection is not None and tunnel.protection.pending:
+            pending = tunnel.protection.pending
+            why = f"the proxy closed in the middle of a protected message ({pending} bytes)"
+            tunnel.fail(ProxyProtocolError(why, tunnel.destination))
         elif IHalfCloseableProtocol.providedBy(user):
             user.readConnectionLost()  # type: ignore[attr-defined]
         else:
@@ -326,6 +291,8 @@ class _Handshake(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         if self._user is not None:
+            if self._tunnel is not None:
+                reason = self._tunnel.lost(reason)
             self._user.connectionLost(reason)
         elif reason.check(ConnectionDone, ConnectionLost) or self._negotiation.state in (
             State.START,
@@ -375,8 +342,9 @@ class _Handshake(Protocol):
         except Exception:
             self.abort(Failure())
             return
-        tunnel = TunnelTransport(self._proxy, destination, bound, user)
-        self._user = user
+        protection = self._negotiation.protection
+        tunnel = TunnelTransport(self._proxy, destination, bound, user, protection)
+        self._user, self._tunnel = user, tunnel
         self._attempt.handshake = None
         user.makeConnection(tunnel)
         self._attempt.succeed(user)

@@ -12,7 +12,10 @@ proxy endpoint's own exception (C{ConnectionRefusedError}, C{DNSLookupError},
   in front of this one can pass the code on (X'05' stays X'05');
 - L{AuthenticationError}: the proxy accepted none of the methods offered
   (L{NoAcceptableMethods}) or refused the username and password
-  (L{LoginRejected});
+  (L{LoginRejected}); GSSAPI (RFC 1961) failed (L{GSSAPIError}: our
+  side's library refused, say without a ticket), the proxy sent its abort
+  (L{GSSAPIAborted}), or chose a protection level this client does not
+  allow (L{ProtectionLevelRefused});
 - L{ProxyProtocolError}: the proxy sent what RFC 1928/1929 does not allow;
 - L{ProxyClosedError}: the proxy closed the connection before its reply;
 - L{HandshakeTimeout}: no reply within the endpoint's timeout.
@@ -32,12 +35,15 @@ __all__ = [
     "CommandNotSupported",
     "ConnectionNotAllowed",
     "ConnectionRefused",
+    "GSSAPIAborted",
+    "GSSAPIError",
     "GeneralFailure",
     "HandshakeTimeout",
     "HostUnreachable",
     "LoginRejected",
     "NetworkUnreachable",
     "NoAcceptableMethods",
+    "ProtectionLevelRefused",
     "ProxyClosedError",
     "ProxyProtocolError",
     "SOCKS5ClientError",
@@ -185,6 +191,43 @@ class LoginRejected(AuthenticationError):
         )
         self.status = status
         self.username = username
+
+
+class GSSAPIError(AuthenticationError):
+    """
+    GSSAPI with the proxy failed on our side (C{why}: the library's reason,
+    escaped): no ticket, an expired one, a service the KDC does not know, a
+    token from the proxy that does not verify, a protected message that
+    does not unwrap.
+    """
+
+    def __init__(self, why: str, destination: Address | None = None) -> None:
+        super().__init__(f"GSSAPI with the proxy failed: {why}", destination)
+
+
+class GSSAPIAborted(GSSAPIError):
+    """The proxy gave up GSSAPI (its abort message, X'01 FF'): it refused us."""
+
+    def __init__(self, destination: Address | None = None) -> None:
+        super().__init__("the proxy refused (it sent an abort, X'01 FF')", destination)
+
+
+class ProtectionLevelRefused(GSSAPIError):
+    """
+    The proxy chose a protection level (C{level}) this client does not
+    allow: one weaker than asked for (C{asked}), or one it does not know.
+    """
+
+    _NAMES = {0: "clear", 1: "integrity", 2: "confidentiality", 3: "selective"}
+
+    def __init__(self, level: int, asked: int) -> None:
+        chosen = self._NAMES.get(level, "unknown")
+        super().__init__(
+            f"the proxy chose protection level {level} ({chosen}); this client asked for"
+            f" {asked} ({self._NAMES[asked]}) and accepts only that or stronger"
+        )
+        self.level = level
+        self.asked = asked
 
 
 class ProxyProtocolError(SOCKS5ClientError):

@@ -103,6 +103,9 @@ class HTTPConnectConnection:
 
     __slots__ = ("_buffer", "_credentials", "_eof", "request", "state")
 
+    # An HTTP tunnel carries the bytes as they are (the SOCKS5 one may be GSSAPI-protected).
+    protection = None
+
     def __init__(self, address: Address, credentials: tuple[bytes, bytes] | None = None) -> None:
         if credentials is not None and b":" in credentials[0]:
             raise ValueError("a Basic username cannot hold ':'")

@@ -14,27 +14,41 @@ Everything that moves the negotiation lives in this file, in one table,
 L{TRANSITIONS}: (state, event) -> next state.
 
     START ─greeting─► METHOD ─no-auth────────────────────► REPLY ─success─► OPEN
-                          │─password─► AUTH ─status 0─────┘   │
-                          └─X'FF'─► CLOSED     └─status≠0─► CLOSED
-    REPLY ─failure─► CLOSED     (BIND: REPLY ─first success─► BOUND ─success─► OPEN)
+                          │─password─► AUTH ─status 0─────┘ ▲ │
+                          │               └─status≠0─► CLOSED │ └─failure─► CLOSED
+                          │─GSSAPI─► GSS_CONTEXT ─complete─► GSS_LEVEL ─level ok─┘
+                          │            ⟲ token   └─abort/failure─► CLOSED ◄─┘ refused
+                          └─X'FF'─► CLOSED
+    (BIND: REPLY ─first success─► BOUND ─success─► OPEN)
     (any state ─EOF/violation/close─► CLOSED)
 
-The proxy speaks only when spoken to: bytes after a method selection or an
-RFC 1929 status (sent before our next message could have reached it) are a
-violation, so the buffer never holds more than one message and one read.
-Bytes after the final reply are the tunnel's, handed over by
-L{ClientConnection.take_data}.
+GSSAPI (RFC 1961): our first token goes with the method selection's answer;
+each token the proxy sends back is stepped, and ours sent, until the context
+is complete (the proxy's last token may complete it: then nothing of ours
+follows but the protection level).  The level is asked for (wrapped, or one
+byte in NEC mode) and the proxy's answer accepted only if this client allows
+it.  At integrity or confidentiality, the request, the replies and the
+tunnel are protected messages (L{ClientConnection.protection}, a
+L{socks5twist.client.protection.ProtectedStream}, handed on to the tunnel).
+
+The proxy speaks only when spoken to: bytes after a method selection, an
+RFC 1929 status, a context token or the level's answer (sent before our next
+message could have reached it) are a violation, so the buffer never holds
+more than one message and one read.  Bytes after the final reply are the
+tunnel's, handed over by L{ClientConnection.take_data}.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
-from .. import codec
+from .. import codec, gsswire
 from ..codec import Address, Command, MalformedMessage, Method, Reply
+from ..gsswire import Mtyp
 from ..logsafe import escape
 from .errors import (
+    GSSAPIAborted,
+    GSSAPIError,
     LoginRejected,
     NoAcceptableMethods,
     ProxyClosedError,
@@ -42,6 +56,8 @@ from .errors import (
     SOCKS5ClientError,
     error_for_reply,
 )
+from .events import NEED_DATA, Bound, Established, Event, NeedData, Send
+from .protection import GSSAPIExchange, GSSAPISettings, ProtectedStream
 
 __all__ = [
     "NEED_DATA",
@@ -63,6 +79,8 @@ class State(enum.StrEnum):
     START = "start"  # nothing sent yet
     METHOD = "method selection"  # greeting sent
     AUTH = "username/password status"  # RFC 1929 request sent
+    GSS_CONTEXT = "GSSAPI context token"  # our context token sent
+    GSS_LEVEL = "GSSAPI protection level"  # the level asked for
     REPLY = "reply"  # request sent
     BOUND = "second reply"  # BIND: the proxy listens, waiting for the peer
     OPEN = "open"  # the bytes are the tunnel's
@@ -75,9 +93,14 @@ class Kind(enum.Enum):
     GREET = "greeting sent"
     SELECT_NONE = "no authentication selected"
     SELECT_PASSWORD = "username/password selected"
+    SELECT_GSSAPI = "GSSAPI selected"
     NONE_ACCEPTABLE = "no acceptable method"
     LOGIN_OK = "login accepted"
     LOGIN_FAILED = "login refused"
+    GSS_TOKEN = "context token"  # the context needs more
+    GSS_COMPLETE = "context complete"  # the level is asked for
+    GSS_LEVEL_OK = "protection level accepted"
+    GSS_FAILED = "GSSAPI failed"  # the proxy's abort, our library's failure, a level refused
     SUCCEEDED = "success reply"
     BIND_LISTENING = "BIND's first reply"
     FAILED = "failure reply"
@@ -87,6 +110,8 @@ class Kind(enum.Enum):
 
 
 S, K = State, Kind
+# The states in which we wait for the proxy.
+_WAITING = (S.METHOD, S.AUTH, S.GSS_CONTEXT, S.GSS_LEVEL, S.REPLY, S.BOUND)
 TRANSITIONS: dict[tuple[State, Kind], State] = {
     (S.START, K.GREET): S.METHOD,
     (S.METHOD, K.SELECT_NONE): S.REPLY,
@@ -94,6 +119,12 @@ TRANSITIONS: dict[tuple[State, Kind], State] = {
     (S.METHOD, K.NONE_ACCEPTABLE): S.CLOSED,
     (S.AUTH, K.LOGIN_OK): S.REPLY,
     (S.AUTH, K.LOGIN_FAILED): S.CLOSED,
+    (S.METHOD, K.SELECT_GSSAPI): S.GSS_CONTEXT,
+    (S.GSS_CONTEXT, K.GSS_TOKEN): S.GSS_CONTEXT,
+    (S.GSS_CONTEXT, K.GSS_COMPLETE): S.GSS_LEVEL,
+    (S.GSS_CONTEXT, K.GSS_FAILED): S.CLOSED,
+    (S.GSS_LEVEL, K.GSS_LEVEL_OK): S.REPLY,
+    (S.GSS_LEVEL, K.GSS_FAILED): S.CLOSED,
     (S.REPLY, K.SUCCEEDED): S.OPEN,
     (S.REPLY, K.BIND_LISTENING): S.BOUND,
     (S.REPLY, K.FAILED): S.CLOSED,
@@ -101,92 +132,68 @@ TRANSITIONS: dict[tuple[State, Kind], State] = {
     (S.BOUND, K.FAILED): S.CLOSED,
     # The proxy may close, or send what is no message, while we wait; we may
     # give up (a timeout, a cancellation) at any time.
-    **{(s, K.EOF): S.CLOSED for s in (S.METHOD, S.AUTH, S.REPLY, S.BOUND)},
-    **{(s, K.VIOLATION): S.CLOSED for s in (S.METHOD, S.AUTH, S.REPLY, S.BOUND)},
+    **{(s, K.EOF): S.CLOSED for s in _WAITING},
+    **{(s, K.VIOLATION): S.CLOSED for s in _WAITING},
     **{(s, K.CLOSE): S.CLOSED for s in State},
 }
 
 # The states in which the proxy's bytes are a negotiation message, and the
-# parser of each.
+# parser of each (GSSAPI's messages: the RFC 1961 message type awaited).
 _PARSERS = {
     S.METHOD: codec.parse_method_selection,
     S.AUTH: codec.parse_auth_response,
     S.REPLY: codec.parse_reply,
     S.BOUND: codec.parse_reply,
 }
+_GSS_MESSAGES = {S.GSS_CONTEXT: Mtyp.AUTHENTICATION, S.GSS_LEVEL: Mtyp.PROTECTION}
 
 
 class LocalProtocolError(Exception):
     """A bug of the caller's: a move that L{TRANSITIONS} does not allow."""
 
 
-# -- events ----------------------------------------------------------------
-
-
-class NeedData:
-    """Nothing more can happen until the proxy sends more."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = NeedData()
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Bytes to send to the proxy now."""
-
-    data: bytes
-
-    def __repr__(self) -> str:
-        # The RFC 1929 request holds the password.
-        return f"Send(<{len(self.data)} bytes>)"
-
-
-@dataclass(frozen=True, slots=True)
-class Bound:
-    """BIND's first reply: the proxy listens at C{address} for the peer."""
-
-    address: Address
-
-
-@dataclass(frozen=True, slots=True)
-class Established:
-    """
-    The tunnel is open.  C{address} is the reply's BND.ADDR/BND.PORT: for
-    CONNECT, the address the proxy connects from; for BIND, the peer's.
-    """
-
-    address: Address
-
-
-Event = NeedData | Send | Bound | Established
-
-
 class ClientConnection:
     """One negotiation with a proxy: bytes in, events out, bytes to send built."""
 
-    __slots__ = ("_buffer", "_credentials", "_eof", "request", "state")
+    __slots__ = (
+        "_buffer",
+        "_credentials",
+        "_eof",
+        "_gss",
+        "_gssapi",
+        "_sealed",
+        "protection",
+        "request",
+        "state",
+    )
 
     def __init__(
         self,
         command: Command,
         address: Address,
         credentials: tuple[bytes, bytes] | None = None,
+        gssapi: GSSAPISettings | None = None,
     ) -> None:
         """
         @param credentials: the RFC 1929 username and password (each at most
             255 bytes: C{ValueError} otherwise); with them, both methods are
             offered and the proxy chooses, as curl does.
+        @param gssapi: offer GSSAPI (instead of no authentication, beside
+            username/password when given).
         """
         if credentials is not None:
             codec.build_auth_request(*credentials)  # the lengths, checked now
         address.pack()  # the port and the name's length, checked now
         self.request = codec.Request(command, address)
         self._credentials = credentials
+        self._gssapi = gssapi
+        self._gss: GSSAPIExchange | None = None  # once the proxy chose GSSAPI
+        # At integrity or confidentiality: the protected stream, from the
+        # request on (the tunnel's transport takes it over).
+        self.protection: ProtectedStream | None = None
         self.state = S.START
-        self._buffer = b""
+        self._buffer = b""  # the negotiation's bytes (unwrapped, once protected)
+        self._sealed = b""  # protected messages not opened yet
         self._eof = False
 
     def __repr__(self) -> str:
@@ -195,9 +202,10 @@ class ClientConnection:
     @property
     def methods(self) -> tuple[int, ...]:
         """The methods the greeting offers."""
+        first = Method.NO_AUTHENTICATION if self._gssapi is None else Method.GSSAPI
         if self._credentials is None:
-            return (Method.NO_AUTHENTICATION,)
-        return (Method.NO_AUTHENTICATION, Method.USERNAME_PASSWORD)
+            return (first,)
+        return (first, Method.USERNAME_PASSWORD)
 
     def start(self) -> bytes:
         """The greeting, the first bytes to send."""
@@ -210,7 +218,11 @@ class ClientConnection:
             raise LocalProtocolError("the tunnel's bytes are not the negotiation's")
         if not data:
             self._eof = True
-        elif self.state is not S.CLOSED:
+        elif self.state is S.CLOSED:
+            pass
+        elif self.protection is not None:
+            self._sealed += data
+        else:
             self._buffer += data
 
     def next_event(self) -> Event:
@@ -219,9 +231,14 @@ class ClientConnection:
         L{socks5twist.client.errors.SOCKS5ClientError} when the negotiation
         fails (and the state is then CLOSED).
         """
+        mtyp = _GSS_MESSAGES.get(self.state)
+        if mtyp is not None:
+            return self._gss_message(mtyp)
         parse = _PARSERS.get(self.state)
         if parse is None:
             return NEED_DATA
+        if self._sealed:
+            self._open_sealed()
         try:
             parsed = parse(self._buffer) if self._buffer else None
         except MalformedMessage as e:
@@ -261,6 +278,14 @@ class ClientConnection:
             assert self._credentials is not None
             self._move(K.SELECT_PASSWORD)
             return Send(codec.build_auth_request(*self._credentials))
+        if method == Method.GSSAPI:
+            assert self._gssapi is not None
+            self._move(K.SELECT_GSSAPI)
+            try:
+                self._gss = GSSAPIExchange(self._gssapi)
+            except GSSAPIError as e:
+                raise self._gss_failed(e) from None
+            return self._context_step(None)
         self._move(K.SELECT_NONE)
         return Send(codec.build_request(self.request.command, self.request.address))
 
@@ -283,6 +308,65 @@ class ClientConnection:
         self._move(K.SUCCEEDED)
         return Established(message.address)
 
+    # -- GSSAPI (RFC 1961) ----------------------------------------------------------
+
+    def _gss_message(self, mtyp: Mtyp) -> Event:
+        try:
+            parsed = gsswire.parse(self._buffer, mtyp) if self._buffer else None
+        except gsswire.Aborted:
+            raise self._gss_failed(GSSAPIAborted()) from None
+        except MalformedMessage as e:
+            raise self._violation(f"malformed {self.state.value}: {e.why}") from None
+        if parsed is None:
+            if self._eof:
+                raise self._closed()
+            return NEED_DATA
+        token, consumed = parsed
+        self._buffer = self._buffer[consumed:]
+        self._nothing_after(self.state.value)
+        if self.state is S.GSS_CONTEXT:
+            return self._context_step(token)
+        return self._level_answered(token)
+
+    def _context_step(self, token: bytes | None) -> Event:
+        """Steps the context with the proxy's token (none at first); sends ours, or the level."""
+        assert self._gss is not None
+        try:
+            message, complete = self._gss.step(token)
+        except GSSAPIError as e:
+            raise self._gss_failed(e) from None
+        self._move(K.GSS_COMPLETE if complete else K.GSS_TOKEN)
+        return Send(message)
+
+    def _level_answered(self, token: bytes) -> Event:
+        """The proxy's level: accepted if allowed; then the request (protected, at that level)."""
+        assert self._gss is not None
+        request = codec.build_request(self.request.command, self.request.address)
+        try:
+            self.protection = self._gss.level_answered(token)
+            if self.protection is not None:
+                request = self.protection.seal(request)
+        except GSSAPIError as e:
+            raise self._gss_failed(e) from None
+        self._move(K.GSS_LEVEL_OK)
+        return Send(request)
+
+    def _open_sealed(self) -> None:
+        """Unwraps the protected messages read so far into the negotiation's buffer."""
+        assert self.protection is not None
+        sealed, self._sealed = self._sealed, b""
+        try:
+            self._buffer += self.protection.open(sealed)
+        except ProxyProtocolError as e:
+            raise self._violation(e.why) from None
+        except GSSAPIError as e:
+            self._move(K.VIOLATION)
+            raise e from None
+
+    def _gss_failed(self, error: SOCKS5ClientError) -> SOCKS5ClientError:
+        self._move(K.GSS_FAILED)
+        return error
+
     def _nothing_after(self, what: str) -> None:
         if self._buffer:
             raise self._violation(
@@ -297,12 +381,13 @@ class ClientConnection:
         return ProxyProtocolError(why, self.request.address)
 
     def _closed(self) -> SOCKS5ClientError:
-        phase, partial = self.state.value, self._buffer
+        phase, partial = self.state.value, escape(self._buffer[:64])
+        if not partial and self.protection is not None and self.protection.pending:
+            partial = f"{self.protection.pending} bytes of a protected message"
         self._move(K.EOF)
         if partial:
             return ProxyProtocolError(
-                f"the proxy closed the connection in the middle of its {phase}:"
-                f" {escape(partial[:64])}",
+                f"the proxy closed the connection in the middle of its {phase}: {partial}",
                 self.request.address,
             )
         return ProxyClosedError(phase, self.request.address)
@@ -315,4 +400,4 @@ class ClientConnection:
             raise LocalProtocolError(f"{kind.value} in state {self.state.value}")
         self.state = new
         if new is S.CLOSED:
-            self._buffer = b""
+            self._buffer = self._sealed = b""

@@ -9,6 +9,12 @@ C{getHost()} the address the proxy reported it connects from (BND.ADDR and
 BND.PORT), and L{TunnelTransport.proxy_transport} is the connection to the
 proxy itself.  It claims only the interfaces it keeps (a TLS connection to
 the proxy does not make the tunnel TLS).
+
+After GSSAPI at integrity or confidentiality (RFC 1961 section 5), every
+write is wrapped into protected messages on its way to the proxy (the
+handshake protocol unwraps what comes back, with the same
+L{ProtectedStream}); a failure to wrap or unwrap aborts the connection, and
+the protocol's C{connectionLost} gets the reason (L{TunnelTransport.failure}).
 """
 
 from __future__ import annotations
@@ -23,10 +29,13 @@ from twisted.internet.interfaces import (
     IPushProducer,
     ITransport,
 )
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..codec import Address, AddressType
 from ..twistedinternals import half_closer
+from .errors import SOCKS5ClientError
+from .protection import ProtectedStream
 
 __all__ = ["TunnelTransport", "twisted_address"]
 
@@ -53,14 +62,25 @@ class TunnelTransport:
     @ivar bound: the reply's BND.ADDR and BND.PORT: for CONNECT, the address
         the proxy connects to the destination from (what the destination
         sees, unless there is NAT beyond the proxy).
+    @ivar protection: the GSSAPI protected stream (C{None}: bytes pass as
+        they are).
+    @ivar failure: why the tunnel was aborted by us (a message that did not
+        wrap or unwrap), once it was.
     """
 
     def __init__(
-        self, proxy_transport: Any, destination: Address, bound: Address, protocol: IProtocol
+        self,
+        proxy_transport: Any,
+        destination: Address,
+        bound: Address,
+        protocol: IProtocol,
+        protection: ProtectedStream | None = None,
     ) -> None:
         self.proxy_transport = proxy_transport
         self.destination = destination
         self.bound = bound
+        self.protection = protection
+        self.failure: Failure | None = None
         self._protocol = protocol
         self._paused = False
         self._held = b""
@@ -81,10 +101,31 @@ class TunnelTransport:
     # -- writing and closing: passed through -------------------------------------
 
     def write(self, data: bytes) -> None:
-        self.proxy_transport.write(data)
+        if self.protection is None:
+            self.proxy_transport.write(data)
+        elif self.failure is None and data:
+            try:
+                sealed = self.protection.seal(data)
+            except SOCKS5ClientError as e:
+                self.fail(e)
+                return
+            self.proxy_transport.write(sealed)
 
     def writeSequence(self, data: Any) -> None:
-        self.proxy_transport.writeSequence(data)
+        if self.protection is None:
+            self.proxy_transport.writeSequence(data)
+        else:
+            self.write(b"".join(data))
+
+    def fail(self, error: Exception) -> None:
+        """Abort the tunnel because of C{error} (the protocol's C{connectionLost} gets it)."""
+        if self.failure is None:
+            self.failure = Failure(error)
+            self.abortConnection()
+
+    def lost(self, reason: Failure) -> Failure:
+        """Why the protocol lost its connection: our own failure, if we aborted."""
+        return reason if self.failure is None else self.failure
 
     def loseConnection(self) -> None:
         self.proxy_transport.loseConnection()
