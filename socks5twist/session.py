@@ -323,7 +323,9 @@ class SOCKS5ServerProtocol(RequestAdmission, CommandHost, Protocol):
             send_now(self.transport, self.connection.refuse_methods())
             self.close(refusal.outcome)
             return
-        acceptable = gate.methods(self.client_ip, self.factory.portal is not None)
+        acceptable = gate.methods(
+            self.client_ip, self.factory.portal is not None, self.factory.gssapi is not None
+        )
         wanted = next((m for m in acceptable if m in greeting.methods), None)
         if wanted is None:
             send_now(self.transport, self.connection.refuse_methods())
