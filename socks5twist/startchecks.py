@@ -44,6 +44,8 @@ __all__ = [
 _PORT_TYPES = ("tcp", "tcp6", "ssl")
 # A description whose port is 0: the system picks one, another each time.
 _ANY_PORT = re.compile(r"^(haproxy:)?(tcp6?|ssl):(port=)?0(:|$)")
+# The keytab without --gssapi-keytab or KRB5_KTNAME (MIT's default).
+DEFAULT_KEYTAB = "/etc/krb5.keytab"
 # How many of a keytab's principals an error lists.
 SHOWN_PRINCIPALS = 4
 # The local shadow database, which the unix checker reads through spwd.
@@ -254,13 +256,13 @@ def check_gssapi(
     except MissingGSSAPI as e:
         raise usage.UsageError(f"--gssapi: {e}") from None
     if keytab_name is None:
-        name = os.environ.get("KRB5_KTNAME") or "/etc/krb5.keytab"
-        where = f"--gssapi: the keytab {name} (" + (
+        name = os.environ.get("KRB5_KTNAME") or DEFAULT_KEYTAB
+        where = f"--gssapi: the keytab {escape(name)} (" + (
             "from KRB5_KTNAME)" if os.environ.get("KRB5_KTNAME") else "the default)"
         )
     else:
         name = keytab_name
-        where = f"--gssapi-keytab {name}"
+        where = f"--gssapi-keytab {escape(name)}"
     path = _keytab_file(name)
     if path is not None:
         _check_keytab(where, path, service)
