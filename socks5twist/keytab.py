@@ -1,8 +1,5 @@
 """
-MIT Kerberos keytab files: which principals a keytab holds.
-
-L{parse} takes the bytes and does no I/O; L{read} is the one function that
-opens a file (bounded).
+MIT Kerberos keytab files, parsed sans I/O: which principals a keytab holds.
 
 Used at start-up only (L{socks5twist.startchecks}), so that C{--gssapi}
 with a keytab that has no key for the service stops the start with a line
@@ -38,10 +35,11 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["MAX_KEYTAB", "Entry", "KeytabError", "Principal", "parse", "principals", "read"]
+__all__ = ["MAX_KEYTAB", "Entry", "KeytabError", "Principal", "parse", "principals"]
 
 # Far beyond any real keytab (a few hundred bytes per key): a bound on what a
-# start-up check reads, not a limit anyone should meet.
+# start-up check reads (it reads at most one byte more), not a limit anyone
+# should meet.
 MAX_KEYTAB = 4 * 1024 * 1024
 _MAGIC = 0x05
 _VERSIONS = (0x01, 0x02)
@@ -192,16 +190,3 @@ def _entry(reader: _Reader, version: int) -> Entry:
 def principals(entries: Iterable[Entry]) -> list[Principal]:
     """The distinct principals of C{entries}, in the order they first appear."""
     return list(dict.fromkeys(entry.principal for entry in entries))
-
-
-def read(path: str) -> list[Entry]:
-    """
-    The entries of the keytab at C{path}, read with the bound of
-    L{MAX_KEYTAB}.
-
-    @raise OSError: it cannot be opened or read (the caller names the path).
-    @raise KeytabError: it is not a keytab.
-    """
-    with open(path, "rb") as f:
-        data = f.read(MAX_KEYTAB + 1)
-    return parse(data)

@@ -290,7 +290,8 @@ def _keytab_file(name: str) -> str | None:
 
 def _check_keytab(where: str, path: str, service: str) -> None:
     try:
-        entries = keytab.read(path)
+        with open(path, "rb") as f:
+            entries = keytab.parse(f.read(keytab.MAX_KEYTAB + 1))
     except OSError as e:
         why = e.strerror or str(e)
         if e.errno in (errno.EACCES, errno.EPERM):

@@ -79,7 +79,7 @@ class KtutilKeytabTests(SynchronousTestCase):
         ).stdout
         expected = re.findall(r"^\s*(\d+) (\S+)$", listed, re.MULTILINE)
         self.assertEqual(len(expected), 4, listed)
-        entries = keytab.read(str(path))
+        entries = keytab.parse(path.read_bytes())
         self.assertEqual([(str(e.kvno), str(e.principal)) for e in entries], expected)
         self.assertEqual(
             [str(p) for p in keytab.principals(entries)],
@@ -214,12 +214,3 @@ class MalformedTests(SynchronousTestCase):
             keytab.parse(bytes(data))
         except KeytabError:
             pass
-
-
-class ReadTests(SynchronousTestCase):
-    def test_read_parses_a_file_and_lets_os_errors_through(self) -> None:
-        path = Path(self.mktemp())
-        path.write_bytes(KTUTIL_KEYTAB)
-        self.assertEqual(len(keytab.read(str(path))), 2)
-        with self.assertRaises(FileNotFoundError):
-            keytab.read(str(path) + ".missing")
