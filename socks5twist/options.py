@@ -70,7 +70,7 @@ class Options(usage.Options, AuthHelpMixin, GSSAPIOptionsMixin):
     longdesc = (
         "A SOCKS5 proxy server (RFC 1928, with RFC 1929 username/password and RFC 1961"
         " GSSAPI). "
-        "Without --auth it serves loopback clients only, unless --allow-client "
+        "Without --auth or --gssapi it serves loopback clients only, unless --allow-client "
         "names more networks."
     )
     supportedInterfaces = (IUsernamePassword,)
@@ -297,7 +297,7 @@ class Options(usage.Options, AuthHelpMixin, GSSAPIOptionsMixin):
             self["ipv6-only"].add(v6)
 
     def opt_allow_client(self, network: str) -> None:
-        """Serve clients from this network (CIDR or address; repeatable). Default: loopback only without --auth, anywhere with it."""  # noqa: E501
+        """Serve clients from this network (CIDR or address; repeatable). Default: loopback only without --auth or --gssapi, anywhere with either."""  # noqa: E501
         try:
             self["allowed-clients"].append(parse_network(network))
         except ValueError as e:

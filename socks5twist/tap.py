@@ -16,6 +16,7 @@ from .accesslog import AccessLog
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
 from .listeners import AdoptedPortService, listener, proxy_listener
+from .logsafe import escape
 from .options import Options
 from .passwords import PasswordFile
 from .rules import describe as describe_rules
@@ -97,7 +98,7 @@ def makeService(options: Options) -> SOCKS5Service:
     if factory.gssapi is not None:
         settings = factory.gssapi
         methods.append(
-            f"GSSAPI (service {settings.service}, keytab {settings.keytab},"
+            f"GSSAPI (service {settings.service}, keytab {escape(settings.keytab)},"
             f" levels {settings.describe_levels()}"
             + (", NEC's unwrapped level too)" if settings.allow_nec else ")")
         )
