@@ -7,8 +7,8 @@ A session asks, at each step, and the gate says yes or no:
   - L{Gate.admit_connection}, as a connection is accepted: the per-client
     limit (C{--max-sessions-per-client}), then C{--max-clients};
   - L{Gate.admit_client}, at the greeting: the allow-list (C{--allow-client});
-  - L{Gate.methods}: the authentication methods this client may use (the
-    rules' C{[[auth]]} tables may let it skip a password);
+  - L{Gate.methods}: the authentication methods this client may use, the
+    preferred first (the rules' C{[[auth]]} tables choose by network);
   - L{Gate.admit_login}: logins in progress from one address;
   - L{Gate.admit_request}: the per-user limit (C{--max-sessions-per-user});
   - L{Gate.admit_limit}: the request's C{[[limit]]} (C{disabled}, C{sessions});
@@ -89,9 +89,15 @@ class Slot:
                 del counter[key]  # no key outlives what it counts
 
 
-_PASSWORD = (Method.USERNAME_PASSWORD,)
-_ANY = (Method.NO_AUTHENTICATION, Method.USERNAME_PASSWORD)
 _NONE = (Method.NO_AUTHENTICATION,)
+# How [[auth]] tables name the methods, and the server's own order of
+# preference among those that authenticate.
+_BY_NAME = {
+    "none": Method.NO_AUTHENTICATION,
+    "gssapi": Method.GSSAPI,
+    "password": Method.USERNAME_PASSWORD,
+}
+_AUTHENTICATING = (Method.GSSAPI, Method.USERNAME_PASSWORD)
 
 # A place under no limit at all.
 UNLIMITED = Slot()
@@ -192,20 +198,29 @@ class Gate:
             client=client,
         )
 
-    def methods(
-        self, ip: IPAddress | None, has_checkers: bool, gssapi: bool = False
-    ) -> tuple[Method, ...]:
+    def methods(self, ip: IPAddress | None, password: bool, gssapi: bool) -> tuple[Method, ...]:
         """
         The authentication methods a client at C{ip} may use, the preferred
-        first: a password where there are checkers, unless the rules'
-        C{[[auth]]} tables let this client skip it (a client that offers
-        only a password still gets to use one).
+        first, given what the server offers (C{password}: it has checkers;
+        C{gssapi}: it is configured for GSSAPI).
+
+        Without a matching C{[[auth]]}: GSSAPI, then a password; neither
+        configured, no authentication.  With one: the table's methods in its
+        order; where it names C{"none"}, every other configured method
+        follows (a client that may skip authentication may still log in: one
+        that offers only a password gets to use it).  A method the
+        server does not offer is left out (start-up and reload refuse such
+        a table, but a library's rules are not checked): a table left with
+        nothing refuses every method rather than falling back to none.
         """
-        if gssapi:  # (until [[auth]] can name it: GSSAPI first, then a password)
-            return (Method.GSSAPI, Method.USERNAME_PASSWORD) if has_checkers else (Method.GSSAPI,)
-        if self.rules.password_required(ip, has_checkers):
-            return _PASSWORD
-        return _ANY if has_checkers else _NONE
+        offered = {Method.GSSAPI: gssapi, Method.USERNAME_PASSWORD: password}
+        named = self.rules.auth_methods(ip)
+        if named is None:
+            return tuple(m for m in _AUTHENTICATING if offered[m]) or _NONE
+        methods = [_BY_NAME[name] for name in named]
+        if Method.NO_AUTHENTICATION in methods:
+            methods += [m for m in _AUTHENTICATING if m not in methods]
+        return tuple(m for m in methods if offered.get(m, True))
 
     def admit_login(self, ip: IPAddress | None, client: str) -> Slot | Refusal:
         """

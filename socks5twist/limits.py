@@ -33,7 +33,7 @@ from typing import Literal
 
 from .addresses import IPAddress
 from .networks import IPNetwork, client_in
-from .ruleset import ANONYMOUS
+from .ruleset import user_matches
 
 __all__ = [
     "PERIODS",
@@ -189,7 +189,7 @@ class Limit:
         """Whether the limit applies to a session of C{user} from C{client}."""
         if self.clients is not None and not client_in(client, self.clients):
             return False
-        if self.users is not None and (user or ANONYMOUS) not in self.users:
+        if self.users is not None and not user_matches(self.users, user):
             return False
         return self.commands is None or command in self.commands
 

@@ -24,6 +24,7 @@ from . import startchecks
 from .accesslog import open_for_append
 from .accounting import parse_accounting, quota_without_store
 from .authhelp import AuthHelpMixin
+from .gssoptions import GSSAPIOptionsMixin, gssapi_settings
 from .networks import parse_network
 from .optionvalues import count_option, failure_mode_option, ip_option, seconds_option
 from .passwords import PasswordFile, PasswordFileError
@@ -62,13 +63,14 @@ Examples:
 """
 
 
-class Options(usage.Options, AuthHelpMixin):
+class Options(usage.Options, AuthHelpMixin, GSSAPIOptionsMixin):
     """Options of C{twistd socks5}."""
 
     synopsis = "[options]"
     longdesc = (
-        "A SOCKS5 proxy server (RFC 1928, with RFC 1929 username/password). "
-        "Without --auth it serves loopback clients only, unless --allow-client "
+        "A SOCKS5 proxy server (RFC 1928, with RFC 1929 username/password and RFC 1961"
+        " GSSAPI). "
+        "Without --auth or --gssapi it serves loopback clients only, unless --allow-client "
         "names more networks."
     )
     supportedInterfaces = (IUsernamePassword,)
@@ -295,7 +297,7 @@ class Options(usage.Options, AuthHelpMixin):
             self["ipv6-only"].add(v6)
 
     def opt_allow_client(self, network: str) -> None:
-        """Serve clients from this network (CIDR or address; repeatable). Default: loopback only without --auth, anywhere with it."""  # noqa: E501
+        """Serve clients from this network (CIDR or address; repeatable). Default: loopback only without --auth or --gssapi, anywhere with either."""  # noqa: E501
         try:
             self["allowed-clients"].append(parse_network(network))
         except ValueError as e:
@@ -356,6 +358,7 @@ class Options(usage.Options, AuthHelpMixin):
                 os.close(open_for_append(self["access-log"]))
             except OSError as e:
                 raise usage.UsageError(f"--access-log {self['access-log']}: {e.strerror}") from None
+        self["gssapi-settings"] = gssapi_settings(self)
         self["parsed-rules"] = None
         if self["rules"]:
             self["parsed-rules"] = _rules(self["rules"])
@@ -364,6 +367,12 @@ class Options(usage.Options, AuthHelpMixin):
                 raise usage.UsageError(
                     f"--rules {self['rules']}: {unremembered}: add --accounting sqlite:PATH"
                 )
+            unconfigured = self["parsed-rules"].unconfigured_method(
+                password=bool(self.get("credCheckers")),
+                gssapi=self["gssapi-settings"] is not None,
+            )
+            if unconfigured is not None:
+                raise usage.UsageError(f"--rules {unconfigured}")
 
 
 def _password_file(path: str) -> PasswordFile:

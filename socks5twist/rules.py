@@ -20,12 +20,16 @@ matches everything.
     names = ["example.org", "*.example.org"]
     ports = [80, 443, "8000-8999"]
 
-C{[[auth]]} tables choose the authentication method by client network (the
-first match wins; without a match, checkers mean a password is required):
+C{[[auth]]} tables choose the authentication methods by client network (the
+first match wins; without a match, GSSAPI where configured, then a password
+where there are checkers):
 
     [[auth]]
     clients = ["10.20.0.0/16"]
-    method = "none"
+    method = "none"             # or "password", "gssapi", or a list of them
+
+C{users} name user names as given, Kerberos principals
+(C{alice@SOCKS.TEST}), or a whole realm (C{@SOCKS.TEST}).
 
 An allow rule may also say how its requests leave: C{via},
 C{upstreams}, C{egress} and C{password_file} (read by
@@ -56,6 +60,7 @@ from .routes import ROUTE_KEYS, RouteError, route_of
 from .ruleset import (
     ALLOW_ALL,
     ANONYMOUS,
+    AUTH_METHODS,
     COMMANDS,
     AuthRule,
     Decision,
@@ -100,6 +105,7 @@ _RULE_KEYS = {
     *ROUTE_KEYS,
 }
 _AUTH_KEYS = {"clients", "method"}
+_METHOD_CHOICES = ", ".join(f'"{m}"' for m in AUTH_METHODS[:-1]) + f' or "{AUTH_METHODS[-1]}"'
 _LIMIT_KEYS = {
     "name",
     "clients",
@@ -241,6 +247,17 @@ def _ports(value: object, locator: _Locator, index: int) -> tuple[tuple[int, int
     return tuple(ranges)
 
 
+def _users(value: object, locator: _Locator, table: str, index: int) -> frozenset[str]:
+    """User names as given; C{"@REALM"} stands for every principal of the realm."""
+    users = _strings(value, locator, table, index, "users")
+    for user in users:
+        if user.startswith("@") and (len(user) == 1 or "@" in user[1:]):
+            raise locator.error(
+                table, index, "users", f"{user!r}: a realm is @ and its name, as @EXAMPLE.ORG"
+            )
+    return frozenset(users)
+
+
 def _commands(value: object, locator: _Locator, table: str, index: int) -> frozenset[str]:
     commands = frozenset(c.lower() for c in _strings(value, locator, table, index, "commands"))
     bad = commands - set(COMMANDS)
@@ -288,9 +305,7 @@ def _limit(index: int, raw: object, locator: _Locator) -> Limit:
         clients=_networks(raw["clients"], locator, "limit", index, "clients")
         if "clients" in raw
         else None,
-        users=frozenset(_strings(raw["users"], locator, "limit", index, "users"))
-        if "users" in raw
-        else None,
+        users=_users(raw["users"], locator, "limit", index) if "users" in raw else None,
         commands=_commands(raw["commands"], locator, "limit", index) if "commands" in raw else None,
         sessions=sessions,
         disabled=disabled,
@@ -339,9 +354,7 @@ def _rule(index: int, raw: object, locator: _Locator) -> Rule:
         clients=_networks(raw["clients"], locator, "rule", index, "clients")
         if "clients" in raw
         else None,
-        users=frozenset(_strings(raw["users"], locator, "rule", index, "users"))
-        if "users" in raw
-        else None,
+        users=_users(raw["users"], locator, "rule", index) if "users" in raw else None,
         commands=commands,
         destinations=(
             _networks(raw["destinations"], locator, "rule", index, "destinations")
@@ -364,15 +377,25 @@ def _auth_rule(index: int, raw: object, locator: _Locator) -> AuthRule:
         )
     if "clients" not in raw or "method" not in raw:
         raise locator.error(
-            "auth", index, "clients", 'needs clients = [...] and method = "none" or "password"'
+            "auth", index, "clients", f"needs clients = [...] and method = {_METHOD_CHOICES}"
         )
-    method = raw["method"]
-    if method not in ("none", "password"):
-        raise locator.error(
-            "auth", index, "method", f'must be "none" or "password", not {method!r}'
-        )
+    methods = raw["method"]
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, list) or not methods:
+        raise locator.error("auth", index, "method", f"must be {_METHOD_CHOICES} or a list of them")
+    for method in methods:
+        if method not in AUTH_METHODS:
+            raise locator.error(
+                "auth", index, "method", f"must be {_METHOD_CHOICES}, not {method!r}"
+            )
+    if len(set(methods)) != len(methods):
+        raise locator.error("auth", index, "method", "names a method twice")
+    line = locator.line_of("auth", index, "method")
     return AuthRule(
-        _networks(raw["clients"], locator, "auth", index, "clients"), method == "password"
+        _networks(raw["clients"], locator, "auth", index, "clients"),
+        tuple(methods),
+        f"{locator.source}, line {line}: [[auth]] #{index}",
     )
 
 

@@ -1,7 +1,7 @@
 """
 Access rules as values, and how they decide: the first rule that matches a
-L{Query} decides it (L{Rules.decide}), and C{[[auth]]} tables say which
-clients must authenticate (L{Rules.password_required}).
+L{Query} decides it (L{Rules.decide}), and C{[[auth]]} tables say how
+clients of a network authenticate (L{Rules.auth_methods}).
 
 Pure: no I/O.  Reading a rules file into L{Rules} is L{socks5twist.rules}'s;
 asking them goes through L{socks5twist.gate}.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOW_ALL",
     "ANONYMOUS",
+    "AUTH_METHODS",
     "COMMANDS",
     "COMMAND_NAMES",
     "AuthRule",
@@ -39,12 +40,33 @@ __all__ = [
     "Rule",
     "Rules",
     "Verdict",
+    "user_matches",
 ]
 
 COMMANDS = ("connect", "bind", "udp")
 # How the rules (and the metrics) name each command.
 COMMAND_NAMES = {Command.CONNECT: "connect", Command.BIND: "bind", Command.UDP_ASSOCIATE: "udp"}
 ANONYMOUS = "anonymous"
+# The authentication methods an [[auth]] table may name.
+AUTH_METHODS = ("none", "password", "gssapi")
+
+
+def user_matches(users: frozenset[str], user: str | None) -> bool:
+    """
+    Whether a rule's C{users} name C{user} (C{None}: no authentication,
+    which C{"anonymous"} names): by the name itself, or by its realm, as
+    C{"@SOCKS.TEST"} names every Kerberos principal C{...@SOCKS.TEST}.
+    Realms compare exactly (Kerberos' realms are case-sensitive).
+    """
+    name = user or ANONYMOUS
+    if name in users:
+        return True
+    at = name.rfind("@")
+    if at <= 0:
+        return False
+    # An "@" escaped in a component (MIT writes it "\@") does not start a realm.
+    backslashes = len(name[:at]) - len(name[:at].rstrip("\\"))
+    return backslashes % 2 == 0 and name[at:] in users
 
 
 class Verdict(enum.Enum):
@@ -96,7 +118,7 @@ class Rule:
         """C{True}/C{False}, or C{None} if it depends on an address not known yet."""
         if self.clients is not None and not client_in(query.client, self.clients):
             return False
-        if self.users is not None and (query.user or ANONYMOUS) not in self.users:
+        if self.users is not None and not user_matches(self.users, query.user):
             return False
         if self.commands is not None and query.command not in self.commands:
             return False
@@ -129,8 +151,15 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class AuthRule:
+    """
+    One C{[[auth]]} table: its clients may use C{methods} (names of
+    L{AUTH_METHODS}), the preferred first.  C{where} names the table for
+    errors (C{rules.toml, line 12: [[auth]] #1}).
+    """
+
     clients: tuple[IPNetwork, ...]
-    require_password: bool
+    methods: tuple[str, ...]
+    where: str = field(default="[[auth]]", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +247,34 @@ class Rules:
                 return limit
         return None
 
-    def password_required(self, client: IPAddress | None, have_checkers: bool) -> bool:
-        """Whether a client must authenticate, by the first matching C{[[auth]]}."""
-        if not have_checkers:
-            return False
+    def auth_methods(self, client: IPAddress | None) -> tuple[str, ...] | None:
+        """
+        The methods the first C{[[auth]]} that matches C{client} names, the
+        preferred first; C{None} when none matches (the server's defaults
+        apply: see L{socks5twist.gate.Gate.methods}).
+        """
         for auth in self.auth:
             if client_in(client, auth.clients):
-                return auth.require_password
-        return True
+                return auth.methods
+        return None
+
+    def unconfigured_method(self, *, password: bool, gssapi: bool) -> str | None:
+        """
+        Why an C{[[auth]]} table cannot work (C{None}: every one can): it
+        names a method the server does not offer (C{password}: it has
+        checkers; C{gssapi}: GSSAPI is configured), which would refuse its
+        clients every method.
+        """
+        missing = {
+            "password": None if password else "--auth",
+            "gssapi": None if gssapi else "--gssapi",
+        }
+        for auth in self.auth:
+            for method in auth.methods:
+                option = missing.get(method)
+                if option is not None:
+                    return f'{auth.where}: method "{method}" needs {option}'
+        return None
 
 
 ALLOW_ALL = Rules(Verdict.ALLOW)

@@ -211,6 +211,14 @@ class SOCKS5Service(service.MultiService):
                 why=unremembered,
             )
             return False
+        unconfigured = rules.unconfigured_method(
+            password=self.factory.portal is not None, gssapi=self.factory.gssapi is not None
+        )
+        if unconfigured is not None:
+            log.error(
+                "rules NOT reloaded, the previous rules stay in force: {why}", why=unconfigured
+            )
+            return False
         self.factory.rules = rules
         log.info(
             "reloaded {path}: {rules}, default {default}",

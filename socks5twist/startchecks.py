@@ -11,21 +11,29 @@ network beyond it.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from . import systemd
+from . import keytab, systemd
+from .logsafe import escape
+
+if TYPE_CHECKING:
+    from .gss import ServerSettings
+    from .gsswire import Protection
 
 __all__ = [
     "check_endpoint",
+    "check_gssapi",
     "check_local_address",
     "check_not_twice",
     "checker_problem",
@@ -36,6 +44,10 @@ __all__ = [
 _PORT_TYPES = ("tcp", "tcp6", "ssl")
 # A description whose port is 0: the system picks one, another each time.
 _ANY_PORT = re.compile(r"^(haproxy:)?(tcp6?|ssl):(port=)?0(:|$)")
+# The keytab without --gssapi-keytab or KRB5_KTNAME (MIT's default).
+DEFAULT_KEYTAB = "/etc/krb5.keytab"
+# How many of a keytab's principals an error lists.
+SHOWN_PRINCIPALS = 4
 # The local shadow database, which the unix checker reads through spwd.
 SHADOW = "/etc/shadow"
 # The value of interface= up to the next key=value argument (or the end):
@@ -224,3 +236,87 @@ def ipv6_problem() -> str | None:
     except OSError as e:
         return e.strerror or str(e)
     return None
+
+
+def check_gssapi(
+    service: str, keytab_name: str | None, levels: frozenset[Protection], allow_nec: bool
+) -> ServerSettings:
+    """
+    The settings of C{--gssapi}, once this machine can serve them: the
+    C{gssapi} package is there, the keytab (C{keytab_name}, or the
+    environment's C{KRB5_KTNAME}, else C{/etc/krb5.keytab}) is readable and
+    holds a key for C{SERVICE/...@...}, and the library accepts it.  The
+    server usually runs as a user other than root: a keytab it cannot read
+    is said so, with whom it runs as.
+    """
+    from .gss import GSSFailure, MissingGSSAPI, ServerSettings, acceptor_credentials, load
+
+    try:
+        load()
+    except MissingGSSAPI as e:
+        raise usage.UsageError(f"--gssapi: {e}") from None
+    if keytab_name is None:
+        name = os.environ.get("KRB5_KTNAME") or DEFAULT_KEYTAB
+        where = f"--gssapi: the keytab {escape(name)} (" + (
+            "from KRB5_KTNAME)" if os.environ.get("KRB5_KTNAME") else "the default)"
+        )
+    else:
+        name = keytab_name
+        where = f"--gssapi-keytab {escape(name)}"
+    path = _keytab_file(name)
+    if path is not None:
+        _check_keytab(where, path, service)
+    settings = ServerSettings(service, name, levels, allow_nec)
+    try:
+        acceptor_credentials(settings)
+    except GSSFailure as e:
+        raise usage.UsageError(f"{where}: GSSAPI cannot accept with it: {escape(str(e))}") from None
+    return settings
+
+
+def _keytab_file(name: str) -> str | None:
+    """
+    The file of a keytab name as MIT resolves it (C{FILE:}, C{WRFILE:}, or a
+    name without a type), or C{None} for another type (C{MEMORY:},
+    C{KEYRING:}...), which only the library can check.
+    """
+    kind, colon, rest = name.partition(":")
+    if not colon or name.startswith("/"):
+        return name
+    if kind in ("FILE", "WRFILE"):
+        return rest
+    return None
+
+
+def _check_keytab(where: str, path: str, service: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            entries = keytab.parse(f.read(keytab.MAX_KEYTAB + 1))
+    except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno in (errno.EACCES, errno.EPERM):
+            why += f" (the server runs as {_whoami()}: let it read the keytab)"
+        raise usage.UsageError(f"{where}: cannot read it: {why}") from None
+    except keytab.KeytabError as e:
+        raise usage.UsageError(f"{where}: not a keytab: {e}") from None
+    held = keytab.principals(entries)
+    if not held:
+        raise usage.UsageError(f"{where}: holds no key (add one for {service}/HOST@REALM)")
+    if any(len(p.components) >= 2 and p.components[0] == service for p in held):
+        return
+    shown = ", ".join(escape(str(p)) for p in held[:SHOWN_PRINCIPALS])
+    more = len(held) - SHOWN_PRINCIPALS
+    if more > 0:
+        shown += f" and {more} more"
+    raise usage.UsageError(
+        f"{where}: no key for the service {service} ({service}/HOST@REALM);"
+        f" it holds {shown} (--gssapi-service names the service)"
+    )
+
+
+def _whoami() -> str:
+    uid = os.geteuid()
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"

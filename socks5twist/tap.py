@@ -16,6 +16,7 @@ from .accesslog import AccessLog
 from .auth import portal_for_checkers
 from .factory import SOCKS5ServerFactory
 from .listeners import AdoptedPortService, listener, proxy_listener
+from .logsafe import escape
 from .options import Options
 from .passwords import PasswordFile
 from .rules import describe as describe_rules
@@ -65,6 +66,7 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         trusted_proxies=options["trusted-proxies"],
         accounting=options["accounting"],
         accounting_failure=options["accounting-failure"],
+        gssapi=options["gssapi-settings"],
     )
 
 
@@ -92,14 +94,25 @@ def makeService(options: Options) -> SOCKS5Service:
     top.password_files = [
         c for c in options.get("credCheckers") or [] if isinstance(c, PasswordFile)
     ]
-    if factory.portal is None:
+    methods = []
+    if factory.gssapi is not None:
+        settings = factory.gssapi
+        methods.append(
+            f"GSSAPI (service {settings.service}, keytab {escape(settings.keytab)},"
+            f" levels {settings.describe_levels()}"
+            + (", NEC's unwrapped level too)" if settings.allow_nec else ")")
+        )
+    if factory.portal is not None:
+        methods.append("username/password")
+    if not methods:
         log.info(
             "no --auth: serving without authentication to clients in {networks}",
             networks=", ".join(str(n) for n in factory.client_policy.networks),
         )
     else:
         log.info(
-            "username/password required; serving clients in {networks}",
+            "{methods} required; serving clients in {networks}",
+            methods=" or ".join(methods),
             networks=", ".join(str(n) for n in factory.client_policy.networks),
         )
     if options["metrics"]:

@@ -53,5 +53,5 @@ def test_sample_rules_file_loads_and_decides_as_its_comments_say() -> None:
     assert decide(loaded, command="udp", port=53, address="192.0.2.53") == "allow #4 (dns)"
     assert decide(loaded, command="udp", port=53, address="192.0.2.54") == "deny default"
     # [[auth]]: the office skips the password, others need one.
-    assert not loaded.password_required(ipaddress.ip_address("10.20.3.4"), have_checkers=True)
-    assert loaded.password_required(ipaddress.ip_address("192.0.2.7"), have_checkers=True)
+    assert loaded.auth_methods(ipaddress.ip_address("10.20.3.4")) == ("none",)
+    assert loaded.auth_methods(ipaddress.ip_address("192.0.2.7")) is None

@@ -28,7 +28,9 @@ udp_echo = test_udp.udp_echo
 NOT_OURS = "192.0.2.7"
 
 
-def refused_start(*args: str, prefix: list[str] | None = None) -> str:
+def refused_start(
+    *args: str, prefix: list[str] | None = None, env: dict[str, str] | None = None
+) -> str:
     """
     Run C{twistd -n socks5 ARGS}, which must stop at once: return its one
     line on stderr, after checking the status and that nothing anywhere in
@@ -40,6 +42,7 @@ def refused_start(*args: str, prefix: list[str] | None = None) -> str:
         text=True,
         timeout=60,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     everything = result.stdout + result.stderr
     assert result.returncode != 0, everything

@@ -8,6 +8,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
+from socks5twist import rules
 from socks5twist.gate import Gate, Refusal, Slot
 from socks5twist.policy import LOOPBACK_ONLY
 from socks5twist.ruleset import ALLOW_ALL
@@ -105,3 +106,55 @@ class RefusalLineTests(SynchronousTestCase):
                 "1 login in progress from it",
             ],
         )
+
+
+class MethodTests(SynchronousTestCase):
+    """Which methods a client may use, preferred first, by what is configured and [[auth]]."""
+
+    AUTH = rules.parse(
+        'default = "allow"\n'
+        '[[auth]]\nclients = ["10.1.0.0/16"]\nmethod = "none"\n'
+        '[[auth]]\nclients = ["10.2.0.0/16"]\nmethod = ["password", "gssapi"]\n'
+        '[[auth]]\nclients = ["10.3.0.0/16"]\nmethod = "gssapi"\n'
+        '[[auth]]\nclients = ["10.4.0.0/16"]\nmethod = ["password", "none"]\n'
+    )
+
+    def methods(self, client: str, password: bool, gssapi: bool) -> list[str]:
+        g = Gate(
+            MemoryReactorClock(),
+            Logger(),
+            clients=LOOPBACK_ONLY,
+            rules=self.AUTH,
+            max_clients=1,
+            max_sessions_per_client=None,
+            max_sessions_per_user=None,
+            max_udp_per_client=1,
+        )
+        return [m.name for m in g.methods(ip_address(client), password, gssapi)]
+
+    def test_without_a_matching_auth_table_gssapi_then_password(self) -> None:
+        other = "192.0.2.1"
+        self.assertEqual(self.methods(other, True, True), ["GSSAPI", "USERNAME_PASSWORD"])
+        self.assertEqual(self.methods(other, True, False), ["USERNAME_PASSWORD"])
+        self.assertEqual(self.methods(other, False, True), ["GSSAPI"])
+        self.assertEqual(self.methods(other, False, False), ["NO_AUTHENTICATION"])
+
+    def test_none_prefers_no_authentication_and_keeps_what_is_configured(self) -> None:
+        self.assertEqual(
+            self.methods("10.1.0.1", True, True),
+            ["NO_AUTHENTICATION", "GSSAPI", "USERNAME_PASSWORD"],
+        )
+        self.assertEqual(self.methods("10.1.0.1", False, False), ["NO_AUTHENTICATION"])
+        self.assertEqual(
+            self.methods("10.4.0.1", True, True),
+            ["USERNAME_PASSWORD", "NO_AUTHENTICATION", "GSSAPI"],
+        )
+
+    def test_a_list_is_the_order_of_preference(self) -> None:
+        self.assertEqual(self.methods("10.2.0.1", True, True), ["USERNAME_PASSWORD", "GSSAPI"])
+        self.assertEqual(self.methods("10.3.0.1", True, True), ["GSSAPI"])
+
+    def test_a_table_naming_only_what_is_not_configured_refuses_every_method(self) -> None:
+        """Never a fall back to no authentication (a library's rules are not checked)."""
+        self.assertEqual(self.methods("10.3.0.1", True, False), [])
+        self.assertEqual(self.methods("10.2.0.1", False, True), ["GSSAPI"])

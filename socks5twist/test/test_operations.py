@@ -270,6 +270,22 @@ class ServiceTests(SynchronousTestCase):
         [line] = [e for e in logs if "NOT reloaded" in e.get("log_format", "")]
         self.assertIn("line 1", str(line["error"]))
 
+    def test_reload_refuses_an_auth_method_the_server_does_not_offer(self) -> None:
+        """Else its clients would be refused every method until the next reload."""
+        service, (s, path) = self.service()
+        path.setContent(
+            b'default = "allow"\n[[auth]]\nclients = ["10.0.0.0/8"]\nmethod = "gssapi"\n'
+        )
+        with capturedLogs() as logs:
+            self.assertFalse(service.reload_rules())
+        self.assertEqual(s.factory.rules.auth, ())
+        [line] = [formatEvent(e) for e in logs if "NOT reloaded" in e.get("log_format", "")]
+        self.assertEqual(
+            line,
+            "rules NOT reloaded, the previous rules stay in force: "
+            f'{path.path}, line 4: [[auth]] #1: method "gssapi" needs --gssapi',
+        )
+
     def test_shutdown_waits_for_sessions_then_closes_them(self) -> None:
         service, (s, _) = self.service()
         service.startService()

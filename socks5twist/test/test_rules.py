@@ -98,6 +98,55 @@ class ParseTests(SynchronousTestCase):
             "method",
         )
 
+    def test_auth_method_is_one_name_or_a_list_in_order(self) -> None:
+        parsed = rules.parse(
+            'default = "allow"\n[[auth]]\nclients = ["10.0.0.0/8"]\n'
+            'method = ["gssapi", "password"]\n'
+            '[[auth]]\nclients = ["0.0.0.0/0"]\nmethod = "gssapi"\n',
+            "r.toml",
+        )
+        self.assertEqual(
+            [(a.methods, a.where) for a in parsed.auth],
+            [
+                (("gssapi", "password"), "r.toml, line 4: [[auth]] #1"),
+                (("gssapi",), "r.toml, line 7: [[auth]] #2"),
+            ],
+        )
+
+    def test_auth_method_errors_name_the_line(self) -> None:
+        start = 'default = "allow"\n[[auth]]\nclients = ["10.0.0.0/8"]\n'
+        self.assertError(start + "method = []\n", "line 4", "a list of them")
+        self.assertError(start + 'method = ["gssapi", "kerberos"]\n', "line 4", "'kerberos'")
+        self.assertError(start + 'method = ["gssapi", "gssapi"]\n', "line 4", "twice")
+        self.assertError(start + "method = 1\n", "line 4", '"none", "password" or "gssapi"')
+
+    def test_an_unconfigured_method_is_named_with_its_line_and_option(self) -> None:
+        parsed = rules.parse(
+            'default = "allow"\n[[auth]]\nclients = ["10.0.0.0/8"]\nmethod = "none"\n'
+            '[[auth]]\nclients = ["0.0.0.0/0"]\nmethod = ["password", "gssapi"]\n',
+            "r.toml",
+        )
+        self.assertEqual(
+            parsed.unconfigured_method(password=True, gssapi=False),
+            'r.toml, line 7: [[auth]] #2: method "gssapi" needs --gssapi',
+        )
+        self.assertEqual(
+            parsed.unconfigured_method(password=False, gssapi=False),
+            'r.toml, line 7: [[auth]] #2: method "password" needs --auth',
+        )
+        self.assertIsNone(parsed.unconfigured_method(password=True, gssapi=True))
+
+    def test_a_realm_pattern_is_at_and_a_name(self) -> None:
+        for bad in ('"@"', '"@A@B"'):
+            self.assertError(
+                f'default = "allow"\n[[rule]]\naction = "allow"\nusers = [{bad}]\n',
+                "line 4",
+                "a realm is @ and its name",
+            )
+        self.assertError(
+            'default = "allow"\n[[limit]]\nusers = ["@"]\nsessions = 1\n', "line 3", "realm"
+        )
+
     def test_ports_reject_out_of_range(self) -> None:
         for bad in ("[70000]", '["1-70000"]', "[true]", '["http"]'):
             with self.assertRaises(RulesError):
@@ -162,9 +211,32 @@ class MatchTests(SynchronousTestCase):
 
     def test_auth_rules(self) -> None:
         ip = ipaddress.ip_address
-        self.assertFalse(self.parsed.password_required(ip("10.20.1.1"), True))
-        self.assertTrue(self.parsed.password_required(ip("10.21.1.1"), True))
-        self.assertFalse(self.parsed.password_required(ip("10.21.1.1"), False))
+        self.assertEqual(self.parsed.auth_methods(ip("10.20.1.1")), ("none",))
+        self.assertIsNone(self.parsed.auth_methods(ip("10.21.1.1")))
+
+    def test_a_realm_matches_its_principals_exactly(self) -> None:
+        parsed = rules.parse(
+            'default = "deny"\n[[rule]]\naction = "allow"\nusers = ["@SOCKS.TEST", "bob"]\n'
+            '[[limit]]\nusers = ["@SOCKS.TEST"]\nsessions = 1\n'
+        )
+        allowed = {
+            "alice@SOCKS.TEST": True,
+            "rcmd/host@SOCKS.TEST": True,
+            "bob": True,
+            "alice@socks.test": False,  # realms are case-sensitive
+            "alice@SOCKS.TEST.EVIL": False,
+            "alice@OTHER.SOCKS.TEST": False,
+            "alice\\@SOCKS.TEST": False,  # an escaped @ is part of the name
+            "alice\\\\@SOCKS.TEST": True,  # an escaped backslash, then the realm
+            "mallory": False,
+        }
+        for user, expected in allowed.items():
+            decision = parsed.decide(q(user=user, address=ipaddress.ip_address("192.0.2.9")))
+            assert decision is not None
+            self.assertEqual(decision.allowed, expected, user)
+            limit = parsed.limit_for(None, user, "connect")
+            self.assertEqual(limit is not None, expected and user != "bob", user)
+        self.assertFalse(parsed.decide(q(user=None)).allowed)  # type: ignore[union-attr]
 
     def test_ipv4_allow_rules_never_match_ipv6(self) -> None:
         parsed = rules.parse(
