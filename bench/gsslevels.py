@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests import rfc1961  # noqa: E402
 from tests.conftest import TWISTD, free_port, wait_until  # noqa: E402
-from tests.kerberos import running_realm  # noqa: E402
+from tests.kerberos import Realm  # noqa: E402
 
 CHUNK = bytes(range(256)) * 256  # 64 KiB
 
@@ -141,9 +141,9 @@ def main() -> None:
     size = options.megabytes << 20
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        realm_gen = running_realm(work / "realm")
         (work / "realm").mkdir()
-        realm = next(realm_gen)
+        realm = Realm(work / "realm")
+        realm.start()
         try:
             cache = realm.kinit("alice", work / "alice.cc")
             env = {**realm.env, "KRB5CCNAME": f"FILE:{cache}"}
@@ -187,7 +187,7 @@ def main() -> None:
             if options.json:
                 Path(options.json).write_text(json.dumps(medians, indent=2))
         finally:
-            realm_gen.close()
+            realm.stop()
 
 
 if __name__ == "__main__":
