@@ -182,3 +182,29 @@ def test_a_service_the_server_has_no_key_for(rfc1961, alice, destination):
     lines = yield eventually(lambda: [x for x in server.lines() if x.startswith("abort")])
     assert "not found in keytab" in lines[0]
     assert destination.peers == []
+
+
+@pytest.mark.parametrize("level", ["integrity", "confidentiality"])
+@pytest_twisted.inlineCallbacks
+def test_through_socks5twist_itself(start_server, kerberos_realm, alice, destination, level):
+    """Both ends ours: the client endpoint through C{twistd -n socks5 --gssapi}."""
+    server = start_server(
+        "--gssapi",
+        f"--gssapi-keytab={kerberos_realm.keytab_path}",
+        f"--gssapi-protection={level}",
+        env=kerberos_realm.env,
+    )
+    payload = os.urandom(1 << 20)
+    endpoint = SOCKS5ClientEndpoint(
+        tcp(server.address),
+        "127.0.0.1",
+        destination.port,
+        gssapi="rcmd@localhost",
+        gssapi_protection=Protection[level.upper()],
+    )
+    tunnel, _, rest = yield exchange(endpoint, payload, half_close=True)
+    assert rest == payload + _digest(payload)
+    assert tunnel.protection.level == Protection[level.upper()]
+    yield eventually(lambda: server.session_lines(), what="the session line")
+    [line] = server.session_lines()
+    assert "user=alice@SOCKS.TEST" in line and f" gssapi={level} " in line
