@@ -18,9 +18,8 @@ from .codec import Command
 from .networks import (
     IPNetwork,
     client_in,
+    destination_classes,
     in_networks,
-    is_group_destination,
-    is_unspecified_destination,
     spellings,
 )
 
@@ -191,6 +190,8 @@ class Decision:
 
 UNSPECIFIED_REFUSED = Decision(Verdict.DENY, None, "the unspecified address")
 GROUP_REFUSED = Decision(Verdict.DENY, None, "multicast or broadcast, not named by an allow rule")
+# The file's default, decided (one each: no Decision built per request).
+_BY_DEFAULT = {verdict: Decision(verdict, None) for verdict in Verdict}
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +218,9 @@ class Rules:
         address = query.address
         group = False
         if address is not None and query.command != "bind":
-            if is_unspecified_destination(address):
+            unspecified, group = destination_classes(address)
+            if unspecified:
                 return UNSPECIFIED_REFUSED
-            group = is_group_destination(address)
         # Actions of the rules that cannot decide yet: when every one of them
         # would say what a later rule says, that rule decides now (so a name
         # that a deny rule refuses is never looked up just because a deny
@@ -236,9 +237,9 @@ class Rules:
                 if undecided - {rule.action}:
                     return None
                 return Decision(rule.action, rule)
-        if undecided - {self.default} or (undecided and group):
+        if undecided and (undecided - {self.default} or group):
             return None
-        return GROUP_REFUSED if group else Decision(self.default, None)
+        return GROUP_REFUSED if group else _BY_DEFAULT[self.default]
 
     def limit_for(self, client: IPAddress | None, user: str | None, command: str) -> Limit | None:
         """The first C{[[limit]]} that applies to a request, or C{None}."""
