@@ -56,6 +56,9 @@ class Stats:
     udp_locks: collections.Counter[str] = field(default_factory=collections.Counter)
     # Running sessions closed on SIGHUP, by reason (user-removed, disabled).
     closed: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Logins that succeeded, by (method, protection): ("password", "none"),
+    # ("gssapi", "confidentiality"), ...
+    logins: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
 
 
 class SOCKS5ServerFactory(ServerFactory):

@@ -143,6 +143,7 @@ class GSSAPINegotiation:
             return
         send_now(self.transport, self.connection.level_chosen(answer))
         self.protection = level
+        self.factory.stats.logins[("gssapi", LEVEL_NAMES[level])] += 1
         if not level.wraps:
             return
         protector = self.protector = acceptor.protector(level)

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
 
 UDP_LOCKS = tuple(lock.value for lock in Lock)
+LOGIN_LABELS = (
+    ("password", "none"),
+    ("gssapi", "clear"),
+    ("gssapi", "integrity"),
+    ("gssapi", "confidentiality"),
+)
 HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -115,10 +121,21 @@ class _FactoryCollector(Collector):
         yield relayed
 
         auth = CounterMetricFamily(
-            "socks5_auth_failures", "Username/password authentications that failed."
+            "socks5_auth_failures",
+            "Authentications that failed (username/password, or GSSAPI at any step).",
         )
         auth.add_metric([], stats.auth_failures)
         yield auth
+
+        logins = CounterMetricFamily(
+            "socks5_logins",
+            "Authentications that succeeded, by method (password, gssapi) and GSSAPI"
+            " protection level (none for a password).",
+            labels=["method", "protection"],
+        )
+        for method, protection in LOGIN_LABELS:
+            logins.add_metric([method, protection], stats.logins[(method, protection)])
+        yield logins
 
         denials = CounterMetricFamily(
             "socks5_rule_denials",

@@ -79,6 +79,7 @@ class PasswordLogin:
             return
         self._pending = None
         self.user = avatar.name
+        self.factory.stats.logins[("password", "none")] += 1
         self._logout = logout
         send_now(self.transport, self.connection.login_decided(True))
         self._process()

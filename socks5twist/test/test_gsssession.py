@@ -113,6 +113,13 @@ class GSSAPISessionTests(SynchronousTestCase):
         s.send(level_message(Protection.CONFIDENTIALITY))
         # The answer is wrapped as the request was: signed, not sealed.
         self.assertEqual(s.take(), level_message(Protection.CONFIDENTIALITY))
+        from socks5twist.metrics import Metrics
+
+        rendered = Metrics(s.factory).render().decode()
+        self.assertIn(
+            'socks5_logins_total{method="gssapi",protection="confidentiality"} 1.0', rendered
+        )
+        self.assertIn('socks5_logins_total{method="password",protection="none"} 0.0', rendered)
         s.send(wrapped(connect_request("10.9.8.7", 80)))
         self.assertIs(s.protocol.state, State.CONNECTING)
         remote = s.remote()
