@@ -11,14 +11,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
 from socks5twist import codec, gss, gsssession, gsswire
 from socks5twist.gss import GSSFailure, ServerSettings, choose_level
+from socks5twist.gsstransport import ProtectedTransport
 from socks5twist.gsswire import Deframer, Mtyp, Protection, build
 from socks5twist.states import State
 from socks5twist.test.helpers import connect_request, make_session
+from socks5twist.twistedinternals import half_closer, has_producer
 
 GSS_GREETING = codec.build_greeting([codec.Method.GSSAPI])
 
@@ -322,3 +327,24 @@ class WireTests(SynchronousTestCase):
         protector = gss.Protector(FakeContext(), Protection.INTEGRITY)
         with self.assertRaises(GSSFailure):
             protector.unwrap(b"Qforged")
+
+    def test_the_relay_sees_the_real_transports_producer(self) -> None:
+        """C{has_producer} (the relay's half-close unregisters first) looks through."""
+        real = StringTransport()
+        transport = ProtectedTransport(real, gss.Protector(FakeContext(), Protection.INTEGRITY))
+        self.assertFalse(has_producer(transport))
+        producer = StringTransport()
+        transport.registerProducer(producer, True)
+        self.assertIs(real.producer, producer)
+        self.assertTrue(has_producer(transport))
+        transport.unregisterProducer()
+        self.assertFalse(has_producer(transport))
+
+    def test_over_tls_it_cannot_half_close(self) -> None:
+        """Over TLS the relay closes whole: the wrapped transport says it is TLS too."""
+        protector = gss.Protector(FakeContext(), Protection.INTEGRITY)
+        plain = ProtectedTransport(StringTransport(), protector)
+        self.assertIsNotNone(half_closer(plain))
+        real = StringTransport()
+        alsoProvides(real, ISSLTransport)
+        self.assertIsNone(half_closer(ProtectedTransport(real, protector)))
