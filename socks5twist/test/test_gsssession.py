@@ -11,9 +11,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import alsoProvides
 
@@ -265,6 +268,47 @@ class GSSAPISessionTests(SynchronousTestCase):
             self.assertIs(s.protocol.state, State.REQUEST)
             s.send(message[i : i + 1])
         self.assertIs(s.protocol.state, State.CONNECTING)
+
+    def late_login(self) -> tuple[Any, list[Any], list[str]]:
+        """A session whose realm answers when the test says (the Deferreds, the logouts)."""
+        s = self.session()
+        logins: list[Any] = []
+        logouts: list[str] = []
+
+        def login(credentials: Any, mind: Any, *interfaces: Any) -> Any:
+            d: defer.Deferred[Any] = defer.Deferred()
+            logins.append(d)
+            return d
+
+        s.factory.gss_portal = SimpleNamespace(login=login)
+        return s, logins, logouts
+
+    def test_nothing_pipelined_is_acted_on_before_the_realm_answers(self) -> None:
+        s, logins, logouts = self.late_login()
+        s.send(
+            GSS_GREETING
+            + build(Mtyp.AUTHENTICATION, b"final")
+            + level_message(Protection.INTEGRITY)
+            + wrapped(connect_request("10.9.8.7", 80), b"S")
+        )
+        self.assertEqual(s.take(), b"\x05\x01" + build(Mtyp.AUTHENTICATION, b"mutual"))
+        self.assertIs(s.protocol.state, State.AUTHENTICATING)
+        self.assertEqual(s.reactor.tcpClients, [])
+        avatar = SimpleNamespace(name="alice@SOCKS.TEST")
+        logins[0].callback((None, avatar, lambda: logouts.append("alice")))
+        self.assertEqual(s.take(), level_message(Protection.INTEGRITY))
+        self.assertIs(s.protocol.state, State.CONNECTING)
+
+    def test_a_client_gone_before_the_realm_answers_is_not_logged_in(self) -> None:
+        s, logins, logouts = self.late_login()
+        s.send(GSS_GREETING + build(Mtyp.AUTHENTICATION, b"final"))
+        s.take()
+        s.protocol.connectionLost(Failure(ConnectionDone()))
+        avatar = SimpleNamespace(name="alice@SOCKS.TEST")
+        logins[0].callback((None, avatar, lambda: logouts.append("alice")))  # too late: ignored
+        self.assertIsNone(s.protocol.user)
+        self.assertEqual(s.take(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_the_session_line_names_the_level(self) -> None:
         s = self.established()
