@@ -18,6 +18,7 @@ library's (escaped where it is logged).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,52 @@ def choose_level(requested: int, allowed: frozenset[Protection]) -> Protection:
     return max(allowed)
 
 
+# No mechanism's wrapped message is shorter: Kerberos' header alone is 16
+# bytes (RFC 4121 section 4.2.6.2), as is an NTLM signature.
+MIN_WRAPPED = 16
+
+
+def _unwrap_aead(context: Any) -> Any:
+    """
+    python-gssapi's C{unwrap_aead} for C{context}, or C{None}: the library
+    lacks the extension, or C{context} is not one of python-gssapi's (a
+    test's fake, which has its own C{unwrap}).
+    """
+    gssapi = sys.modules.get("gssapi")
+    if gssapi is None or not isinstance(context, gssapi.raw.SecurityContext):
+        return None
+    return getattr(gssapi.raw, "unwrap_aead", None)
+
+
+def _unwrap(context: Any, token: bytes) -> Any:
+    """
+    C{context.unwrap(token)} (the message, and whether it was encrypted),
+    without python-gssapi's leak; L{GSSFailure} if it does not unwrap.
+
+    A replayed, late or early message is refused by MIT with a status that
+    still hands back the plaintext; python-gssapi (1.12) raises that status
+    from C{unwrap} and never frees the plaintext: up to 64 KiB lost for
+    each replay a peer sends, for as long as the process runs.  Its
+    C{unwrap_aead} (the same token, with no associated data) allocates
+    nothing: MIT decrypts in place, in the very buffer it is handed, which
+    python-gssapi takes from the C{bytes} object itself, immutable or not:
+    so it gets a copy of its own, used once.  Tokens too short to be one are
+    refused before the library sees them (CPython shares its one-byte
+    C{bytes} objects).
+    """
+    unwrap_aead = _unwrap_aead(context)
+    try:
+        if unwrap_aead is None:
+            return context.unwrap(token)
+        if len(token) < MIN_WRAPPED:
+            raise GSSFailure(f"a wrapped message of {len(token)} bytes (at least {MIN_WRAPPED})")
+        return unwrap_aead(context, bytes(bytearray(token)))
+    except GSSFailure:
+        raise
+    except Exception as e:
+        raise _failure(e) from e
+
+
 class Protector:
     """
     Wraps and unwraps the messages of one established context at one level.
@@ -163,10 +210,7 @@ class Protector:
 
     def unwrap(self, token: bytes) -> bytes:
         """The message in C{token}, or L{GSSFailure}."""
-        try:
-            result = self._context.unwrap(token)
-        except Exception as e:
-            raise _failure(e) from e
+        result = _unwrap(self._context, token)
         if self._encrypt and not result.encrypted:
             raise GSSFailure("a message was not encrypted at the confidentiality level")
         return bytes(result.message)
@@ -180,10 +224,7 @@ def _level_token(context: Any, level: int) -> bytes:
 
 
 def _unwrap_level(context: Any, token: bytes) -> int:
-    try:
-        message = context.unwrap(token).message
-    except Exception as e:
-        raise _failure(e) from e
+    message = _unwrap(context, token).message
     if len(message) != 1:
         raise GSSFailure(f"a protection level of {len(message)} bytes (expected 1)")
     return int(message[0])

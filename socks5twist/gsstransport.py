@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer, ITransport
-from zope.interface import implementer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport, ITransport
+from zope.interface import alsoProvides, implementer
 
 from .gss import GSSFailure, Protector
 from .gsswire import Deframer, Mtyp, build
@@ -68,12 +68,19 @@ class ProtectedTransport:
     """
     The session's view of its client once messages are wrapped: C{write}
     wraps, the rest is the real C{transport}'s.
+
+    What the relay asks of a transport's kind holds of this one as of the
+    real one: over TLS it provides L{ISSLTransport} too (TLS cannot
+    half-close here: see L{socks5twist.twistedinternals.half_closer}), and
+    its C{producer} is the real transport's.
     """
 
     def __init__(self, transport: Any, protector: Protector) -> None:
         self.transport = transport
         self._protector = protector
         self.written = 0  # plaintext bytes written (for tests and curiosity)
+        if ISSLTransport.providedBy(transport):
+            alsoProvides(self, ISSLTransport)
 
     # -- writing -------------------------------------------------------------
 
@@ -132,6 +139,14 @@ class ProtectedTransport:
         setter = getattr(self.transport, "setTcpNoDelay", None)
         if setter is not None:
             setter(enabled)
+
+    def getPeerCertificate(self) -> Any:
+        return self.transport.getPeerCertificate()
+
+    @property
+    def producer(self) -> Any:
+        """The real transport's registered producer (L{socks5twist.twistedinternals})."""
+        return getattr(self.transport, "producer", None)
 
     @property
     def connected(self) -> bool:

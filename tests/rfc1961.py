@@ -9,6 +9,7 @@ Blocking sockets with timeouts; every loop bounded.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 from typing import Any
 
@@ -69,8 +70,12 @@ def context(target: str = "rcmd@localhost", **kw: Any) -> gssapi.SecurityContext
 class Client:
     """One RFC 1961 negotiation over a connected socket, then the SOCKS request."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = 10.0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """Connects to C{address} (over TLS with C{tls}, for an C{ssl:} listener)."""
+        sock = socket.create_connection(address, timeout=timeout)
+        self.sock = sock if tls is None else tls.wrap_socket(sock, server_hostname="localhost")
         self.ctx: gssapi.SecurityContext | None = None
         self.level: int | None = None
         self.buffer = b""

@@ -11,14 +11,22 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import alsoProvides
 
 from socks5twist import codec, gss, gsssession, gsswire
 from socks5twist.gss import GSSFailure, ServerSettings, choose_level
+from socks5twist.gsstransport import ProtectedTransport
 from socks5twist.gsswire import Deframer, Mtyp, Protection, build
 from socks5twist.states import State
 from socks5twist.test.helpers import connect_request, make_session
+from socks5twist.twistedinternals import half_closer, has_producer
 
 GSS_GREETING = codec.build_greeting([codec.Method.GSSAPI])
 
@@ -268,6 +276,47 @@ class GSSAPISessionTests(SynchronousTestCase):
             s.send(message[i : i + 1])
         self.assertIs(s.protocol.state, State.CONNECTING)
 
+    def late_login(self) -> tuple[Any, list[Any], list[str]]:
+        """A session whose realm answers when the test says (the Deferreds, the logouts)."""
+        s = self.session()
+        logins: list[Any] = []
+        logouts: list[str] = []
+
+        def login(credentials: Any, mind: Any, *interfaces: Any) -> Any:
+            d: defer.Deferred[Any] = defer.Deferred()
+            logins.append(d)
+            return d
+
+        s.factory.gss_portal = SimpleNamespace(login=login)
+        return s, logins, logouts
+
+    def test_nothing_pipelined_is_acted_on_before_the_realm_answers(self) -> None:
+        s, logins, logouts = self.late_login()
+        s.send(
+            GSS_GREETING
+            + build(Mtyp.AUTHENTICATION, b"final")
+            + level_message(Protection.INTEGRITY)
+            + wrapped(connect_request("10.9.8.7", 80), b"S")
+        )
+        self.assertEqual(s.take(), b"\x05\x01" + build(Mtyp.AUTHENTICATION, b"mutual"))
+        self.assertIs(s.protocol.state, State.AUTHENTICATING)
+        self.assertEqual(s.reactor.tcpClients, [])
+        avatar = SimpleNamespace(name="alice@SOCKS.TEST")
+        logins[0].callback((None, avatar, lambda: logouts.append("alice")))
+        self.assertEqual(s.take(), level_message(Protection.INTEGRITY))
+        self.assertIs(s.protocol.state, State.CONNECTING)
+
+    def test_a_client_gone_before_the_realm_answers_is_not_logged_in(self) -> None:
+        s, logins, logouts = self.late_login()
+        s.send(GSS_GREETING + build(Mtyp.AUTHENTICATION, b"final"))
+        s.take()
+        s.protocol.connectionLost(Failure(ConnectionDone()))
+        avatar = SimpleNamespace(name="alice@SOCKS.TEST")
+        logins[0].callback((None, avatar, lambda: logouts.append("alice")))  # too late: ignored
+        self.assertIsNone(s.protocol.user)
+        self.assertEqual(s.take(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_the_session_line_names_the_level(self) -> None:
         s = self.established()
         s.send(level_message(Protection.INTEGRITY) + wrapped(connect_request(), b"S"))
@@ -329,3 +378,24 @@ class WireTests(SynchronousTestCase):
         protector = gss.Protector(FakeContext(), Protection.INTEGRITY)
         with self.assertRaises(GSSFailure):
             protector.unwrap(b"Qforged")
+
+    def test_the_relay_sees_the_real_transports_producer(self) -> None:
+        """C{has_producer} (the relay's half-close unregisters first) looks through."""
+        real = StringTransport()
+        transport = ProtectedTransport(real, gss.Protector(FakeContext(), Protection.INTEGRITY))
+        self.assertFalse(has_producer(transport))
+        producer = StringTransport()
+        transport.registerProducer(producer, True)
+        self.assertIs(real.producer, producer)
+        self.assertTrue(has_producer(transport))
+        transport.unregisterProducer()
+        self.assertFalse(has_producer(transport))
+
+    def test_over_tls_it_cannot_half_close(self) -> None:
+        """Over TLS the relay closes whole: the wrapped transport says it is TLS too."""
+        protector = gss.Protector(FakeContext(), Protection.INTEGRITY)
+        plain = ProtectedTransport(StringTransport(), protector)
+        self.assertIsNotNone(half_closer(plain))
+        real = StringTransport()
+        alsoProvides(real, ISSLTransport)
+        self.assertIsNone(half_closer(ProtectedTransport(real, protector)))
