@@ -267,6 +267,16 @@ class Acceptor:
     def complete(self) -> bool:
         return bool(self._context.complete)
 
+    @property
+    def detects_replays(self) -> bool:
+        """
+        Whether the client's context checks for replayed messages (the
+        initiator asks for it: curl, Dante and our client endpoint do).
+        Without it a man in the middle could send a wrapped message twice.
+        """
+        flags = self._gssapi.RequirementFlag
+        return flags.replay_detection in self._context.actual_flags
+
     def principal(self) -> str:
         """
         Who the client is (C{alice@EXAMPLE.ORG}), once complete; refuses an

@@ -137,6 +137,11 @@ class GSSAPINegotiation:
         try:
             asked = acceptor.requested_level(event.token, nec)
             level = choose_level(asked, settings.levels)
+            if level.wraps and not acceptor.detects_replays:
+                raise GSSFailure(
+                    f"the client's context does not detect replays, which {LEVEL_NAMES[level]}"
+                    " needs (a replayed message would be taken twice)"
+                )
             answer = acceptor.level_answer(level, nec)
         except GSSFailure as e:
             self.gss_refused("protection level refused", str(e))

@@ -391,3 +391,23 @@ def test_gssapi_and_passwords_side_by_side(
     with socket.create_connection(server.address, timeout=10) as sock:
         sock.sendall(b"\x05\x01\x00")
         assert rfc1961.recv_exact(sock, 2) == b"\x05\xff", "no anonymous method"
+
+
+def test_a_wrapping_level_needs_replay_detection(
+    gss_server: Any, kerberos_realm: Realm, alice: Path
+) -> None:
+    """A context without replay checks may authenticate, and then use clear only."""
+    server = gss_server()
+    with kerberos_realm.environ(alice):
+        client = Client(server.address)
+        client.greet()
+        client.establish(replay=False)
+        with pytest.raises(Aborted):
+            client.ask_level(INTEGRITY)
+        client.close()
+        client = Client(server.address)
+        client.greet()
+        client.establish(replay=False)
+        assert client.ask_level(CLEAR) == CLEAR
+        client.close()
+    wait_until(lambda: "does not detect replays" in server.log(), 10, "the line")

@@ -36,7 +36,7 @@ class FakeContext:
 
     def __init__(self, target: str = "rcmd/localhost@SOCKS.TEST") -> None:
         self.complete = False
-        self.actual_flags: set[object] = set()
+        self.actual_flags: set[object] = {"replay"}
         self.target_name = target
         self.initiator_name = "alice@SOCKS.TEST"
 
@@ -68,7 +68,8 @@ class FakeAcceptor(gss.Acceptor):
     def __init__(self, credentials: Any, settings: ServerSettings) -> None:
         self.rounds = 0
         self._settings = settings
-        self._gssapi = SimpleNamespace(RequirementFlag=SimpleNamespace(anonymity="anon"))
+        flags = SimpleNamespace(anonymity="anon", replay_detection="replay")
+        self._gssapi = SimpleNamespace(RequirementFlag=flags)
         self._context = FakeContext()
         FakeAcceptor.contexts.append(self._context)
 
@@ -218,6 +219,17 @@ class GSSAPISessionTests(SynchronousTestCase):
         self.assertEqual(s.take(), b"\x05\x01", "nothing more is sent")
         s.send(level_message(Protection.INTEGRITY))
         self.assertEqual(s.take(), level_message(Protection.INTEGRITY))
+
+    def test_a_wrapping_level_needs_replay_detection(self) -> None:
+        s = self.established()
+        FakeAcceptor.contexts[-1].actual_flags = set()
+        s.send(level_message(Protection.INTEGRITY))
+        self.assertEqual(s.take(), gsswire.ABORT)
+        self.assertIn("does not detect replays", "".join(self.lines()))
+        s = self.established()
+        FakeAcceptor.contexts[-1].actual_flags = set()
+        s.send(level_message(Protection.CLEAR))
+        self.assertEqual(s.take(), level_message(Protection.CLEAR), "clear wraps nothing")
 
     def test_the_nec_level_needs_the_operators_word(self) -> None:
         s = self.established()
