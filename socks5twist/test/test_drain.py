@@ -250,7 +250,7 @@ WINDOW = 4096  # the client's SO_RCVBUF: its window shuts after a few KiB
 
 
 @defer.inlineCallbacks
-def small_window_tunnel(test: TestCase, move: bool) -> Any:
+def small_window_tunnel(test: TestCase, move: bool, timeout: float = TIMEOUT) -> Any:
     """
     A started splice tunnel (moved to the relay thread if C{move}) whose
     client has a small receive buffer: (client socket, relay, remote socket,
@@ -276,7 +276,7 @@ def small_window_tunnel(test: TestCase, move: bool) -> Any:
         proto.transport,  # type: ignore[arg-type]
         mine,
         to_client=b"hi",
-        drain_timeout=TIMEOUT,
+        drain_timeout=timeout,
         on_drain=stuck.append,
     )
     yield start(client, relay, move)
@@ -370,3 +370,25 @@ class SpliceRelayTests(TestCase):
             yield until(lambda: proto.lost is not None, "the tunnel to end")  # noqa: B023
             assert proto.lost is not None
             proto.lost.trap(error.ConnectionDone)
+
+    @defer.inlineCallbacks
+    def test_a_pending_check_does_not_keep_an_idle_relay_thread(self) -> Any:
+        """
+        A check due long after its tunnel ended (a minute's timeout) is
+        dropped with the tunnel: the relay thread lingers out as usual.
+        """
+        client, relay, remote, stuck, proto = yield small_window_tunnel(self, True, timeout=60)
+        total = 128 * 1024
+        yield send_all(remote, b"w" * total)
+        remote.shutdown(socket.SHUT_WR)
+        yield until(lambda: relay.down == total, "the bytes in the client's socket")
+        # (The EOF is read, and most of the bytes are still the kernel's:
+        # the check, in 15 seconds, is on the thread's timers.)
+        got = yield read(client, total + 1)
+        self.assertEqual(len(got), total)
+        client.close()
+        yield until(lambda: proto.lost is not None, "the tunnel to end")
+        thread = relay.thread
+        assert thread is not None
+        yield until(lambda: not thread.alive, "the relay thread to linger out")
+        self.assertEqual(stuck, [])
