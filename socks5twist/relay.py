@@ -53,6 +53,14 @@ class Side(enum.StrEnum):
     REMOTE = "remote"
 
 
+class Ending(enum.Enum):
+    """How far a relay is in ending (apart from each side's EOF and loss)."""
+
+    OPEN = "open"  # relaying (perhaps half-closed)
+    CLOSING = "closing"  # both sides asked to close once flushed
+    RESET = "reset"  # both sides reset: nothing is closed cleanly after this
+
+
 class IdleClock:
     """
     Calls C{on_idle} once nothing has happened for C{timeout} seconds.
@@ -109,7 +117,7 @@ class StreamRelay:
 
     kind = "stream"
     __slots__ = (
-        "_closing", "_drain_call", "_drain_timeout", "_drains", "_eof", "_idle", "_lost",
+        "_drain_call", "_drain_timeout", "_drains", "_ending", "_eof", "_idle", "_lost",
         "_on_drain", "_on_idle", "_reactor", "_reset_call", "_throttles", "_transports", "down",
         "up",
     )  # fmt: skip
@@ -141,13 +149,12 @@ class StreamRelay:
         self._reset_call: Any = None  # after an idle close: resets what has not closed
         self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
         # The drain deadline (see socks5twist.drain): what is left for each
-        # side whose peer has closed, checked by one timer while there is any;
-        # _closing once both sides are being closed (not only half).
+        # side whose peer has closed, checked by one timer while there is any.
         self._drain_timeout = drain_timeout
         self._on_drain = on_drain
         self._drains: dict[Side, Drain] = {}
         self._drain_call: Any = None
-        self._closing = False
+        self._ending = Ending.OPEN
         self.up = 0
         self.down = 0
 
@@ -214,17 +221,28 @@ class StreamRelay:
         self._close_all()
 
     def abort(self) -> None:
-        """Reset both sides at once, dropping what is unsent."""
-        self._close_all()
+        """
+        Reset both sides at once, dropping what is unsent.  (No clean close
+        first, nor after: a transport whose write half is shut already
+        closes cleanly at once when asked to, and the kernel would then go
+        on sending what it holds, to a peer that may never read it.)
+        """
+        self._stop_clocks()
+        self._ending = Ending.RESET
         self._abort_open_sides()
 
-    def _close_all(self) -> None:
+    def _stop_clocks(self) -> None:
         if self._idle is not None:
             self._idle.stop()
         if self._throttles is not None:
             for throttle in self._throttles.values():
                 throttle.stop()
-        self._closing = True
+
+    def _close_all(self) -> None:
+        self._stop_clocks()
+        if self._ending is Ending.RESET:
+            return
+        self._ending = Ending.CLOSING
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue
@@ -261,7 +279,7 @@ class StreamRelay:
             if side in self._lost:
                 verdict = Verdict.EMPTY  # gone: nothing is left for it
             else:
-                verdict = drain.check(self._left(side), self._closing)
+                verdict = drain.check(self._left(side), self._ending is Ending.CLOSING)
             if verdict is Verdict.EMPTY:
                 del self._drains[side]
             elif verdict is Verdict.STUCK:
