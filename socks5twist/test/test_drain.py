@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer, error, protocol, reactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -241,6 +242,46 @@ class StreamRelayTests(SynchronousTestCase):
         t.client_end.write(b"more")
         t.settle()
         self.assertTrue(t.destination.received.endswith(b"more"))
+
+
+class _Spy:
+    """A transport that notes how it was asked to close."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.producer: Any = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def loseWriteConnection(self) -> None:
+        self.calls.append("loseWriteConnection")
+
+    def loseConnection(self) -> None:
+        self.calls.append("loseConnection")
+
+    def abortConnection(self) -> None:
+        self.calls.append("abortConnection")
+
+
+class ResetTests(SynchronousTestCase):
+    def test_a_reset_is_not_preceded_or_followed_by_a_clean_close(self) -> None:
+        """
+        Twisted closes a transport whose write half is shut cleanly, at once,
+        when asked to close: a reset asked for after that never happens, and
+        the kernel goes on sending to a client that reads nothing.
+        """
+        client, remote = _Spy(), _Spy()
+        relay = relay_module.StreamRelay(MemoryReactorClock(), client, remote, drain_timeout=60)  # type: ignore[arg-type]
+        relay.start()
+        relay.eof(Side.REMOTE)
+        relay.abort()
+        relay.close()  # (a session's close after its abort)
+        self.assertEqual(client.calls, ["loseWriteConnection", "abortConnection"])
+        self.assertEqual(remote.calls, ["abortConnection"])
 
 
 # -- the splice relay, on the real reactor -------------------------------------
