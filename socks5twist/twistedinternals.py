@@ -168,8 +168,11 @@ def unsent(transport: Any) -> tuple[int, int]:
             held += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
             sock = getattr(transport, "socket", None)
             return held, sock.fileno() if sock is not None else -1
-        held += sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()))
-        transport = getattr(transport, "transport", None)
+        # A wrapper's own attributes only: a ProtocolWrapper hands any
+        # attribute it lacks to the transport under it (counted next).
+        own = getattr(transport, "__dict__", {})
+        held += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
+        transport = own.get("transport")
         if transport is None:
             break
     return held, -1

@@ -110,13 +110,19 @@ class TransportBufferTests(TestCase):
         transport.write(b"twice")
         self.assertEqual(unsent(transport), (11, fd))
 
-        class TLSLike:  # a wrapper as Twisted's TLS is one, mid-handshake
-            _appSendBuffer = [b"abc", b"de"]
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-        tls = TLSLike()
-        tls.transport = transport  # type: ignore[attr-defined]
+        # A wrapper as Twisted's TLS is one, mid-handshake, under another
+        # that passes every attribute it lacks on (the PROXY header's): each
+        # buffer is counted once.
+        tls = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+        tls.makeConnection(transport)
+        tls._appSendBuffer = [b"abc", b"de"]  # type: ignore[attr-defined]
+        outer = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+        outer.makeConnection(tls)
         self.assertEqual(unsent(tls), (16, fd))
-        self.assertEqual(unsent(ProtectedTransport(tls, None)), (16, fd))  # type: ignore[arg-type]
+        self.assertEqual(unsent(outer), (16, fd))
+        self.assertEqual(unsent(ProtectedTransport(outer, None)), (16, fd))  # type: ignore[arg-type]
         yield _turns(5)
         self.assertEqual(unsent(transport), (0, fd))
         transport.loseConnection()
