@@ -31,7 +31,7 @@ import termios
 __all__ = ["CHECKS", "DEFAULT_DRAIN_TIMEOUT", "Drain", "Verdict", "kernel_unsent"]
 
 # Seconds without progress after which a tunnel whose other peer has closed
-# is reset (see the README, "Timeouts": nginx's send_timeout is 60 s too).
+# is reset (why 60: the README's "Drain deadline"; nginx's send_timeout too).
 DEFAULT_DRAIN_TIMEOUT = 60.0
 
 # Checks per timeout: a tunnel is cut between timeout and timeout * (1 +

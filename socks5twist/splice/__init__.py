@@ -82,9 +82,9 @@ C{drained} and C{active_at}:
      a source's EOF on); a check that fires after its tunnel has ended does
      nothing, and the relay thread drops the timers it still holds once it
      holds no tunnel (they can only be ended tunnels'), so they never keep
-     an idle thread from lingering out.  The budgets and their buckets, shared by tunnels in
-     both threads, are under the lock of their L{Shaper
-     <socks5twist.shaping.Shaper>}, not this one.
+     an idle thread from lingering out.  The budgets and their buckets,
+     shared by tunnels in both threads, are under the lock of their
+     L{Shaper <socks5twist.shaping.Shaper>}, not this one.
 
 What both threads touch goes through one lock per reactor
 (C{ReactorState.lock}), which guards exactly: each relay thread's C{state},

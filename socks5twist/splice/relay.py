@@ -268,8 +268,7 @@ class SpliceRelay:
     def stuck(self, pump: Pump) -> None:
         """
         What is left for C{pump}'s sink has not moved for the drain timeout
-        since its source closed (L{Pump.check_drain}, in the owner's
-        thread): reset the tunnel, and say which side stopped reading.
+        (L{Pump.check_drain}, by the owner): reset, naming who stopped reading.
         """
         self.drained = Side.CLIENT if pump is self._down else Side.REMOTE
         self._release(abort=True)
