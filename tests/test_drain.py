@@ -8,6 +8,7 @@ relay and over TLS; a slow client that keeps reading is never cut; and with
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -87,6 +88,17 @@ def line_with(server: SocksServer, text: str, timeout: float) -> str:
     return line
 
 
+def fds(server: SocksServer) -> list[str]:
+    """What the server's descriptors are (for a failure's message)."""
+    names = []
+    for fd in os.listdir(f"/proc/{server.pid}/fd"):
+        try:
+            names.append(os.readlink(f"/proc/{server.pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return names
+
+
 def duration(line: str) -> float:
     return float(line.split(" duration=")[1].split("s ")[0])
 
@@ -121,7 +133,10 @@ def test_a_client_that_stops_reading_after_the_destination_closed_is_reset(
     assert read_until_reset(client) < TOTAL
     client.close()
     destination.close()
-    wait_until(lambda: server.open_fds() <= baseline, 10, f"fds back to {baseline}")
+    try:
+        wait_until(lambda: server.open_fds() <= baseline, 10, f"fds back to {baseline}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; open: {fds(server)}") from None
 
 
 @RELAYS
