@@ -24,6 +24,7 @@ from .accounting import Accountant, AccountingStore, quota_without_store
 from .accounting.fleet import FleetRefusal, FleetSessions
 from .accounting.redisstore import RedisStore
 from .auth import gssapi_portal
+from .drain import DEFAULT_DRAIN_TIMEOUT
 from .gate import Gate, Refusal, Slot
 from .gss import ServerSettings
 from .limits import Limit, limit_key
@@ -79,6 +80,9 @@ class SOCKS5ServerFactory(ServerFactory):
         resolution included; 0 disables.
     @param idle_timeout: seconds without traffic either way after which a
         tunnel is closed; 0 (the default) never closes one.
+    @param drain_timeout: seconds that what is left for one side of a
+        tunnel whose other side has closed may go without moving (that side
+        reads nothing) before the tunnel is reset; 0 never resets one.
     @param max_clients: the most concurrent client connections; the next one
         is closed at once.
     @param bind_timeout: seconds a BIND waits for its peer to connect.
@@ -151,6 +155,7 @@ class SOCKS5ServerFactory(ServerFactory):
         handshake_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         idle_timeout: float = 0.0,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         max_clients: int = 4096,
         allowed_clients: Iterable[IPNetwork | str] | None = None,
         bind_timeout: float = 120.0,
@@ -178,6 +183,7 @@ class SOCKS5ServerFactory(ServerFactory):
             ("handshake_timeout", handshake_timeout),
             ("connect_timeout", connect_timeout),
             ("idle_timeout", idle_timeout),
+            ("drain_timeout", drain_timeout),
             ("bind_timeout", bind_timeout),
         ):
             if value < 0:
@@ -215,6 +221,7 @@ class SOCKS5ServerFactory(ServerFactory):
         self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
         self.bind_timeout = bind_timeout
         self.external_address = (
             None if external_address is None else str(ipaddress.ip_address(external_address))

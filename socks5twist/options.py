@@ -24,6 +24,7 @@ from . import startchecks
 from .accesslog import open_for_append
 from .accounting import parse_accounting, quota_without_store
 from .authhelp import AuthHelpMixin
+from .drain import DEFAULT_DRAIN_TIMEOUT
 from .gssoptions import GSSAPIOptionsMixin, gssapi_settings
 from .networks import parse_network
 from .optionvalues import count_option, failure_mode_option, ip_option, seconds_option
@@ -96,6 +97,14 @@ class Options(usage.Options, AuthHelpMixin, GSSAPIOptionsMixin):
             0.0,
             "Seconds without traffic after which a tunnel closes; 0 = never.",
             seconds_option("idle-timeout"),
+        ],
+        [
+            "drain-timeout",
+            None,
+            DEFAULT_DRAIN_TIMEOUT,
+            "Seconds a side may take nothing of what is left for it after the other side"
+            " of its tunnel closed, before the tunnel is reset; 0 = never.",
+            seconds_option("drain-timeout"),
         ],
         [
             "max-clients",

@@ -10,6 +10,10 @@ Half-close: when one side sends EOF, the other side's write half is shut
 (after unregistering its producer: a paused producer would otherwise hold the
 FIN back forever) and the opposite direction keeps flowing.  When both sides
 have sent EOF, or either side is gone, both connections are closed.
+
+From a side's EOF (or loss) on, what is left for the other side is watched
+(L{socks5twist.drain}): if it stops moving for the drain timeout, because
+that side reads nothing, both connections are reset.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .drain import CHECKS, Drain, Verdict, kernel_unsent
 from .shaping import Shaping, ThrottledProducer
-from .twistedinternals import half_closer, plain_and_idle, write_to_socket
+from .twistedinternals import half_closer, plain_and_idle, unsent, write_to_socket
 
 __all__ = [
     "IdleClock",
@@ -46,6 +51,14 @@ class Side(enum.StrEnum):
 
     CLIENT = "client"
     REMOTE = "remote"
+
+
+class Ending(enum.Enum):
+    """How far a relay is in ending (apart from each side's EOF and loss)."""
+
+    OPEN = "open"  # relaying (perhaps half-closed)
+    CLOSING = "closing"  # both sides asked to close once flushed
+    RESET = "reset"  # both sides reset: nothing is closed cleanly after this
 
 
 class IdleClock:
@@ -104,8 +117,9 @@ class StreamRelay:
 
     kind = "stream"
     __slots__ = (
-        "_eof", "_idle", "_lost", "_on_idle", "_reactor", "_reset_call", "_throttles",
-        "_transports", "down", "up",
+        "_drain_call", "_drain_timeout", "_drains", "_ending", "_eof", "_idle", "_lost",
+        "_on_drain", "_on_idle", "_reactor", "_reset_call", "_throttles", "_transports", "down",
+        "up",
     )  # fmt: skip
 
     def __init__(
@@ -116,6 +130,8 @@ class StreamRelay:
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
         shaping: Shaping | None = None,
+        drain_timeout: float = 0.0,
+        on_drain: Callable[[Side], None] | None = None,
     ) -> None:
         self._transports: dict[Side, Any] = {Side.CLIENT: client, Side.REMOTE: remote}
         # Under a [[limit]]: each side's reading, paused while its direction's
@@ -132,6 +148,13 @@ class StreamRelay:
         self._reactor = reactor
         self._reset_call: Any = None  # after an idle close: resets what has not closed
         self._idle = IdleClock(reactor, idle_timeout, self._idled) if idle_timeout > 0 else None
+        # The drain deadline (see socks5twist.drain): what is left for each
+        # side whose peer has closed, checked by one timer while there is any.
+        self._drain_timeout = drain_timeout
+        self._on_drain = on_drain
+        self._drains: dict[Side, Drain] = {}
+        self._drain_call: Any = None
+        self._ending = Ending.OPEN
         self.up = 0
         self.down = 0
 
@@ -179,15 +202,18 @@ class StreamRelay:
             self._close_all()
         else:
             lose_write()
+            self._watch_drain(_other(side))
 
     def lost(self, side: Side) -> None:
         """C{side}'s connection is gone: close the other once it has flushed."""
         if side in self._lost:
             return
         self._lost.add(side)
-        if len(self._lost) == 2 and self._reset_call is not None:
-            self._reset_call.cancel()
-            self._reset_call = None
+        if len(self._lost) == 2:
+            self._stop_drains()
+            if self._reset_call is not None:
+                self._reset_call.cancel()
+                self._reset_call = None
         self._close_all()
 
     def close(self) -> None:
@@ -195,21 +221,85 @@ class StreamRelay:
         self._close_all()
 
     def abort(self) -> None:
-        """Reset both sides at once, dropping what is unsent."""
-        self._close_all()
+        """
+        Reset both sides at once, dropping what is unsent.  (No clean close
+        first, nor after: a transport whose write half is shut already
+        closes cleanly at once when asked to, and the kernel would then go
+        on sending what it holds, to a peer that may never read it.)
+        """
+        self._stop_clocks()
+        self._ending = Ending.RESET
         self._abort_open_sides()
 
-    def _close_all(self) -> None:
+    def _stop_clocks(self) -> None:
         if self._idle is not None:
             self._idle.stop()
         if self._throttles is not None:
             for throttle in self._throttles.values():
                 throttle.stop()
+
+    def _close_all(self) -> None:
+        self._stop_clocks()
+        if self._ending is Ending.RESET:
+            return
+        self._ending = Ending.CLOSING
         for side, transport in self._transports.items():
             if side in self._lost:
                 continue
             _unregister(transport)
             transport.loseConnection()
+            self._watch_drain(side)
+
+    # -- the drain deadline --------------------------------------------------
+
+    def _watch_drain(self, side: Side) -> None:
+        """
+        Watch what is left for C{side}, whose peer has closed (or both are
+        closing), if anything is: a side given everything already needs no
+        watching (its close, if it is closing, does not wait on its peer).
+        """
+        if self._drain_timeout <= 0 or side in self._lost or side in self._drains:
+            return
+        left = self._left(side)
+        if not left:
+            return
+        self._drains[side] = Drain(left)
+        if self._drain_call is None:
+            self._drain_call = self._reactor.callLater(
+                self._drain_timeout / CHECKS, self._check_drains
+            )
+
+    def _left(self, side: Side) -> int:
+        held, fd = unsent(self._transports[side])
+        return held + kernel_unsent(fd)
+
+    def _check_drains(self) -> None:
+        self._drain_call = None
+        for side, drain in list(self._drains.items()):
+            if side in self._lost:
+                verdict = Verdict.EMPTY  # gone: nothing is left for it
+            else:
+                verdict = drain.check(self._left(side), self._ending is Ending.CLOSING)
+            if verdict is Verdict.EMPTY:
+                del self._drains[side]
+            elif verdict is Verdict.STUCK:
+                # (Not a clean close: that would wait on the side that reads nothing.)
+                self._stop_drains()
+                if self._on_drain is not None:
+                    self._on_drain(side)
+                self.abort()
+                return
+        if self._drains:
+            self._drain_call = self._reactor.callLater(
+                self._drain_timeout / CHECKS, self._check_drains
+            )
+
+    def _stop_drains(self) -> None:
+        self._drains.clear()
+        if self._drain_call is not None:
+            if self._drain_call.active():
+                self._drain_call.cancel()
+            self._drain_call = None
 
     def _idled(self) -> None:
         if self._on_idle is not None:
@@ -222,6 +312,7 @@ class StreamRelay:
 
     def _abort_open_sides(self) -> None:
         self._reset_call = None
+        self._stop_drains()
         for side, transport in self._transports.items():
             if side not in self._lost:
                 transport.abortConnection()

@@ -50,6 +50,7 @@ def make_factory(options: Options) -> SOCKS5ServerFactory:
         handshake_timeout=options["handshake-timeout"],
         connect_timeout=options["connect-timeout"],
         idle_timeout=options["idle-timeout"],
+        drain_timeout=options["drain-timeout"],
         max_clients=options["max-clients"],
         bind_timeout=options["bind-timeout"],
         external_address=options["external-address"],

@@ -153,13 +153,18 @@ def join(
     idle_timeout: float,
     on_idle: Callable[[], None],
     shaping: Shaping | None = None,
+    drain_timeout: float = 0.0,
+    on_drain: Callable[[Side], None] | None = None,
 ) -> Relay:
     """
     The relay between the client's transport and C{remote} (a protocol, or
     a bare socket from L{connect}), not started yet; C{reply} (the success
     reply) goes to the client first, and the splice relay sends C{early}
     (what the client sent after its request) on as it starts.  Either
-    relay keeps to C{shaping}'s budgets (C{None}: no [[limit]] to keep).
+    relay keeps to C{shaping}'s budgets (C{None}: no [[limit]] to keep),
+    and resets a tunnel one side of which has closed once what is left for
+    the other has not moved for C{drain_timeout} seconds (0: never), calling
+    C{on_drain} with the side that stopped reading.
     """
     protocol: RemoteProtocol | None
     if isinstance(remote, socket.socket):
@@ -182,6 +187,8 @@ def join(
             idle_timeout=idle_timeout,
             on_idle=on_idle,
             shaping=shaping,
+            drain_timeout=drain_timeout,
+            on_drain=on_drain,
         )
     else:
         assert protocol is not None
@@ -193,6 +200,8 @@ def join(
             idle_timeout=idle_timeout,
             on_idle=on_idle,
             shaping=shaping,
+            drain_timeout=drain_timeout,
+            on_drain=on_drain,
         )
     if protocol is not None:
         protocol.relay = relay

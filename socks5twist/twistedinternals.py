@@ -27,7 +27,7 @@ from typing import Any
 # - HAProxyProtocolWrapper: Twisted's own PROXY-protocol wrapper, which
 #   believes any peer's header: a session wrapped in it is refused (see
 #   socks5twist.proxylistener.unvetted).
-from twisted.internet import tcp
+from twisted.internet import abstract, tcp
 from twisted.internet._resolver import HostResolution
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import ISSLTransport
@@ -49,6 +49,7 @@ __all__ = [
     "replace_log_observer",
     "socket_of",
     "stop_watching",
+    "unsent",
     "write_to_socket",
 ]
 
@@ -146,6 +147,35 @@ def half_closer(transport: Any) -> Callable[[], object] | None:
         return None
     lose_write: Callable[[], object] | None = getattr(transport, "loseWriteConnection", None)
     return lose_write
+
+
+def unsent(transport: Any) -> tuple[int, int]:
+    """
+    What C{transport} holds that it has not handed to its socket yet, in
+    bytes, and the descriptor of that socket (-1 once closed, or if there is
+    none to be found), looking through wrappers (TLS, the PROXY header, a
+    GSSAPI L{ProtectedTransport <socks5twist.gsstransport.ProtectedTransport>}):
+    the drain deadline's measure of what is left for a peer.
+
+    Private: a L{FileDescriptor <twisted.internet.abstract.FileDescriptor>}
+    keeps what it has not sent in C{dataBuffer} (from C{offset} on) and
+    C{_tempDataLen}; Twisted's TLS wrapper keeps what it wrote before its
+    handshake in C{_appSendBuffer}, and ciphertext in the transport under it.
+    """
+    held = 0
+    for _ in range(4):  # (wrappers nest a level or two)
+        if isinstance(transport, abstract.FileDescriptor):
+            held += len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+            sock = getattr(transport, "socket", None)
+            return held, sock.fileno() if sock is not None else -1
+        # A wrapper's own attributes only: a ProtocolWrapper hands any
+        # attribute it lacks to the transport under it (counted next).
+        own = getattr(transport, "__dict__", {})
+        held += sum(len(chunk) for chunk in own.get("_appSendBuffer", ()))
+        transport = own.get("transport")
+        if transport is None:
+            break
+    return held, -1
 
 
 def write_to_socket(transport: Any, data: bytes) -> int:

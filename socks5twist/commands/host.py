@@ -28,7 +28,7 @@ from ..gate import Refusal, Slot
 from ..gsstransport import ProtectedTransport
 from ..logsafe import field
 from ..policy import ip_of, show
-from ..relay import RemoteProtocol, send_now
+from ..relay import RemoteProtocol, Side, send_now
 from ..ruleset import COMMAND_NAMES, Decision, Query
 from ..shaping import Shaping
 from ..tunnel import Relay
@@ -167,6 +167,8 @@ class CommandHost:
             idle_timeout=factory.idle_timeout,
             on_idle=self._idle,
             shaping=self.shaping,
+            drain_timeout=factory.drain_timeout,
+            on_drain=self._drained,
         )
         self.replies.append(Reply.SUCCEEDED)
         self.relay = relay
@@ -174,3 +176,11 @@ class CommandHost:
 
     def _idle(self) -> None:
         self.outcome = "idle timeout"
+
+    def _drained(self, side: Side) -> None:
+        # (A close already under way keeps its own outcome.)
+        if side is Side.CLIENT:
+            stopped = "client stopped reading after the destination closed"
+        else:
+            stopped = "destination stopped reading after the client closed"
+        self.outcome = self.outcome or stopped

@@ -38,8 +38,8 @@ Ownership protocol
 
 A tunnel has one owner at a time, and only the owner touches its sockets'
 descriptors and interest (C{End}), its pipes, its bare socket and its pumps
-(C{Pump}, but for C{moved}), and the relay's C{finished}, C{idled} and
-C{active_at}:
+(C{Pump}, but for C{moved}), and the relay's C{finished}, C{idled},
+C{drained} and C{active_at}:
 
   1. From L{SpliceRelay.__init__} the owner is the reactor thread, and the
      scheduler of the tunnel is the reactor (directly, or through the shared
@@ -77,9 +77,14 @@ C{active_at}:
      thread's own timers (its C{epoll} wait is bounded by the next one),
      which only the thread touches.  A reactor timer that fires once the
      tunnel has moved passes its step on by L{RelayThread.call}, like any
-     other request.  The budgets and their buckets, shared by tunnels in
-     both threads, are under the lock of their L{Shaper
-     <socks5twist.shaping.Shaper>}, not this one.
+     other request.  The drain deadline's checks are such timers too
+     (L{Pump.check_drain <socks5twist.splice.pump.Pump.check_drain>}, from
+     a source's EOF on); a check that fires after its tunnel has ended does
+     nothing, and the relay thread drops the timers it still holds once it
+     holds no tunnel (they can only be ended tunnels'), so they never keep
+     an idle thread from lingering out.  The budgets and their buckets,
+     shared by tunnels in both threads, are under the lock of their
+     L{Shaper <socks5twist.shaping.Shaper>}, not this one.
 
 What both threads touch goes through one lock per reactor
 (C{ReactorState.lock}), which guards exactly: each relay thread's C{state},

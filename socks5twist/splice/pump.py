@@ -9,7 +9,10 @@ until it can, so at most one pipe's worth of bytes (L{PIPE_SIZE}) waits per
 direction: the same flow control as the stream relay, without the copies.
 EOF from a source shuts the destination's write half once the pipe is
 empty, and the other direction keeps flowing; when both directions are
-done, or on any error, the relay ends the tunnel.
+done, or on any error, the relay ends the tunnel.  From that EOF on, what is
+left for the destination (the pipe, and what its socket has not had taken)
+is checked on a timer of the owner's (L{Pump.check_drain}): a destination
+that takes none of it for the drain timeout ends the tunnel with a reset.
 
 A direction starts by copying through a buffer of L{COPY_SIZE} bytes and
 makes its pipe only when a read fills that buffer: short exchanges never pay
@@ -35,6 +38,7 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ..drain import CHECKS, Drain, Verdict, kernel_unsent
 from ..twistedinternals import socket_of
 
 if TYPE_CHECKING:
@@ -58,8 +62,8 @@ class Pump:
     """One direction: C{source} → pipe → C{sink}."""
 
     __slots__ = (
-        "budget", "copying", "done", "eof", "in_pipe", "moved", "no_pipe", "pending", "pipe",
-        "relay", "sink", "source", "throttled",
+        "budget", "copying", "done", "draining", "eof", "in_pipe", "moved", "no_pipe", "pending",
+        "pipe", "relay", "sink", "source", "throttled",
     )  # fmt: skip
 
     def __init__(self, relay: SpliceRelay, source: End, sink: End, pending: bytes) -> None:
@@ -81,6 +85,8 @@ class Pump:
         # the source is not read until the budget's debt is paid.
         self.budget: Budget | None = None
         self.throttled = False
+        # After the source's EOF, while something is left for the sink.
+        self.draining: Drain | None = None
 
     def fill(self) -> None:
         """The source is readable: move what fits into the pipe, then on."""
@@ -109,10 +115,12 @@ class Pump:
         if n == 0:
             self.eof = True
             self.source.stop_reading()
-        else:
-            self.in_pipe += n
-            if budget is not None:
-                self.charge(budget, n)
+            self.drain()
+            self.watch_drain()
+            return
+        self.in_pipe += n
+        if budget is not None:
+            self.charge(budget, n)
         self.drain()
 
     def copy(self) -> None:
@@ -128,6 +136,7 @@ class Pump:
             self.eof = True
             self.source.stop_reading()
             self.drain()
+            self.watch_drain()
             return
         relay = self.relay
         with relay.lock:
@@ -196,6 +205,38 @@ class Pump:
         self.throttled = False
         if not self.done and not self.relay.finished:
             self.drain()
+
+    def left(self) -> int:
+        """Bytes not yet taken by the sink: in the pipe, pending, and in its socket."""
+        return self.in_pipe + len(self.pending) + kernel_unsent(self.sink.fd)
+
+    def watch_drain(self) -> None:
+        """
+        The source has sent its EOF: if anything is left for the sink, check
+        every C{drain_timeout / CHECKS} seconds that it moves (a timer of
+        the owner's, L{SpliceRelay.later}; one that fires after the tunnel
+        has ended does nothing).
+        """
+        relay = self.relay
+        timeout = relay.drain_timeout
+        if timeout <= 0 or relay.finished:
+            return
+        left = self.left()
+        if left:
+            self.draining = Drain(left)
+            relay.later(timeout / CHECKS, self.check_drain)
+
+    def check_drain(self) -> None:
+        """One check (in the owner's thread): go on, stop, or end the tunnel."""
+        draining = self.draining
+        assert draining is not None
+        verdict = draining.check(self.left(), closing=False)
+        if verdict is Verdict.MOVING:
+            self.relay.later(self.relay.drain_timeout / CHECKS, self.check_drain)
+        elif verdict is Verdict.STUCK:
+            self.relay.stuck(self)
+        else:
+            self.draining = None
 
     def _wait_for_sink(self) -> None:
         # The sink is full: stop reading the source until it drains.

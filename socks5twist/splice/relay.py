@@ -77,8 +77,9 @@ class SpliceRelay:
     # An idle tunnel is mostly these objects: no per-instance dictionaries.
     __slots__ = (
         "_client", "_down", "_early", "_handed_back", "_idle_call", "_idle_timeout",
-        "_lost", "_on_idle", "_remote", "_state", "_throttle_calls", "_up", "active_at",
-        "clock", "finished", "idled", "lock", "reactor", "reads", "scheduler", "thread",
+        "_lost", "_on_drain", "_on_idle", "_remote", "_state", "_throttle_calls", "_up",
+        "active_at", "clock", "drain_timeout", "drained", "finished", "idled", "lock", "reactor",
+        "reads", "scheduler", "thread",
     )  # fmt: skip
 
     def __init__(
@@ -91,9 +92,11 @@ class SpliceRelay:
         idle_timeout: float = 0.0,
         on_idle: Callable[[], None] | None = None,
         shaping: Shaping | None = None,
+        drain_timeout: float = 0.0,
+        on_drain: Callable[[Side], None] | None = None,
     ) -> None:
-        # Fixed from here on: reactor, lock, clock, _state, _client,
-        # _remote, _up, _down, _early, _on_idle, _idle_timeout.
+        # Fixed from here on: reactor, lock, clock, _state, _client, _remote,
+        # _up, _down, _early, _on_idle, _idle_timeout, drain_timeout, _on_drain.
         self.reactor = reactor
         state = self._state = state_for(reactor)
         self.lock = state.lock
@@ -112,6 +115,7 @@ class SpliceRelay:
         # these, the ends and the pumps (but for Pump.moved: under the lock).
         self.finished = False
         self.idled = False
+        self.drained: Side | None = None  # the side that stopped reading (see stuck)
         self.active_at = 0.0
         self._client = End(self, client)
         self._remote = End(self, remote)
@@ -125,6 +129,8 @@ class SpliceRelay:
             self._down.budget = shaping.down
         self._on_idle = on_idle
         self._idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
+        self._on_drain = on_drain
         # (reactor.seconds reads the system clock: no state of the reactor's.)
         self.clock: Callable[[], float] | None = reactor.seconds if idle_timeout > 0 else None
 
@@ -233,7 +239,7 @@ class SpliceRelay:
         thread = self.thread
         if thread is None:
             calls = self._throttle_calls
-            calls[:] = [call for call in calls if call.active()]  # (two at most)
+            calls[:] = [call for call in calls if call.active()]  # (four at most)
             calls.append(self.reactor.callLater(delay, self._due_on_reactor, step))
         else:
             thread.later(delay, lambda: self.run_in_thread(step))
@@ -258,6 +264,14 @@ class SpliceRelay:
     def other(self, pump: Pump) -> Pump:
         """The pump of the other direction."""
         return self._down if pump is self._up else self._up
+
+    def stuck(self, pump: Pump) -> None:
+        """
+        What is left for C{pump}'s sink has not moved for the drain timeout
+        (L{Pump.check_drain}, by the owner): reset, naming who stopped reading.
+        """
+        self.drained = Side.CLIENT if pump is self._down else Side.REMOTE
+        self._release(abort=True)
 
     def direction_done(self) -> None:
         if self._up.done and self._down.done:
@@ -378,6 +392,8 @@ class SpliceRelay:
             self._idle_call = None
         if self.idled and self._on_idle is not None:
             self._on_idle()
+        if self.drained is not None and self._on_drain is not None:
+            self._on_drain(self.drained)
         for side, end in ((Side.CLIENT, self._client), (Side.REMOTE, self._remote)):
             transport = end.transport
             if transport is not None and side not in self._lost:

@@ -232,6 +232,10 @@ class RelayThread:
         wake = self._wake
         timers = self._timers
         while not self._quitting:
+            if timers and not ends and self._holds_none():
+                # Only ended tunnels' timers are left (a drain check, say):
+                # they must not keep an idle thread from lingering out.
+                timers.clear()
             if timers:
                 timeout = max(0.0, timers[0][0] - time.monotonic())
             else:
@@ -295,6 +299,10 @@ class RelayThread:
 
     def _quit(self) -> None:
         self._quitting = True
+
+    def _holds_none(self) -> bool:
+        with self.lock:
+            return not self.relays
 
     def _linger_over(self) -> bool:
         """No tunnel for L{LINGER} seconds: end the thread (unless one just came)."""

@@ -42,6 +42,7 @@ from socks5twist.twistedinternals import (
     replace_log_observer,
     socket_of,
     stop_watching,
+    unsent,
     write_to_socket,
 )
 
@@ -82,6 +83,52 @@ class TransportBufferTests(TestCase):
         self.assertEqual(write_to_socket(transport, b"direct"), len(b"direct"))
         yield _turns(5)
         self.assertEqual(b"".join(server_factory.received), b"queueddirect")  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_unsent_is_the_buffer_and_the_socket_under_any_wrapper(self) -> Any:
+        from socks5twist.gsstransport import ProtectedTransport
+
+        server_factory = Factory.forProtocol(_Keep)
+        server_factory.received = []  # type: ignore[attr-defined]
+        port = reactor.listenTCP(0, server_factory, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
+        self.addCleanup(port.stopListening)
+        connected: defer.Deferred[Any] = defer.Deferred()
+        lost: defer.Deferred[Any] = defer.Deferred()
+
+        class Client(Protocol):
+            def connectionMade(self) -> None:
+                connected.callback(self)
+
+            def connectionLost(self, reason: Failure = connectionDone) -> None:
+                lost.callback(None)
+
+        reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(Client))  # type: ignore[attr-defined,arg-type]
+        transport = (yield connected).transport
+        fd = transport.socket.fileno()
+        self.assertEqual(unsent(transport), (0, fd))
+        transport.write(b"queued")
+        transport.write(b"twice")
+        self.assertEqual(unsent(transport), (11, fd))
+
+        from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+
+        # A wrapper as Twisted's TLS is one, mid-handshake, under another
+        # that passes every attribute it lacks on (the PROXY header's): each
+        # buffer is counted once.
+        tls = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+        tls.makeConnection(transport)
+        tls._appSendBuffer = [b"abc", b"de"]  # type: ignore[attr-defined]
+        outer = ProtocolWrapper(WrappingFactory(Factory.forProtocol(Protocol)), Protocol())
+        outer.makeConnection(tls)
+        self.assertEqual(unsent(tls), (16, fd))
+        self.assertEqual(unsent(outer), (16, fd))
+        self.assertEqual(unsent(ProtectedTransport(outer, None)), (16, fd))  # type: ignore[arg-type]
+        yield _turns(5)
+        self.assertEqual(unsent(transport), (0, fd))
+        transport.loseConnection()
+        yield lost
+        self.assertEqual(unsent(transport), (0, -1))
+        self.assertEqual(unsent(object()), (0, -1))
 
     def test_a_closed_socket_takes_nothing_and_raises_nothing(self) -> None:
         class Fake:
