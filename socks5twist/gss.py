@@ -77,6 +77,17 @@ def _raising(context: Any) -> Any:
     return context
 
 
+def _step(context: Any, token: bytes | None) -> bytes | None:
+    """One context step of either side: the token to send, bounded, or L{GSSFailure}."""
+    try:
+        out = context.step(token)
+    except Exception as e:
+        raise _failure(e) from e
+    if out is not None and len(out) > MAX_TOKEN:
+        raise GSSFailure(f"a context token of {len(out)} bytes does not fit a message")
+    return bytes(out) if out is not None else None
+
+
 def _failure(e: Exception) -> GSSFailure:
     gen = getattr(e, "gen_message", None)
     text = gen() if callable(gen) else str(e)
@@ -255,13 +266,7 @@ class Acceptor:
         self.rounds += 1
         if self.rounds > MAX_ROUNDS:
             raise GSSFailure(f"more than {MAX_ROUNDS} context tokens")
-        try:
-            out = self._context.step(token)
-        except Exception as e:
-            raise _failure(e) from e
-        if out is not None and len(out) > MAX_TOKEN:
-            raise GSSFailure(f"a context token of {len(out)} bytes does not fit a message")
-        return bytes(out) if out is not None else None
+        return _step(self._context, token)
 
     @property
     def complete(self) -> bool:
@@ -375,13 +380,7 @@ class Initiator:
         (C{None} at first); L{complete} says whether the context is
         established.  Raises L{GSSFailure}.
         """
-        try:
-            out = self._context.step(token)
-        except Exception as e:
-            raise _failure(e) from e
-        if out is not None and len(out) > MAX_TOKEN:
-            raise GSSFailure(f"a context token of {len(out)} bytes does not fit a message")
-        return bytes(out) if out is not None else None
+        return _step(self._context, token)
 
     @property
     def complete(self) -> bool:
