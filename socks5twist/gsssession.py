@@ -185,12 +185,3 @@ class GSSAPINegotiation:
             why=printable(str(e)),
         )
         self.abort("GSSAPI message refused")
-
-    @property
-    def auth_label(self) -> str | None:
-        """How the client authenticated, for the record (None: it did not)."""
-        if self.method is Method.GSSAPI and self.protection is not None:
-            return f"gssapi/{LEVEL_NAMES[self.protection]}"
-        if self.method is Method.USERNAME_PASSWORD and self.user is not None:
-            return "password"
-        return None
