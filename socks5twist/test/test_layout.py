@@ -144,6 +144,7 @@ SANS_IO = (
     "socks5twist.client.negotiation",
     "socks5twist.codec",
     "socks5twist.connection",
+    "socks5twist.serverevents",
     "socks5twist.keytab",
     "socks5twist.limits",
     "socks5twist.logsafe",
