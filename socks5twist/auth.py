@@ -22,6 +22,8 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
+from .gss import ServerSettings
+
 
 class ISOCKSUser(Interface):
     """The avatar of an authenticated SOCKS client."""
@@ -148,3 +150,18 @@ def gssapi_portal(portal: Portal | None) -> Portal:
         return Portal(SOCKSRealm(), [GSSAPIPrincipalChecker()])
     portal.registerChecker(GSSAPIPrincipalChecker())
     return portal
+
+
+def gssapi_acceptance(settings: ServerSettings, portal: Portal | None) -> tuple[Any, Portal]:
+    """
+    What a server needs to accept GSSAPI: the acceptor credentials every
+    session shares (acquired once; L{ValueError} when the keytab cannot
+    accept), and the portal its logins go through (L{gssapi_portal}).
+    """
+    from .gss import GSSFailure, acceptor_credentials
+
+    try:
+        credentials = acceptor_credentials(settings)
+    except GSSFailure as e:
+        raise ValueError(f"GSSAPI cannot accept: {e}") from e
+    return credentials, gssapi_portal(portal)

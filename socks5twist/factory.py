@@ -18,16 +18,16 @@ from twisted.internet.interfaces import IHostnameResolver
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from . import logsafe
 from .accesslog import AccessLog
 from .accounting import Accountant, AccountingStore, quota_without_store
 from .accounting.fleet import FleetRefusal, FleetSessions
 from .accounting.redisstore import RedisStore
-from .auth import gssapi_portal
+from .auth import gssapi_acceptance
 from .drain import DEFAULT_DRAIN_TIMEOUT
 from .gate import Gate, Refusal, Slot
 from .gss import ServerSettings
 from .limits import Limit, limit_key
+from .liveusers import rematch
 from .networks import IPNetwork, parse_network
 from .policy import ALLOW_ANY, LOOPBACK_ONLY, ClientPolicy
 from .record import SessionRecord, log_record
@@ -204,19 +204,14 @@ class SOCKS5ServerFactory(ServerFactory):
             if limit is not None and limit < 1:
                 raise ValueError(f"{name} must be at least 1, not {limit}")
         self.portal = portal
-        # GSSAPI (RFC 1961): the settings, and the acceptor credentials every
-        # session shares (acquired here: a keytab that cannot serve fails now).
+        # GSSAPI (RFC 1961): the settings, the acceptor credentials every
+        # session shares (a keytab that cannot serve fails now) and the
+        # portal its users reach the realm through (see auth.py).
         self.gssapi = gssapi
         self.gss_credentials: Any = None
+        self.gss_portal: Portal | None = None
         if gssapi is not None:
-            from .gss import GSSFailure, acceptor_credentials
-
-            try:
-                self.gss_credentials = acceptor_credentials(gssapi)
-            except GSSFailure as e:
-                raise ValueError(f"GSSAPI cannot accept: {e}") from e
-        # GSSAPI users reach the realm through this portal (see auth.py).
-        self.gss_portal = gssapi_portal(portal) if gssapi is not None else None
+            self.gss_credentials, self.gss_portal = gssapi_acceptance(gssapi, portal)
         self.reactor = reactor
         self.handshakes = Deadlines(reactor, handshake_timeout, _handshake_timed_out)
         self.connect_timeout = connect_timeout
@@ -290,7 +285,7 @@ class SOCKS5ServerFactory(ServerFactory):
     @rules.setter
     def rules(self, rules: Rules) -> None:
         self.gate.rules = rules
-        self._reshape()
+        rematch(self)
 
     def shaping_for(
         self,
@@ -307,30 +302,6 @@ class SOCKS5ServerFactory(ServerFactory):
         if not self.gate.rules.limits:
             return None
         return self.shaper.shaping(limit, limit_key(ip, user))
-
-    def _reshape(self) -> None:
-        """
-        The rules were replaced (a reload): each running session is matched
-        again, and from now on charges its new limit's buckets at the new
-        rates (its place under C{sessions} stays where it was taken); one
-        whose new limit is C{disabled} is closed.
-        """
-        rules = self.gate.rules
-        for session in list(self.sessions):
-            if session.shaping is None or session.command is None:
-                continue
-            limit = rules.limit_for(session.client_ip, session.user, session.command_label)
-            session.limit = limit
-            session.shaping.apply(limit)
-            if limit is not None and limit.disabled:
-                label = logsafe.escape(limit.label)
-                self.log.warn(
-                    "closing the session of {client} user={user}: {limit} is disabled now",
-                    client=session.client_text,
-                    user=logsafe.field(session.user),
-                    limit=label,
-                )
-                session.close(f"closed by {label}: disabled at reload")
 
     @property
     def client_policy(self) -> ClientPolicy:

@@ -24,13 +24,13 @@ from twisted.logger import Logger
 from .auth import AnyOfCheckers, avatar_name
 from .codec import Method
 from .limits import limit_key
-from .logsafe import field
+from .logsafe import escape, field
 from .passwords import PasswordFile
 
 if TYPE_CHECKING:
     from .factory import SOCKS5ServerFactory
 
-__all__ = ["known_users", "recheck"]
+__all__ = ["known_users", "recheck", "rematch"]
 
 log = Logger()
 
@@ -91,3 +91,28 @@ def recheck(factory: SOCKS5ServerFactory) -> int:
     if accountant is not None:
         accountant.rematch(lambda s: rules.limit_for(s.client_ip, s.user, s.command_label))
     return sum(len(sessions) for _, _, sessions in closing.values())
+
+
+def rematch(factory: SOCKS5ServerFactory) -> None:
+    """
+    The rules were replaced (a reload): each running session is matched
+    again, and from now on charges its new limit's buckets at the new
+    rates (its place under C{sessions} stays where it was taken); one
+    whose new limit is C{disabled} is closed.
+    """
+    rules = factory.gate.rules
+    for session in list(factory.sessions):
+        if session.shaping is None or session.command is None:
+            continue
+        limit = rules.limit_for(session.client_ip, session.user, session.command_label)
+        session.limit = limit
+        session.shaping.apply(limit)
+        if limit is not None and limit.disabled:
+            label = escape(limit.label)
+            log.warn(
+                "closing the session of {client} user={user}: {limit} is disabled now",
+                client=session.client_text,
+                user=field(session.user),
+                limit=label,
+            )
+            session.close(f"closed by {label}: disabled at reload")
