@@ -154,7 +154,7 @@ def test_nec_levels_only_where_allowed(
     client.close()
 
 
-def test_a_principal_in_the_rules(
+def test_a_principal_and_a_realm_in_the_rules(
     gss_server: Any,
     kerberos_realm: Realm,
     alice: Path,
@@ -164,18 +164,28 @@ def test_a_principal_in_the_rules(
 ) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text(
-        'default = "allow"\n[[rule]]\naction = "deny"\nusers = ["bob@SOCKS.TEST"]\n',
+        'default = "deny"\n'
+        '[[rule]]\naction = "deny"\nusers = ["bob@SOCKS.TEST"]\n'
+        '[[rule]]\naction = "allow"\nusers = ["@SOCKS.TEST"]\n',
         encoding="utf-8",
     )
-    server = gss_server(f"--rules={rules}")
+    server = gss_server(f"--rules={rules}", "--auth=memory:carol:secret")
+    # A password user is in no realm: the default denies her.
+    with socket.create_connection(server.address, timeout=10) as sock:
+        host, port = echo_server
+        sock.sendall(b"\x05\x01\x02\x01\x05carol\x06secret")
+        sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack("!H", port))
+        assert rfc1961.recv_exact(sock, 4) == b"\x05\x02\x01\x00"
+        assert rfc1961.recv_exact(sock, 10)[1] == 0x02
     for ccache, expected in ((alice, 0x00), (bob, 0x02)):
         client = negotiated(server, kerberos_realm, ccache, INTEGRITY)
         with kerberos_realm.environ(ccache):
             reply = client.connect(*echo_server)
         assert reply[1] == expected, (ccache, reply.hex())
         client.close()
-    lines = wait_session_line(server, 2)
+    lines = wait_session_line(server, 3)
     assert any("user=bob@SOCKS.TEST" in line and "reply=0x02" in line for line in lines)
+    assert any("user=alice@SOCKS.TEST" in line and "reply=0x00" in line for line in lines)
 
 
 def test_garbage_tokens_abort_with_one_line(gss_server: Any) -> None:
