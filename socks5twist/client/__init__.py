@@ -6,7 +6,9 @@ C{socks5:} endpoint string (L{socks5twist.client.strings}).
 
 - L{socks5twist.client.negotiation}: the client side of the negotiation,
   sans I/O (the wire format is L{socks5twist.codec}'s);
-- L{socks5twist.client.endpoint}: the endpoint and its handshake protocol;
+- L{socks5twist.client.endpoint}: the endpoint;
+- L{socks5twist.client.attempt}: one connection attempt (deadline,
+  cancellation, GSSAPI's first step in a thread) and its handshake protocol;
 - L{socks5twist.client.transport}: the transport the caller's protocol gets;
 - L{socks5twist.client.protection}: GSSAPI (RFC 1961): the settings, and
   the protected stream of a tunnel at integrity or confidentiality;

@@ -36,7 +36,8 @@ from zope.interface import implementer
 
 from ..codec import Address, Command, Reply
 from ..logsafe import escape
-from .endpoint import DEFAULT_TIMEOUT, ProxiedEndpoint, _Attempt
+from .attempt import Attempt
+from .endpoint import DEFAULT_TIMEOUT, ProxiedEndpoint
 from .errors import AuthenticationError, ProxyClosedError, ProxyProtocolError, SOCKS5Error
 from .negotiation import NEED_DATA, Established, NeedData, State
 
@@ -221,6 +222,6 @@ class HTTPConnectEndpoint(ProxiedEndpoint):
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         negotiation: Any = HTTPConnectConnection(self.destination, self._credentials)
-        attempt = _Attempt(protocolFactory, negotiation, self.timeout, self._reactor)
-        attempt.start(self.proxy)
+        attempt = Attempt(protocolFactory, self.destination, self.timeout, self._reactor)
+        attempt.start(self.proxy, negotiation)
         return attempt.result

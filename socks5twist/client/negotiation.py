@@ -22,14 +22,14 @@ L{TRANSITIONS}: (state, event) -> next state.
     (BIND: REPLY ─first success─► BOUND ─success─► OPEN)
     (any state ─EOF/violation/close─► CLOSED)
 
-GSSAPI (RFC 1961): our first token goes with the method selection's answer;
-each token the proxy sends back is stepped, and ours sent, until the context
-is complete (the proxy's last token may complete it: then nothing of ours
-follows but the protection level).  The level is asked for (wrapped, or one
-byte in NEC mode) and the proxy's answer accepted only if this client allows
-it.  At integrity or confidentiality, the request, the replies and the
-tunnel are protected messages (L{ClientConnection.protection}, a
-L{socks5twist.client.protection.ProtectedStream}, handed on to the tunnel).
+GSSAPI (RFC 1961): our first token (made then, or before: L{PreparedGSSAPI})
+answers the method selection; each token the proxy sends back is stepped,
+and ours sent, until the context is complete (the proxy's last token may
+complete it: then nothing of ours follows but the protection level).  The
+level is asked for (wrapped, or one byte in NEC mode) and the proxy's answer
+accepted only if this client allows it.  At integrity or confidentiality,
+the request, the replies and the tunnel are protected messages (a
+L{ProtectedStream}, L{ClientConnection.protection}, handed to the tunnel).
 
 The proxy speaks only when spoken to: bytes after a method selection, an
 RFC 1929 status, a context token or the level's answer (sent before our next
@@ -57,7 +57,7 @@ from .errors import (
     error_for_reply,
 )
 from .events import NEED_DATA, Bound, Established, Event, NeedData, Send
-from .protection import GSSAPIExchange, GSSAPISettings, ProtectedStream
+from .protection import GSSAPIExchange, GSSAPISettings, PreparedGSSAPI, ProtectedStream, prepare
 
 __all__ = [
     "NEED_DATA",
@@ -172,14 +172,14 @@ class ClientConnection:
         command: Command,
         address: Address,
         credentials: tuple[bytes, bytes] | None = None,
-        gssapi: GSSAPISettings | None = None,
+        gssapi: GSSAPISettings | PreparedGSSAPI | None = None,
     ) -> None:
         """
         @param credentials: the RFC 1929 username and password (each at most
             255 bytes: C{ValueError} otherwise); with them, both methods are
             offered and the proxy chooses, as curl does.
         @param gssapi: offer GSSAPI (instead of no authentication, beside
-            username/password when given).
+            username/password when given); prepared, its first step is done.
         """
         if credentials is not None:
             codec.build_auth_request(*credentials)  # the lengths, checked now
@@ -279,10 +279,11 @@ class ClientConnection:
             self._move(K.SELECT_PASSWORD)
             return Send(codec.build_auth_request(*self._credentials))
         if method == Method.GSSAPI:
-            assert self._gssapi is not None
+            gss = self._gssapi
+            assert gss is not None
             self._move(K.SELECT_GSSAPI)
             try:
-                self._gss = GSSAPIExchange(self._gssapi)
+                self._gss = GSSAPIExchange(gss if isinstance(gss, PreparedGSSAPI) else prepare(gss))
             except GSSAPIError as e:
                 raise self._gss_failed(e) from None
             return self._context_step(None)

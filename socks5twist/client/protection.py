@@ -5,9 +5,13 @@ GSSAPI (RFC 1961) for the client: what the endpoint is configured with
 wraps and unwraps every byte after the protection level is agreed.
 
 Nothing here imports C{gssapi}: the real initiator is
-L{socks5twist.gss.Initiator}, built only when the proxy selects GSSAPI, so
+L{socks5twist.gss.Initiator}, built only when a connection needs it, so
 that the negotiation's tests hand in a fake with the same methods, and a
 client that never speaks GSSAPI never needs the package.
+
+The context's first step (L{prepare}) may ask the KDC for a ticket, and so
+may block for seconds: the endpoint runs it in the reactor's thread pool
+before it connects (L{GSSAPISettings.threaded}).  Every later step is local.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ __all__ = [
     "GSSAPIExchange",
     "GSSAPISettings",
     "InitiatorLike",
+    "PreparedGSSAPI",
     "ProtectedStream",
     "ProtectorLike",
     "allowed_levels",
+    "prepare",
     "settings_for",
 ]
 
@@ -90,12 +96,25 @@ class GSSAPISettings:
     @ivar nec: send and read the level as one unwrapped byte, as the NEC
         reference implementation does (only for proxies that want it).
     @ivar initiator: makes the initiator for C{target} (tests hand in a fake).
+    @ivar in_thread: whether the first context step (L{prepare}) runs in the
+        reactor's thread pool, as it may wait for the KDC; C{None}: for the
+        real initiator only (a fake never talks to a KDC).  Without threads
+        (a reactor that has none: tests' C{MemoryReactor}) it runs when the
+        proxy selects GSSAPI, in the reactor's thread.
     """
 
     target: str
     protection: Protection = Protection.CONFIDENTIALITY
     nec: bool = False
     initiator: Callable[[str], InitiatorLike] = field(default=_real_initiator, compare=False)
+    in_thread: bool | None = field(default=None, compare=False)
+
+    @property
+    def threaded(self) -> bool:
+        """Whether the first step is for a thread (L{in_thread}, its default resolved)."""
+        if self.in_thread is None:
+            return self.initiator is _real_initiator
+        return self.in_thread
 
     def __post_init__(self) -> None:
         if not self.target or any(c.isspace() or not c.isprintable() for c in self.target):
@@ -137,6 +156,39 @@ def gss_error(e: Exception) -> GSSAPIError:
     return GSSAPIError(escape(str(e) or type(e).__name__))
 
 
+@dataclass(frozen=True)
+class PreparedGSSAPI:
+    """
+    A context after its first step, ready for the proxy (L{prepare}).
+
+    Ownership: the thread that ran L{prepare} never touches C{initiator}
+    again once it returned; from then on it is the reactor thread's alone
+    (python-gssapi's contexts are not for two threads at once).
+
+    @ivar token: our first context token (C{None}: none to send).
+    """
+
+    settings: GSSAPISettings
+    initiator: InitiatorLike
+    token: bytes | None
+
+
+def prepare(settings: GSSAPISettings) -> PreparedGSSAPI:
+    """
+    The initiator for C{settings.target} and its first step, which may ask
+    the KDC for the proxy's ticket (or, with a client keytab, for a TGT
+    first): it may block, for as long as MIT's KDC timeouts.  Does not
+    depend on the proxy, so it may run before connecting, in any one
+    thread.  Every failure is a L{GSSAPIError} (the library's text, escaped).
+    """
+    try:
+        initiator = settings.initiator(settings.target)
+        token = initiator.step(None)
+    except Exception as e:
+        raise gss_error(e) from None
+    return PreparedGSSAPI(settings, initiator, token)
+
+
 class GSSAPIExchange:
     """
     The client's side of RFC 1961 sections 3 and 4 for one negotiation: the
@@ -144,24 +196,22 @@ class GSSAPIExchange:
     failure is a L{GSSAPIError} (the library's own exceptions do not escape).
     """
 
-    __slots__ = ("_initiator", "settings")
+    __slots__ = ("_first", "_initiator", "settings")
 
-    def __init__(self, settings: GSSAPISettings) -> None:
-        self.settings = settings
-        try:
-            self._initiator = settings.initiator(settings.target)
-        except Exception as e:
-            raise gss_error(e) from None
+    def __init__(self, prepared: PreparedGSSAPI) -> None:
+        self.settings = prepared.settings
+        self._initiator = prepared.initiator
+        self._first = prepared.token
 
     def step(self, token: bytes | None) -> tuple[bytes, bool]:
         """
-        What to send after the proxy's C{token} (C{None}: the first step),
-        and whether the context is complete: then the level's request is
-        part of it (after our last token, if there is one).
+        What to send after the proxy's C{token} (C{None}: the first step,
+        the one L{prepare} made), and whether the context is complete: then
+        the level's request is part of it (after our last token, if any).
         """
         initiator, settings = self._initiator, self.settings
         try:
-            out = initiator.step(token)
+            out = self._first if token is None else initiator.step(token)
             message = gsswire.build(Mtyp.AUTHENTICATION, out) if out else b""
             if not initiator.complete:
                 if not message:
