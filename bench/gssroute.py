@@ -32,7 +32,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from gsslevels import CHUNK, Peer, Server, cpu_seconds  # noqa: E402
+from gsslevels import CHUNK, Peer, Server, cpu_seconds  # type: ignore[import-not-found]  # noqa: E402
 
 from tests import rawsocks  # noqa: E402
 from tests.kerberos import Realm  # noqa: E402
@@ -45,7 +45,8 @@ def run_once(
 ) -> tuple[float, float, float]:
     """One transfer through a fresh tunnel: (front CPU s, upstream CPU s, wall s)."""
     peer = Peer(size, send=download)
-    sock, code = rawsocks.connect(("127.0.0.1", front.port), *peer.address, timeout=60)
+    host, port = peer.address
+    sock, code = rawsocks.connect(("127.0.0.1", front.port), host, port, timeout=60)
     assert code == 0, code
     pids = (front.process.pid, upstream.process.pid)
     before, t0 = [cpu_seconds(pid) for pid in pids], time.perf_counter()
@@ -90,7 +91,9 @@ def main() -> None:
                 f"--gssapi-keytab={realm.keytab_path}",
                 "--gssapi-protection=clear,integrity,confidentiality",
             ]
-            configs = {"socks5:// hop": ([], "socks5://127.0.0.1:{port}")}
+            configs: dict[str, tuple[list[str], str]] = {
+                "socks5:// hop": ([], "socks5://127.0.0.1:{port}")
+            }
             for level in LEVELS:
                 url = "socks5+gssapi://localhost:{port}?protection=" + level
                 configs[f"socks5+gssapi {level}"] = (gss, url)
@@ -113,12 +116,14 @@ def main() -> None:
                                 ours, theirs, wall = run_once(
                                     front, upstream, size, direction == "download"
                                 )
-                                row = results[name]
-                                row.setdefault(f"{direction} front s/GiB", []).append(ours / gib)
-                                row.setdefault(f"{direction} upstream s/GiB", []).append(
+                                columns = results[name]
+                                columns.setdefault(f"{direction} front s/GiB", []).append(
+                                    ours / gib
+                                )
+                                columns.setdefault(f"{direction} upstream s/GiB", []).append(
                                     theirs / gib
                                 )
-                                row.setdefault(f"{direction} MiB/s", []).append(
+                                columns.setdefault(f"{direction} MiB/s", []).append(
                                     size / (1 << 20) / wall
                                 )
                         finally:
