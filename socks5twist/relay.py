@@ -32,6 +32,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .client.transport import TunnelTransport
 from .drain import CHECKS, Drain, Verdict, kernel_unsent
 from .shaping import Shaping, ThrottledProducer
 from .twistedinternals import half_closer, plain_and_idle, unsent, write_to_socket
@@ -351,8 +352,12 @@ def send_now(transport: Any, data: bytes) -> None:
 
 
 def _unregister(transport: Any) -> None:
-    """Unregister a transport's producer, if it still has one."""
-    if getattr(transport, "producer", None) is not None:
+    """
+    Unregister a transport's producer, if it still has one.  A tunnel to an
+    upstream (L{TunnelTransport}) keeps it in the transport under it: asked
+    always, as TLS there (C{socks5s://}) does not close while one is.
+    """
+    if isinstance(transport, TunnelTransport) or getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
 
 

@@ -25,8 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
-from . import tlshops
+from . import gsshops, tlshops
 from .addresses import IPAddress
+from .gsswire import LEVEL_NAMES, Protection
 from .logsafe import escape, without_password
 from .names import InvalidName, canonical, is_address
 
@@ -46,7 +47,8 @@ __all__ = [
 
 # The schemes a hop may have: a SOCKS5 proxy (names go to it unresolved,
 # C{socks5h} is the same), or an HTTP proxy that takes CONNECT; and each
-# reached over TLS (C{socks5s}, C{https}).  Each gives (protocol, TLS).
+# reached over TLS (C{socks5s}, C{https}).  Each gives (protocol, TLS).  A
+# SOCKS5 scheme with C{+gssapi} (L{gsshops.SUFFIX}) is a Kerberised proxy.
 SCHEMES = {
     "socks5": ("socks5", False),
     "socks5h": ("socks5", False),
@@ -55,9 +57,11 @@ SCHEMES = {
     "https": ("http", True),
 }
 _URL = re.compile(
-    r"(?P<scheme>[a-z0-9]+)://(?:(?P<user>[^:@/]*):(?P<password>[^@/]*)@)?"
+    r"(?P<scheme>[a-z0-9+]+)://(?:(?P<user>[^:@/]*):(?P<password>[^@/]*)@)?"
     r"(?P<host>\[[0-9a-fA-F:.]+\]|[^:/@\[\]]+):(?P<port>[0-9]{1,5})/?"
+    r"(?:\?(?P<query>[^?#]*))?"
 )
+_SCHEME_NAMES = "socks5, socks5h, http, socks5s, https, socks5+gssapi or socks5s+gssapi"
 # A password file's lines are short; a longer one is no credential.
 MAX_PASSWORD_LINE = 1024
 _PASSWORD_LINE = re.compile(
@@ -83,7 +87,8 @@ class Hop:
     and credentials if it wants them (never shown: see L{label}).  With
     C{tls}, it is reached over TLS, its certificate checked for C{host}
     against C{ca} (PEM certificates of the rule's C{ca_file}) or, without
-    it, the system's CAs.
+    it, the system's CAs.  With C{gssapi} (the name of its service,
+    C{rcmd@host}), it is a Kerberised SOCKS5 proxy, asked for C{protection}.
     """
 
     scheme: str
@@ -93,6 +98,8 @@ class Hop:
     password: bytes | None = field(default=None, repr=False, compare=False)
     tls: bool = False
     ca: bytes | None = field(default=None, repr=False, compare=False)
+    gssapi: str | None = None
+    protection: Protection | None = None
 
     @property
     def label(self) -> str:
@@ -102,10 +109,14 @@ class Hop:
 
     @property
     def url_scheme(self) -> str:
-        """The scheme as a URL spells it: C{socks5s} and C{https} over TLS."""
-        if not self.tls:
-            return self.scheme
-        return "socks5s" if self.scheme == "socks5" else "https"
+        """
+        The scheme as a URL spells it: C{socks5s} and C{https} over TLS,
+        C{+gssapi} for a Kerberised proxy.
+        """
+        scheme = self.scheme
+        if self.tls:
+            scheme = "socks5s" if self.scheme == "socks5" else "https"
+        return scheme + gsshops.SUFFIX if self.gssapi is not None else scheme
 
     @property
     def credentials(self) -> tuple[bytes, bytes] | None:
@@ -115,6 +126,8 @@ class Hop:
 
     def __repr__(self) -> str:
         user = "" if self.username is None else f" user={escape(self.username)} password=<hidden>"
+        if self.gssapi is not None and self.protection is not None:
+            user = f" gssapi={self.gssapi} protection={LEVEL_NAMES[self.protection]}"
         return f"<Hop {self.label}{user}>"
 
 
@@ -154,25 +167,31 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
     A hop from its URL, C{scheme://[user:password@]host:port}
     (user and password percent-encoded where they need it).  Without
     credentials in the URL, C{passwords} (a password file's, by host and
-    port) may give them.  Raises L{RouteError}; its message never holds the
-    password.
+    port) may give them.  A GSSAPI hop (C{socks5+gssapi://host:port}) has
+    none, and may have a query: C{?service=NAME&protection=LEVEL}
+    (L{gsshops.parse_query}).  Raises L{RouteError}; its message never
+    holds the password.
     """
     match = _URL.fullmatch(url.strip())
     if match is None:
         raise RouteError(
-            f"{without_password(url)!r} is not scheme://[user:password@]host:port"
-            " (socks5, http, socks5s or https)"
+            f"{without_password(url)!r} is not scheme://[user:password@]host:port ({_SCHEME_NAMES})"
         )
-    kind = SCHEMES.get(match["scheme"].lower())
-    if kind is None:
-        raise RouteError(
-            f"{match['scheme']!r}: the scheme must be socks5, socks5h, http, socks5s or https"
-        )
+    base, plus, extension = match["scheme"].lower().partition("+")
+    kind = SCHEMES.get(base)
+    if kind is None or (plus and (plus + extension != gsshops.SUFFIX or kind[0] != "socks5")):
+        raise RouteError(f"{match['scheme']!r}: the scheme must be {_SCHEME_NAMES}")
     scheme, tls = kind
     port = int(match["port"])
     if not 0 < port <= 65535:
         raise RouteError(f"port {port} is outside 1-65535")
     host = _host(match["host"])
+    if plus:
+        return _gssapi_hop(match, host, port, tls)
+    if match["query"] is not None:
+        raise RouteError(
+            "a query (?...) is only for GSSAPI hops (socks5+gssapi://, socks5s+gssapi://)"
+        )
     user: bytes | None = None
     password: bytes | None = None
     if match["user"] is not None:
@@ -186,6 +205,24 @@ def parse_hop(url: str, passwords: Mapping[tuple[str, int], tuple[bytes, bytes]]
         if scheme == "http" and b":" in user:
             raise RouteError("an HTTP proxy's username cannot hold ':' (Basic authentication)")
     return Hop(scheme, host, port, user, password, tls)
+
+
+def _gssapi_hop(match: re.Match[str], host: str, port: int, tls: bool) -> Hop:
+    """
+    A Kerberised SOCKS5 hop: no credentials of its own (the process's
+    Kerberos ones; a password file's entry for it does not apply), the
+    service and level its query asks for.
+    """
+    if match["user"] is not None:
+        raise RouteError(
+            "a GSSAPI hop takes no user:password: it authenticates with the server's"
+            " Kerberos credentials (KRB5CCNAME, or the client keytab KRB5_CLIENT_KTNAME)"
+        )
+    try:
+        service, level = gsshops.parse_query(match["query"], host)
+    except ValueError as e:
+        raise RouteError(str(e)) from None
+    return Hop("socks5", host, port, tls=tls, gssapi=service, protection=level)
 
 
 def _host(text: str) -> str:
@@ -291,11 +328,14 @@ def route_of(raw: Mapping[str, object], check_local: bool = True) -> Route | Non
         if not isinstance(alternatives, list) or not alternatives:
             raise RouteError("must be a list of chains: [[URL, ...], [URL, ...]]", "upstreams")
         chains.extend(_chain(item, passwords, "upstreams") for item in alternatives)
-    if any(hop.tls for chain in chains for hop in chain):
-        try:
+    hops = [hop for chain in chains for hop in chain]
+    try:
+        if any(hop.tls for hop in hops):
             tlshops.check_support()
-        except ValueError as e:
-            raise RouteError(str(e), "upstreams" if "upstreams" in raw else "via") from None
+        if any(hop.gssapi is not None for hop in hops):
+            gsshops.check_support()
+    except ValueError as e:
+        raise RouteError(str(e), "upstreams" if "upstreams" in raw else "via") from None
     if "ca_file" in raw:
         path = raw["ca_file"]
         if not isinstance(path, str) or not path:

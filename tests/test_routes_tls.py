@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from . import socks_peers
+from . import rawsocks, socks_peers
 from .conftest import SocksServer, free_port, require_module
 from .test_routes import Addr, destinations, peer_seen, rule, session_line, write_rules
 
@@ -166,3 +166,29 @@ def test_an_https_hop_is_tinyproxy_behind_tls(
         assert peer_seen(front, *dest) == (0, "127.0.0.3")
         line = session_line(front, f"CONNECT 127.0.0.1:{dest[1]}")
         assert f"route=https://127.0.0.1:{https[1]}" in line and "right" not in front.log()
+
+
+def test_a_client_that_closes_first_ends_the_session_through_a_socks5s_hop(
+    start_server: Callable[..., SocksServer],
+    pki: tuple[Any, Any],
+    echo_server: tuple[str, int],
+    tmp_path: Path,
+) -> None:
+    """The front's TLS to the hop closes (close_notify) when the client does."""
+    ours, _ = pki
+    upstream = tls_upstream(start_server, ours)
+    hop = f"socks5s://127.0.0.1:{upstream.address[1]}"
+    rules = write_rules(
+        tmp_path / "rules.toml",
+        rule(echo_server[1], f'via = ["{hop}"]', ca_file=f'"{ours.ca_file}"'),
+    )
+    front = start_server("--rules", str(rules))
+    sock, code = rawsocks.connect(front.address, *echo_server)
+    with sock:
+        assert code == 0
+        sock.sendall(b"ping")
+        assert rawsocks.recv_exact(sock, 4) == b"ping"
+    # Both sessions end at once (they waited for the server to stop).
+    line = session_line(front, f"CONNECT 127.0.0.1:{echo_server[1]}")
+    assert f"route={hop} " in line and "up=4 down=4" in line
+    session_line(upstream, f"CONNECT 127.0.0.1:{echo_server[1]} ")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,20 @@ class HalfCloseTransport(StringTransport):
 
     def loseWriteConnection(self) -> None:
         self.write_closed = True
+
+
+@contextlib.contextmanager
+def without_module(name: str) -> Iterator[None]:
+    """As if C{name} were not installed: importing it raises C{ImportError}."""
+    saved = sys.modules.get(name)
+    sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if saved is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = saved
 
 
 def memory_portal(**users: str) -> Portal:

@@ -7,7 +7,6 @@ factory its acceptor credentials.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from twisted.python import usage
@@ -17,6 +16,7 @@ from socks5twist import startchecks
 from socks5twist.gsswire import Protection
 from socks5twist.options import Options
 from socks5twist.tap import make_factory
+from socks5twist.test.helpers import without_module
 from socks5twist.test.test_keytab import KTUTIL_KEYTAB, entry_v2
 
 PORT = ["--port", "tcp:0:interface=127.0.0.1"]
@@ -82,15 +82,8 @@ class ValueTests(TestCase):
             self.assertIn(says, refusal("--gssapi", *argv), argv)
 
     def test_a_missing_package_is_the_message_of_missing_gssapi(self) -> None:
-        saved = sys.modules.get("gssapi")
-        sys.modules["gssapi"] = None  # type: ignore[assignment]
-        try:
+        with without_module("gssapi"):
             message = refusal("--gssapi")
-        finally:
-            if saved is None:
-                del sys.modules["gssapi"]
-            else:
-                sys.modules["gssapi"] = saved
         self.assertEqual(
             message,
             "--gssapi: GSSAPI needs the gssapi package: pip install 'socks5twist[gssapi]'"

@@ -8,6 +8,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from socks5twist.gsswire import Protection
 from socks5twist.routes import (
     RouteError,
     egress_for,
@@ -15,6 +16,7 @@ from socks5twist.routes import (
     read_password_file,
 )
 from socks5twist.rules import RulesError, describe, parse
+from socks5twist.test.helpers import without_module
 
 
 def rules_with(route: str, action: str = "allow") -> str:
@@ -131,6 +133,100 @@ class TLSHopTests(SynchronousTestCase):
             with self.assertRaises(RulesError) as caught:
                 parse(rules_with(route), "rules.toml")
             self.assertIn(expected, str(caught.exception), route)
+
+
+class GSSAPIHopTests(SynchronousTestCase):
+    def test_a_kerberised_hop_asks_for_rcmd_at_its_host_and_confidentiality(self) -> None:
+        hop = parse_hop("socks5+gssapi://Proxy.Example.ORG:1080", {})
+        self.assertEqual(
+            (hop.scheme, hop.tls, hop.gssapi, hop.protection, hop.credentials),
+            ("socks5", False, "rcmd@proxy.example.org", Protection.CONFIDENTIALITY, None),
+        )
+        self.assertEqual(hop.label, "socks5+gssapi://proxy.example.org:1080")
+        self.assertEqual(
+            repr(hop),
+            "<Hop socks5+gssapi://proxy.example.org:1080 gssapi=rcmd@proxy.example.org"
+            " protection=confidentiality>",
+        )
+        # Not the same upstream as the one without GSSAPI (marks are per chain).
+        self.assertNotEqual(hop, parse_hop("socks5://proxy.example.org:1080", {}))
+
+    def test_over_tls_and_ipv6(self) -> None:
+        hop = parse_hop("socks5s+gssapi://[::1]:1443/", {})
+        self.assertEqual((hop.tls, hop.gssapi), (True, "rcmd@::1"))
+        self.assertEqual(hop.label, "socks5s+gssapi://[::1]:1443")
+
+    def test_the_query_changes_the_service_and_the_level(self) -> None:
+        for query, service, level in (
+            ("?protection=integrity", "rcmd@proxy.test", Protection.INTEGRITY),
+            ("?protection=clear&service=socks", "socks@proxy.test", Protection.CLEAR),
+            ("/?service=rcmd@other.test", "rcmd@other.test", Protection.CONFIDENTIALITY),
+            ("?service=rcmd/proxy.test@SOCKS.TEST", "rcmd/proxy.test@SOCKS.TEST", 2),
+            ("?", "rcmd@proxy.test", Protection.CONFIDENTIALITY),
+        ):
+            hop = parse_hop(f"socks5+gssapi://proxy.test:1080{query}", {})
+            self.assertEqual((hop.gssapi, hop.protection), (service, level), query)
+            self.assertEqual(hop.label, "socks5+gssapi://proxy.test:1080")
+
+    def test_the_password_file_does_not_apply(self) -> None:
+        passwords = {("proxy.test", 1080): (b"file", b"pw")}
+        self.assertIsNone(parse_hop("socks5+gssapi://proxy.test:1080", passwords).credentials)
+
+    def test_bad_gssapi_urls_say_why_without_the_password(self) -> None:
+        for url, why in (
+            ("socks5+gssapi://u:Secret1@h:1080", "a GSSAPI hop takes no user:password"),
+            ("http+gssapi://h:3128", "the scheme must be socks5, socks5h, http, socks5s, https,"),
+            ("https+gssapi://h:3128", "socks5+gssapi or socks5s+gssapi"),
+            ("socks5+tls://h:1080", "'socks5+tls': the scheme must be"),
+            ("socks5+gssapi+gssapi://h:1080", "the scheme must be"),
+            ("socks5://h:1080?service=rcmd", "a query (?...) is only for GSSAPI hops"),
+            ("socks5://u:Secret1@h:1080?x", "a query (?...) is only for GSSAPI hops"),
+            ("socks5+gssapi://h:1080?realm=X", "'realm=X': a GSSAPI hop's query takes"),
+            ("socks5+gssapi://h:1080?protection", "'protection': a GSSAPI hop's query takes"),
+            ("socks5+gssapi://h:1080?&", "'': a GSSAPI hop's query takes"),
+            ("socks5+gssapi://h:1080?protection=selective", "is not one of clear, integrity,"),
+            ("socks5+gssapi://h:1080?protection=clear&protection=clear", "protection is given"),
+            ("socks5+gssapi://h:1080?service=a%20b", "service 'a%20b' is not a service"),
+            ("socks5+gssapi://h:1080?service=@h", "service '@h' is not a service"),
+            ("socks5+gssapi://h:1080?service=\x1b[31m", "service '\\x1b[31m'"),
+            ("socks5+gssapi://h:1080?service=a?b", "is not scheme://"),
+        ):
+            with self.assertRaises(RouteError) as caught:
+                parse_hop(url, {})
+            self.assertIn(why, str(caught.exception), url)
+            self.assertNotIn("Secret1", str(caught.exception))
+
+    def test_rules_read_gssapi_hops_and_name_the_line_of_errors(self) -> None:
+        parsed = parse(
+            rules_with(
+                'upstreams = ["socks5+gssapi://proxy.test:1080?protection=integrity",'
+                ' ["socks5://10.0.0.1:1080", "socks5s+gssapi://proxy.test:1443"]]'
+            )
+        )
+        self.assertEqual(
+            next(iter(describe(parsed))),
+            "#1: allow via socks5+gssapi://proxy.test:1080"
+            " | socks5://10.0.0.1:1080>socks5s+gssapi://proxy.test:1443",
+        )
+        with self.assertRaises(RulesError) as caught:
+            parse(rules_with('via = ["socks5+gssapi://a:b@proxy.test:1080"]'), "rules.toml")
+        self.assertIn(
+            "rules.toml, line 5: [[rule]] #1: via: a GSSAPI hop takes no user:password",
+            str(caught.exception),
+        )
+
+    def test_without_the_gssapi_package_a_gssapi_hop_names_its_line(self) -> None:
+        with without_module("gssapi"):
+            with self.assertRaises(RulesError) as caught:
+                parse(rules_with('\nvia = ["socks5+gssapi://proxy.test:1080"]'), "rules.toml")
+            # Every other rule still loads.
+            parse(rules_with('via = ["socks5://proxy.test:1080"]'), "rules.toml")
+        self.assertEqual(
+            str(caught.exception),
+            "rules.toml, line 6: [[rule]] #1: via: GSSAPI needs the gssapi package:"
+            " pip install 'socks5twist[gssapi]' (it builds against MIT Kerberos:"
+            " apt-get install libkrb5-dev)",
+        )
 
 
 class PasswordFileTests(SynchronousTestCase):

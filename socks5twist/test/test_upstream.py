@@ -15,9 +15,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from socks5twist import codec
-from socks5twist.client import ConnectionRefused, LoginRejected
+from socks5twist.client import ConnectionRefused, GSSAPIAborted, GSSAPIError, LoginRejected
 from socks5twist.codec import Address, AddressType
-from socks5twist.routes import Hop, Route
+from socks5twist.routes import Hop, Route, parse_hop
 from socks5twist.upstream import (
     DOWN_FOR,
     AllRoutesFailed,
@@ -146,6 +146,20 @@ class BlameTests(SynchronousTestCase):
         # The outermost endpoint talks to the last hop: its TLS failed.
         last = blame(TWO, Failure(ValueError("certificate verify failed")))
         self.assertEqual(last, (TWO[1], "certificate verify failed"))
+
+    def test_a_gssapi_failure_is_the_kerberised_hops(self) -> None:
+        gss = parse_hop("socks5+gssapi://proxy.test:1080", {})
+        chain = (gss, Hop("socks5", "10.0.0.2", 1080))
+        # Its abort, while asking it for the next hop: the GSSAPI hop's fault.
+        aborted = Failure(HopFailed(1, Failure(GSSAPIAborted())))
+        self.assertEqual(
+            blame(chain, aborted),
+            (gss, "GSSAPI with the proxy failed: the proxy refused (it sent an abort, X'01 FF')"),
+        )
+        # No ticket, with the last hop: the last hop's.
+        no_ticket = Failure(GSSAPIError("no credentials"))
+        self.assertEqual(blame(chain[::-1], no_ticket)[0], gss)  # type: ignore[index]
+        self.assertEqual(gss.label, "socks5+gssapi://proxy.test:1080")
 
     def test_the_last_hops_failure_reply_is_no_ones_fault(self) -> None:
         self.assertIsNone(blame(TWO, Failure(ConnectionRefused())))
