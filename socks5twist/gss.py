@@ -17,7 +17,6 @@ library's (escaped where it is logged).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -332,15 +331,6 @@ def acceptor_credentials(settings: ServerSettings) -> Any:
         return gssapi.Credentials(usage="accept", store=store)
     except Exception as e:
         raise _failure(e) from e
-
-
-def default_keytab() -> str:
-    """Where the keytab is when C{--gssapi-keytab} is not given (MIT's rule)."""
-    name = os.environ.get("KRB5_KTNAME") or "FILE:/etc/krb5.keytab"
-    for prefix in ("FILE:", "WRFILE:"):
-        if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
 
 
 class Initiator:
