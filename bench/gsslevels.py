@@ -132,6 +132,17 @@ def run_once(server: Server, level: int | None, size: int, download: bool) -> tu
     return cpu, wall
 
 
+def report(results: dict[str, dict[str, list[float]]], json_path: str | None, width: int) -> None:
+    """The median of each column per configuration, printed (and written as JSON)."""
+    medians = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()}
+    keys = list(next(iter(medians.values())))
+    print(f"{'configuration':28}" + "".join(f"{k:>{width}}" for k in keys))
+    for name, row in medians.items():
+        print(f"{name:28}" + "".join(f"{row[k]:>{width}.2f}" for k in keys))
+    if json_path:
+        Path(json_path).write_text(json.dumps(medians, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megabytes", type=int, default=256)
@@ -177,15 +188,7 @@ def main() -> None:
                             )
                     finally:
                         server.stop()
-            medians = {
-                n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()
-            }
-            keys = list(next(iter(medians.values())))
-            print(f"{'configuration':28}" + "".join(f"{k:>22}" for k in keys))
-            for name, row in medians.items():
-                print(f"{name:28}" + "".join(f"{row[k]:>22.2f}" for k in keys))
-            if options.json:
-                Path(options.json).write_text(json.dumps(medians, indent=2))
+            report(results, options.json, 22)
         finally:
             realm.stop()
 

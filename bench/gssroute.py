@@ -20,9 +20,7 @@ here by its PID; nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from gsslevels import CHUNK, Peer, Server, cpu_seconds  # type: ignore[import-not-found]  # noqa: E402
+from gsslevels import CHUNK, Peer, Server, cpu_seconds, report  # type: ignore[import-not-found]  # noqa: E402
 
 from tests import rawsocks  # noqa: E402
 from tests.kerberos import Realm  # noqa: E402
@@ -130,15 +128,7 @@ def main() -> None:
                             front.stop()
                     finally:
                         upstream.stop()
-            medians = {
-                n: {k: statistics.median(v) for k, v in r.items()} for n, r in results.items()
-            }
-            keys = list(next(iter(medians.values())))
-            print(f"{'configuration':28}" + "".join(f"{k:>24}" for k in keys))
-            for name, row in medians.items():
-                print(f"{name:28}" + "".join(f"{row[k]:>24.2f}" for k in keys))
-            if options.json:
-                Path(options.json).write_text(json.dumps(medians, indent=2))
+            report(results, options.json, 24)
         finally:
             realm.stop()
 
